@@ -1,0 +1,25 @@
+"""lowrank_tool: ELRT low-rank CNNs at initialisation, from any torchvision model or your own.
+
+Example:
+    >>> import torchvision, lowrank_tool as lr
+    >>> model = lr.convert(torchvision.models.resnet50(), rank=0.3)   # Tucker-2 / SVD layers
+    >>> plan = lr.summary(model)                                       # what was converted, and why
+    >>> lr.save(model, "r50")                                           # doctest: +SKIP
+"""
+
+from ._version import __version__
+from .convert import ConversionPlan, ConvertOptions, LayerPlan, convert, parse_input_size, plan, summary
+from .errors import LowRankError, LowRankWarning
+from .io import load, save
+from .layers import CPConv2d, LowRankConv, SVDConv2d, SVDConv3d, Tucker2Conv2d, Tucker2Conv3d, list_formats, register_format
+from .models import build_model, list_models, register_model
+
+__all__ = [
+    "__version__",
+    "convert", "plan", "summary", "save", "load",
+    "ConversionPlan", "LayerPlan", "ConvertOptions", "parse_input_size",
+    "LowRankConv", "Tucker2Conv2d", "Tucker2Conv3d", "SVDConv2d", "SVDConv3d", "CPConv2d",
+    "list_formats", "register_format",
+    "build_model", "list_models", "register_model",
+    "LowRankError", "LowRankWarning",
+]

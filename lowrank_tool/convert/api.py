@@ -1,0 +1,214 @@
+"""The conversion entry points: ``plan`` (decide), ``convert`` (decide and swap), ``summary`` (read back)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import LowRankError
+from ..layers.base import Init
+from ..models import build_model, default_input_size, example_input as make_example, get_entry
+from .apply import apply_plan
+from .plan import ConversionPlan
+from .planner import ConvertOptions, build_plan
+from .trace import capture
+
+__all__ = ["plan", "convert", "summary", "parse_input_size", "PLAN_ATTR"]
+
+#: Attribute under which a converted model carries its plan.
+PLAN_ATTR = "_lowrank_plan"
+
+
+def parse_input_size(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``"3x224x224"`` or ``(3, 224, 224)`` → ``(3, 224, 224)``; C×H×W, or C×T×H×W for video."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower().replace("×", "x")
+        if not re.fullmatch(r"\d+(x\d+){2,3}", text):
+            raise LowRankError(f"input size {value!r} is malformed; write CxHxW such as 3x224x224 (or CxTxHxW for video, e.g. 3x16x112x112)")
+        dims = tuple(int(d) for d in text.split("x"))
+    else:
+        dims = tuple(int(d) for d in value)
+        if len(dims) not in (3, 4):
+            raise LowRankError(f"input size {tuple(value)} must have 3 (C, H, W) or 4 (C, T, H, W) dimensions")
+    if any(d < 1 for d in dims):
+        raise LowRankError(f"input size {value!r} has a zero dimension; every dimension must be >= 1")
+    return dims
+
+
+def _resolve(model: nn.Module | str, num_classes: int | None, model_kwargs: Mapping[str, Any] | None) -> tuple[nn.Module, dict[str, Any], str, str]:
+    """(module, base-model spec, task, name hint for messages)."""
+    kwargs = dict(model_kwargs or {})
+    if isinstance(model, str):
+        entry = get_entry(model)
+        module = build_model(model, num_classes=num_classes, **kwargs)
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        spec = {"source": entry.source, "name": model, "task": entry.task, "kwargs": _jsonable(kwargs)}
+        return module, spec, entry.task, model
+    if not isinstance(model, nn.Module):
+        raise LowRankError(f"model must be a model name or a torch.nn.Module, got {type(model).__name__}")
+    if num_classes is not None:
+        raise LowRankError("num_classes applies to a model given by name; build your module with the classes you want")
+    cls = type(model)
+    spec = {"source": "custom", "name": None, "task": "classification", "class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": {}}
+    return model, spec, "classification", "MODEL"
+
+
+def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in kwargs.items():
+        if value is None or isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        else:
+            raise LowRankError(f"model argument {key}={value!r} cannot be recorded in plan.json; pass plain values (numbers, strings)")
+    return out
+
+
+def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_size: Any, example_input: Any,
+          model_kwargs: Mapping[str, Any] | None, **options: Any) -> tuple[nn.Module, ConversionPlan]:
+    opts = ConvertOptions(rank=rank, **options)
+    module, spec, task, hint = _resolve(model, num_classes, model_kwargs)
+    size = parse_input_size(input_size)
+    if size is None:
+        size = default_input_size(spec["name"], spec["kwargs"]) if spec["name"] else (3, 224, 224)
+    if task == "video" and len(size) != 4:
+        raise LowRankError(f"video models take CxTxHxW input, got input size {'x'.join(map(str, size))}; write e.g. 3x16x112x112")
+    if task != "video" and len(size) != 3 and example_input is None:
+        raise LowRankError(f"input size {'x'.join(map(str, size))} must be CxHxW for a {task} model, e.g. 3x224x224")
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    if example_input is None:
+        example = _to(make_example(task, size, batch=1), device)
+        train_example = _to(make_example(task, size, batch=2), device)
+    else:
+        example, train_example = example_input, None
+    try:
+        cap = capture(module, example, train_example=train_example)
+    except LowRankError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's input does not fit the model
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise LowRankError(
+            f"the model does not run on input size {'x'.join(map(str, size))} ({msg}); pass the size it expects with --input-size"
+        ) from None
+    plan = build_plan(module, cap, opts, base_model=spec, input_size=size, model_hint=hint)
+    return module, plan
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
+def plan(
+    model: nn.Module | str,
+    rank: float | int | str | None = None,
+    *,
+    format: str = "auto",
+    target_params: float | None = None,
+    target_macs: float | None = None,
+    round_to: int = 1,
+    exclude: Sequence[str] = (),
+    layer_rank: Mapping[str, Any] | Sequence[str] | None = None,
+    input_size: str | Sequence[int] | None = None,
+    num_classes: int | None = None,
+    example_input: Any = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> ConversionPlan:
+    """Decide what :func:`convert` would do, without changing anything. Same arguments as ``convert``.
+
+    Example:
+        >>> p = plan("resnet18", rank=0.3)
+        >>> round(p.totals()["params_ratio"], 2) < 1
+        True
+    """
+    return _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
+                 exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
+                 example_input=example_input, model_kwargs=model_kwargs)[1]
+
+
+def convert(
+    model: nn.Module | str,
+    rank: float | int | str | None = None,
+    *,
+    format: str = "auto",
+    target_params: float | None = None,
+    target_macs: float | None = None,
+    round_to: int = 1,
+    exclude: Sequence[str] = (),
+    layer_rank: Mapping[str, Any] | Sequence[str] | None = None,
+    input_size: str | Sequence[int] | None = None,
+    init: Init = "random",
+    num_classes: int | None = None,
+    example_input: Any = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Convert a model's convolutions into low-rank layers (ELRT: Tucker-2 at initialisation).
+
+    Traces the model with torch.fx (forward hooks where fx cannot trace it), builds the conversion
+    plan and swaps each planned ``Conv2d``/``Conv3d`` for its low-rank layer. The returned model keeps
+    its class and carries the plan (:func:`summary` reads it back).
+
+    Args:
+        model: an ``nn.Module`` or a model name (``lowrank models`` lists them; built with random weights).
+        rank: fraction of channels kept in each factorised mode, in (0, 1] (Tucker-2: r_in = ⌈rank·C_in⌉,
+            r_out = ⌈rank·C_out⌉), or an integer absolute rank. Default 0.3 when no budget is given.
+        format: ``"auto"`` (SVD for 1×1 convs, Tucker-2 otherwise), ``"tucker2"``, ``"svd"`` or ``"cp"``.
+        target_params: keep this fraction of the dense model's parameters (ranks solved across layers).
+        target_macs: keep this fraction of the dense model's MACs (ranks solved across layers).
+        round_to: round ranks up to a multiple of this.
+        exclude: layer names or ``"re:<regex>"`` patterns to keep dense.
+        layer_rank: per-layer ranks, ``{"re:layer4\\..*": 0.5, "layer1.0.conv1": 16}`` or
+            ``["re:layer4\\..*=0.5"]``; the value ``"dense"`` keeps a layer dense.
+        input_size: per-sample input, ``"3x224x224"`` (``CxTxHxW`` for video); default from the model family.
+        init: ``"random"`` (train from scratch, ELRT) or ``"decompose"`` (fit the factors to the
+            model's current weights).
+        num_classes: output classes, for a model given by name.
+        example_input: a ready input for the forward pass (instead of ``input_size``), for custom models
+            with unusual signatures.
+        model_kwargs: extra keyword arguments for building a model given by name.
+        inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is untouched.
+
+    Returns:
+        The converted model.
+
+    Example:
+        >>> import torchvision, lowrank_tool as lr
+        >>> model = lr.convert(torchvision.models.resnet18(), rank=0.3)
+        >>> lr.summary(model).totals()["converted"]
+        19
+    """
+    if isinstance(model, nn.Module) and not inplace:
+        model = copy.deepcopy(model)
+    module, p = _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
+                      exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
+                      example_input=example_input, model_kwargs=model_kwargs)
+    if init not in ("random", "decompose"):
+        raise LowRankError(f"init={init!r} is not known; allowed: random, decompose")
+    p.policy["init"] = init
+    apply_plan(module, p, init=init)
+    setattr(module, PLAN_ATTR, p)
+    return module
+
+
+def summary(model: nn.Module) -> ConversionPlan:
+    """The conversion plan a converted model carries.
+
+    Example:
+        >>> plan = summary(convert("resnet18", rank=0.5))
+        >>> plan.totals()["compression"] > 1
+        True
+    """
+    p = getattr(model, PLAN_ATTR, None)
+    if not isinstance(p, ConversionPlan):
+        raise LowRankError("this model carries no conversion plan; convert it with lowrank_tool.convert (or load it with lowrank_tool.load)")
+    return p

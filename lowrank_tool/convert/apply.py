@@ -1,0 +1,66 @@
+"""Swap the planned convolutions for low-rank layers, in place, by fully qualified name.
+
+The swap is torch.fx's ``replace_node_module`` idiom (set the new module on its parent under the same
+name), done on the user's own module rather than on a ``GraphModule``: the converted model keeps its
+class, its methods and its state-dict layout, which is what lets :func:`lowrank_tool.load` replay a plan
+on a freshly built model, and lets detection models (which fx cannot trace whole) convert too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import LowRankError
+from ..layers import get_format
+from ..layers.base import Init
+from .plan import ConversionPlan, LayerPlan
+
+__all__ = ["apply_plan", "set_submodule", "get_submodule"]
+
+
+def get_submodule(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise LowRankError(f"the model has no layer {name!r} that the plan names; pass the model class the plan was made from") from None
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _check_matches(module: nn.Module, entry: LayerPlan) -> None:
+    expected = (entry.in_channels, entry.out_channels, tuple(entry.kernel_size), tuple(entry.stride), entry.groups)
+    got = None
+    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+        got = (module.in_channels, module.out_channels, tuple(module.kernel_size), tuple(module.stride), module.groups)
+    if got != expected:
+        what = type(module).__name__ if got is None else f"{type(module).__name__}{got}"
+        raise LowRankError(
+            f"the plan does not match the model at {entry.name!r}: found {what}, expected {entry.kind}"
+            f"(in={entry.in_channels}, out={entry.out_channels}, kernel={entry.kernel_size}, stride={entry.stride}, groups={entry.groups}); "
+            "build the model with the same name and arguments the plan was made from"
+        )
+
+
+@torch.no_grad()
+def apply_plan(model: nn.Module, plan: ConversionPlan, init: Init = "random") -> nn.Module:
+    """Replace every converted layer of ``plan`` in ``model`` (modified in place and returned).
+
+    With ``init="decompose"`` each plan entry gets the relative Frobenius error of its approximation.
+    """
+    for entry in plan.converted_layers:
+        module = get_submodule(model, entry.name)
+        _check_matches(module, entry)
+        cls = get_format(entry.format, len(entry.kernel_size))
+        layer = cls.from_dense(module, tuple(entry.ranks or ()), init=init)
+        if init == "decompose":
+            ref = module.weight.detach().double()
+            err = torch.linalg.vector_norm(layer.dense_weight().double() - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30)
+            entry.error = float(err)
+        layer.train(module.training)
+        set_submodule(model, entry.name, layer)
+    return model

@@ -1,0 +1,188 @@
+"""The conversion plan: the single record of what was (or will be) converted, and why.
+
+For every candidate convolution the plan holds its fully qualified name, geometry, the spatial sizes it
+sees, parameters and MACs before and after, the chosen format and ranks, or the reason it stayed dense.
+It is printed as the summary table, saved as ``plan.json`` beside the weights, and replayed by
+:func:`lowrank_tool.load` to rebuild the model. Nothing else keeps a separate copy of these facts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..errors import LowRankError
+from ..layers.base import ConvGeometry
+
+__all__ = ["LayerPlan", "ConversionPlan", "SCHEMA_VERSION", "PLAN_FILE"]
+
+#: Bumped on any incompatible change of the JSON layout; older plans keep loading.
+SCHEMA_VERSION = 1
+PLAN_FILE = "plan.json"
+_KIND = "lowrank_tool.plan"
+
+
+@dataclass
+class LayerPlan:
+    """One candidate convolution."""
+
+    name: str
+    kind: str  # "Conv2d" | "Conv3d"
+    in_channels: int
+    out_channels: int
+    kernel_size: list[int]
+    stride: list[int]
+    padding: list[int] | str
+    dilation: list[int]
+    groups: int
+    padding_mode: str
+    bias: bool
+    input_size: list[int] | None  # spatial size of the first call, per sample
+    output_size: list[int] | None
+    calls: int
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    format: str  # "tucker2" | "svd" | "cp" | "dense"
+    ranks: list[int] | None = None
+    rank_spec: str | None = None  # the request that produced the ranks ("0.3", "16", "budget:0.42")
+    reason: str | None = None  # why the layer stayed dense, or a note about the format
+    error: float | None = None  # relative Frobenius error of a decomposition (init="decompose")
+
+    @property
+    def converted(self) -> bool:
+        return self.format != "dense"
+
+    def geometry(self) -> ConvGeometry:
+        return ConvGeometry(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride,
+            self.padding if isinstance(self.padding, str) else tuple(self.padding),
+            self.dilation, self.padding_mode, self.bias,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LayerPlan":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class ConversionPlan:
+    """Everything about one conversion; see the module docstring."""
+
+    base_model: dict[str, Any]
+    input_size: list[int]
+    trace: dict[str, Any]
+    policy: dict[str, Any]
+    layers: list[LayerPlan]
+    #: Parameters and MACs outside the candidate convs (linear layers, BN, grouped convs...).
+    other_params: int = 0
+    other_macs: int = 0
+    schema_version: int = SCHEMA_VERSION
+    toolkit_version: str = __version__
+    notes: list[str] = field(default_factory=list)
+
+    # -- totals ----------------------------------------------------------------------------------------
+    @property
+    def converted_layers(self) -> list[LayerPlan]:
+        return [layer for layer in self.layers if layer.converted]
+
+    def totals(self) -> dict[str, float]:
+        pb = self.other_params + sum(layer.params_before for layer in self.layers)
+        pa = self.other_params + sum(layer.params_after for layer in self.layers)
+        mb = self.other_macs + sum(layer.macs_before for layer in self.layers)
+        ma = self.other_macs + sum(layer.macs_after for layer in self.layers)
+        return {
+            "params_before": pb, "params_after": pa, "macs_before": mb, "macs_after": ma,
+            "params_ratio": pa / pb if pb else 1.0, "macs_ratio": ma / mb if mb else 1.0,
+            "compression": pb / pa if pa else 1.0, "mac_reduction": mb / ma if ma else 1.0,
+            "layers": len(self.layers), "converted": len(self.converted_layers),
+        }
+
+    def layer(self, name: str) -> LayerPlan:
+        for entry in self.layers:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+    # -- (de)serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": _KIND,
+            "schema_version": self.schema_version,
+            "toolkit_version": self.toolkit_version,
+            "base_model": self.base_model,
+            "input_size": list(self.input_size),
+            "trace": self.trace,
+            "policy": self.policy,
+            "totals": self.totals(),
+            "other_params": self.other_params,
+            "other_macs": self.other_macs,
+            "notes": list(self.notes),
+            "layers": [asdict(layer) for layer in self.layers],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "plan") -> "ConversionPlan":
+        if not isinstance(data, dict) or data.get("kind") != _KIND:
+            raise LowRankError(f"{source} is not a lowrank_tool plan (no \"kind\": \"{_KIND}\"); point to a directory written by `lowrank convert -o DIR`")
+        version = data.get("schema_version")
+        if not isinstance(version, int):
+            raise LowRankError(f"{source} has no integer schema_version; it is corrupt, re-create it with `lowrank convert -o DIR`")
+        if version > SCHEMA_VERSION:
+            raise LowRankError(
+                f"{source} has schema version {version}, newer than the {SCHEMA_VERSION} this lowrank-tool {__version__} reads; "
+                "upgrade with `pip install -U lowrank-tool`"
+            )
+        try:
+            return cls(
+                base_model=dict(data["base_model"]),
+                input_size=list(data["input_size"]),
+                trace=dict(data.get("trace", {})),
+                policy=dict(data.get("policy", {})),
+                layers=[LayerPlan.from_dict(entry) for entry in data["layers"]],
+                other_params=int(data.get("other_params", 0)),
+                other_macs=int(data.get("other_macs", 0)),
+                schema_version=version,
+                toolkit_version=str(data.get("toolkit_version", "?")),
+                notes=list(data.get("notes", [])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LowRankError(f"{source} is missing or has a malformed field ({exc}); re-create it with `lowrank convert -o DIR`") from None
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the plan as JSON atomically (temporary file, then rename)."""
+        path = Path(path)
+        atomic_write_text(path, self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "ConversionPlan":
+        path = Path(path)
+        if not path.is_file():
+            raise LowRankError(f"{path} does not exist; point to a directory written by `lowrank convert -o DIR`")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LowRankError(f"{path} is not valid JSON ({exc.__class__.__name__}); it is corrupt, re-create it with `lowrank convert -o DIR`") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

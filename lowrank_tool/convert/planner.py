@@ -1,0 +1,264 @@
+"""Build a :class:`ConversionPlan` from a model, its captured shapes and the user's options.
+
+Per layer, in order of precedence: grouped convs and convs no forward pass reaches stay dense;
+``exclude`` patterns keep a layer dense; ``layer_rank`` patterns give it its own rank; otherwise the stem
+conv that reads the image (≤ 4 input channels) stays dense and every other conv follows the global rank
+(or the ratio solved for a ``target_params``/``target_macs`` budget). A layer whose factorised form would
+not save both parameters and MACs stays dense, with the numbers in its ``reason``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from torch import nn
+
+from ..errors import LowRankError
+from ..layers import LowRankConv
+from ..layers.base import ConvGeometry
+from .plan import ConversionPlan, LayerPlan
+from .rank import FORMAT_CHOICES, RankSpec, SpatialSizes, choose_format, dense_cost, layer_cost, ranks_for, solve_ratio
+from .select import FqnMatcher, parse_layer_rank
+from .trace import CONV_TYPES, Capture
+
+__all__ = ["ConvertOptions", "build_plan", "STEM_MAX_CHANNELS"]
+
+#: A conv with at most this many input channels reads the image (RGB, grey, RGBA) and stays dense.
+STEM_MAX_CHANNELS = 4
+
+
+@dataclass
+class ConvertOptions:
+    """How to convert: the Python API's keyword arguments and the CLI's options, validated once.
+
+    Attributes:
+        rank: fraction of channels kept per mode in (0, 1], or an integer absolute rank. Default 0.3
+            when no budget is given.
+        format: ``auto`` (SVD for 1×1 convs, Tucker-2 otherwise), ``tucker2``, ``svd`` or ``cp``.
+        target_params: fraction of the dense model's parameters to keep; the ranks are solved.
+        target_macs: fraction of the dense model's MACs to keep; the ranks are solved.
+        round_to: round every rank up to a multiple of this (hardware-friendly channel counts).
+        exclude: layer names or ``re:`` regexes to keep dense.
+        layer_rank: ``{name-or-re:pattern: rank}`` (or ``["pattern=rank", ...]``); rank may be ``"dense"``.
+    """
+
+    rank: float | int | str | None = None
+    format: str = "auto"
+    target_params: float | None = None
+    target_macs: float | None = None
+    round_to: int = 1
+    exclude: Sequence[str] = ()
+    layer_rank: Mapping[str, Any] | Sequence[str] | None = None
+    rank_spec: RankSpec = field(init=False)
+    layer_specs: dict[str, RankSpec] = field(init=False)
+
+    def __post_init__(self) -> None:
+        budgets = [b for b in ("target_params", "target_macs") if getattr(self, b) is not None]
+        if len(budgets) > 1:
+            raise LowRankError("give at most one of target_params and target_macs (--target-params / --target-macs)")
+        if budgets and self.rank is not None:
+            raise LowRankError(f"give either rank or {budgets[0]} (--rank or --{budgets[0].replace('_', '-')}), not both")
+        for b in budgets:
+            value = getattr(self, b)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise LowRankError(f"{b} {value!r} must be a fraction in (0, 1) of the dense model, e.g. 0.4")
+        self.rank_spec = RankSpec.parse(0.3 if self.rank is None else self.rank)
+        if self.format not in FORMAT_CHOICES:
+            raise LowRankError(f"unknown format {self.format!r}; expected one of {', '.join(FORMAT_CHOICES)}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise LowRankError(f"round_to {self.round_to!r} must be a positive integer (1 = no rounding), e.g. 8")
+        if isinstance(self.exclude, str):
+            self.exclude = [self.exclude]
+        self.exclude = list(self.exclude)
+        self.layer_rank = parse_layer_rank(self.layer_rank)
+        self.layer_specs = {k: RankSpec.parse(v, what=f"rank for {k!r}") for k, v in self.layer_rank.items()}
+
+    @property
+    def budget(self) -> tuple[str, float] | None:
+        if self.target_params is not None:
+            return "params", float(self.target_params)
+        if self.target_macs is not None:
+            return "macs", float(self.target_macs)
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank_spec.to_json() if self.budget is None else None,
+            "format": self.format,
+            "target_params": self.target_params,
+            "target_macs": self.target_macs,
+            "round_to": self.round_to,
+            "exclude": list(self.exclude),
+            "layer_rank": {k: v.to_json() for k, v in self.layer_specs.items()},
+        }
+
+
+@dataclass(eq=False)
+class _Candidate:
+    name: str
+    module: nn.Module
+    geometry: ConvGeometry | None  # None for grouped convs
+    sizes: SpatialSizes | None
+    input_size: list[int] | None
+    output_size: list[int] | None
+    calls: int
+    dense: tuple[int, int]
+    spec: RankSpec | None = None  # None: follows the global rank / budget
+    spec_source: str = ""
+    reason: str | None = None
+
+
+def _candidates(model: nn.Module, capture: Capture) -> list[_Candidate]:
+    inner: list[str] = []
+    out: list[_Candidate] = []
+    for name, module in model.named_modules():
+        if isinstance(module, LowRankConv):
+            inner.append(name + ".")
+            continue
+        if not isinstance(module, CONV_TYPES) or any(name.startswith(p) for p in inner):
+            continue
+        groups = module.groups
+        shapes = capture.shapes.get(name)
+        sizes = None
+        in_hw = out_hw = None
+        calls = 0
+        if shapes is not None and shapes.outputs:
+            calls = len(shapes.outputs)
+            in_hw, out_hw = list(shapes.inputs[0][2:]), list(shapes.outputs[0][2:])
+            # CP's vertical conv output: H_out × W_in (only 2-D convs have a CP form).
+            mid = sum(o[2] * i[-1] * i[0] for i, o in zip(shapes.inputs, shapes.outputs)) // shapes.batch if module.weight.dim() == 4 else 0
+            sizes = SpatialSizes(shapes.spatial_numel("inputs"), shapes.spatial_numel("outputs"), mid)
+        plain = ConvGeometry(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                             module.padding, module.dilation, module.padding_mode, module.bias is not None)
+        dense = dense_cost(plain, sizes or SpatialSizes(0, 0, 0), groups)
+        cand = _Candidate(name, module, plain if groups == 1 else None, sizes, in_hw, out_hw, calls, dense)
+        if groups != 1:
+            cand.reason = f"grouped conv (groups={groups}): low-rank formats need groups=1"
+        elif sizes is None:
+            cand.reason = "not reached by a forward pass with the example input (no shapes)"
+        out.append(cand)
+    return out
+
+
+def _decide(c: _Candidate, fmt_request: str, spec: RankSpec, round_to: int) -> tuple[str, tuple[int, ...] | None, tuple[int, int], str | None]:
+    """(format, ranks, (params, macs), reason) for one layer under one rank request."""
+    assert c.geometry is not None and c.sizes is not None
+    if spec.kind == "dense":
+        return "dense", None, c.dense, None
+    fmt, note = choose_format(fmt_request, c.geometry)
+    ranks = ranks_for(fmt, c.geometry, spec, round_to)
+    cost = layer_cost(fmt, c.geometry, ranks, c.sizes)
+    if cost[0] >= c.dense[0] or cost[1] >= c.dense[1]:
+        r = "x".join(map(str, ranks))
+        return "dense", None, c.dense, (
+            f"{fmt} at rank {r} would not save both parameters and MACs "
+            f"({cost[0]:,} vs {c.dense[0]:,} params, {cost[1]:,} vs {c.dense[1]:,} MACs)"
+        )
+    return fmt, ranks, cost, note
+
+
+def build_plan(
+    model: nn.Module,
+    capture: Capture,
+    options: ConvertOptions,
+    *,
+    base_model: dict[str, Any],
+    input_size: Sequence[int],
+    model_hint: str = "MODEL",
+) -> ConversionPlan:
+    """Decide every candidate conv's format and ranks (no module is changed)."""
+    cands = _candidates(model, capture)
+    if any(isinstance(m, LowRankConv) for m in model.modules()):
+        raise LowRankError("this model is already converted (it has low-rank layers); convert the dense model instead")
+    exclude = FqnMatcher({p: True for p in options.exclude}, "--exclude")
+    overrides = FqnMatcher(options.layer_specs, "--layer-rank")
+    for c in cands:
+        hit_ex, _ = exclude.lookup(c.name)
+        hit_lr, spec = overrides.lookup(c.name)
+        if c.reason is not None:
+            continue
+        if hit_ex:
+            c.reason, c.spec = "excluded by --exclude", RankSpec("dense", 0)
+        elif hit_lr:
+            c.spec, c.spec_source = spec, "layer_rank"
+            if spec.kind == "dense":
+                c.reason = "kept dense by --layer-rank"
+        elif c.module.in_channels <= STEM_MAX_CHANNELS:
+            c.reason = f"stem conv reads the image (C_in={c.module.in_channels} <= {STEM_MAX_CHANNELS}); convert it with --layer-rank {c.name}=R"
+            c.spec = RankSpec("dense", 0)
+    exclude.check_all_used(model_hint)
+    overrides.check_all_used(model_hint)
+
+    active = [c for c in cands if c.reason is None]  # everything else stays dense, with its reason
+    fixed_layers = [c for c in cands if c not in active]
+    free = [c for c in active if c.spec is None]
+    pinned = [c for c in active if c.spec is not None]
+
+    total_params = sum(p.numel() for p in model.parameters())
+    other_params = total_params - sum(c.dense[0] for c in cands)
+    other_macs = sum(s.linear_macs(m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and (s := capture.shapes.get(n)))
+    global_spec = options.rank_spec
+    budget_note: str | None = None
+
+    budget = options.budget
+    if budget is not None and free:
+        key, fraction = budget
+        idx = 0 if key == "params" else 1
+        dense_total = (other_params if idx == 0 else other_macs) + sum(c.dense[idx] for c in cands)
+        base = (other_params if idx == 0 else other_macs) + sum(c.dense[idx] for c in fixed_layers)
+        base += sum(_decide(c, options.format, c.spec, options.round_to)[2][idx] for c in pinned)  # type: ignore[arg-type]
+        target = fraction * dense_total
+
+        def total(ratio: float) -> int:
+            spec = RankSpec("ratio", ratio)
+            return base + sum(_decide(c, options.format, spec, options.round_to)[2][idx] for c in free)
+
+        smallest = total(1e-6)
+        if smallest > target:
+            raise LowRankError(
+                f"target_{key} {fraction:g} cannot be met: with rank 1 everywhere the model keeps {smallest / dense_total:.3f} "
+                f"of the dense {key} (the rest is in layers that stay dense); raise the target or exclude fewer layers"
+            )
+        ratio = solve_ratio(total, int(target))
+        global_spec = RankSpec("ratio", ratio)
+        budget_note = f"budget target_{key}={fraction:g}: solved ratio {ratio:.4f} for {len(free)} layers"
+
+    layers: list[LayerPlan] = []
+    for c in cands:
+        m = c.module
+        if c in active:
+            spec = c.spec if c.spec is not None else global_spec
+            fmt, ranks, cost, note = _decide(c, options.format, spec, options.round_to)
+            source = str(spec) if c.spec is not None or budget is None else f"budget:{spec.value:.4f}"
+        else:
+            fmt, ranks, cost, note, source = "dense", None, c.dense, c.reason, None
+        layers.append(LayerPlan(
+            name=c.name, kind="Conv3d" if isinstance(m, nn.Conv3d) else "Conv2d",
+            in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
+            stride=list(m.stride), padding=m.padding if isinstance(m.padding, str) else list(m.padding),
+            dilation=list(m.dilation), groups=m.groups, padding_mode=m.padding_mode, bias=m.bias is not None,
+            input_size=c.input_size, output_size=c.output_size, calls=c.calls,
+            params_before=c.dense[0], params_after=cost[0], macs_before=c.dense[1], macs_after=cost[1],
+            format=fmt, ranks=list(ranks) if ranks else None, rank_spec=source, reason=note,
+        ))
+
+    plan = ConversionPlan(
+        base_model=base_model, input_size=list(input_size),
+        trace={"path": capture.path, "fx_error": capture.fx_error, "train_only": capture.train_only},
+        policy=options.to_json(), layers=layers, other_params=other_params, other_macs=other_macs,
+    )
+    if budget_note:
+        plan.notes.append(budget_note)
+    if capture.functional_convs:
+        plan.notes.append(f"{capture.functional_convs} convolution(s) are called through torch.nn.functional and cannot be converted")
+    if not plan.converted_layers:
+        user_kept = [c.name for c in cands if c.reason in ("excluded by --exclude", "kept dense by --layer-rank")]
+        if user_kept:
+            raise LowRankError(
+                f"every convertible layer is excluded ({len(user_kept)} by --exclude/--layer-rank); nothing would be converted — "
+                "exclude fewer layers"
+            )
+        plan.notes.append("nothing was converted: no convolution is eligible (see the reasons per layer)")
+    return plan

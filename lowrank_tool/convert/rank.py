@@ -1,0 +1,156 @@
+"""What a rank means, what a factorised layer costs, and the solver for parameter/MAC budgets.
+
+Definitions (also in the README):
+
+* a **ratio** ``0 < ρ ≤ 1`` keeps that fraction of the channels in each factorised mode:
+  Tucker-2 ``r_in = ⌈ρ·C_in⌉, r_out = ⌈ρ·C_out⌉``; SVD ``r = ⌈ρ·min(C_out, C_in·k)⌉`` (k = kernel
+  elements, so for a 1×1 conv ``min(C_in, C_out)``); CP ``R = ⌈ρ·min(C_in, C_out)⌉``;
+* an **integer** ``R ≥ 1`` is an absolute rank, capped at the mode's size;
+* ``round_to N`` rounds every rank up to a multiple of N (capped at the mode's size).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+from ..errors import LowRankError
+from ..layers import supports
+from ..layers.base import ConvGeometry
+
+__all__ = ["RankSpec", "choose_format", "ranks_for", "layer_cost", "dense_cost", "solve_ratio", "FORMAT_CHOICES"]
+
+FORMAT_CHOICES = ("auto", "tucker2", "svd", "cp")
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """A rank request for one layer: a ratio, an absolute rank, or "keep dense"."""
+
+    kind: Literal["ratio", "absolute", "dense"]
+    value: float
+
+    @classmethod
+    def parse(cls, value: "RankSpec | float | int | str", what: str = "rank") -> "RankSpec":
+        """Accept ``0.3`` / ``"0.3"`` (ratio), ``16`` / ``"16"`` (absolute) or ``"dense"``."""
+        if isinstance(value, RankSpec):
+            return value
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "dense":
+                return cls("dense", 0)
+            try:
+                value = int(text) if text.lstrip("+-").isdigit() else float(text)
+            except ValueError:
+                raise LowRankError(
+                    f"{what} {value!r} is not a number; use a fraction in (0, 1] (e.g. 0.3), an integer rank (e.g. 16) or 'dense'"
+                ) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LowRankError(f"{what} must be a number, got {value!r}; use e.g. 0.3 or 16")
+        if isinstance(value, int):
+            if value < 1:
+                raise LowRankError(f"{what} {value} is not positive; use a fraction in (0, 1] (e.g. 0.3) or an integer rank >= 1")
+            return cls("absolute", value)
+        if not math.isfinite(value) or value <= 0:
+            raise LowRankError(f"{what} {value} is not positive; use a fraction in (0, 1] (e.g. 0.3) or an integer rank >= 1")
+        if value > 1:
+            raise LowRankError(
+                f"{what} {value} is a fraction above 1; use a fraction in (0, 1] (e.g. 0.3) or an integer rank written without a decimal point (e.g. {int(value)})"
+            )
+        return cls("ratio", float(value))
+
+    def __str__(self) -> str:
+        if self.kind == "dense":
+            return "dense"
+        return f"{int(self.value)}" if self.kind == "absolute" else f"{self.value:g}"
+
+    def to_json(self) -> float | int | str:
+        if self.kind == "dense":
+            return "dense"
+        return int(self.value) if self.kind == "absolute" else float(self.value)
+
+
+def choose_format(requested: str, g: ConvGeometry) -> tuple[str, str | None]:
+    """The format a layer gets for a requested one, and a note when it differs."""
+    if requested not in FORMAT_CHOICES:
+        raise LowRankError(f"unknown format {requested!r}; expected one of {', '.join(FORMAT_CHOICES)}")
+    if g.is_pointwise:
+        # Tucker-2 of a 1×1 kernel would add a pointless middle 1×1 layer; SVD is the same factorisation.
+        return "svd", (None if requested in ("auto", "svd") else f"1x1 conv uses svd instead of {requested}")
+    if requested == "auto":
+        return "tucker2", None
+    if not supports(requested, g.ndim):
+        return "tucker2", f"{requested} supports 2-D kernels only; used tucker2"
+    return requested, None
+
+
+def _round(r: int, full: int, round_to: int) -> int:
+    if round_to > 1:
+        r = math.ceil(r / round_to) * round_to
+    return max(1, min(r, full))
+
+
+def ranks_for(fmt: str, g: ConvGeometry, spec: RankSpec, round_to: int = 1) -> tuple[int, ...]:
+    """The concrete ranks of one layer for a rank request (see the module docstring)."""
+    if fmt == "tucker2":
+        dims = (g.in_channels, g.out_channels)
+    elif fmt == "svd":
+        dims = (min(g.out_channels, g.in_channels * g.kernel_numel),)
+    elif fmt == "cp":
+        dims = (min(g.in_channels, g.out_channels),)
+    else:  # pragma: no cover - choose_format returns only the above
+        raise LowRankError(f"unknown format {fmt!r}")
+    if spec.kind == "ratio":
+        raw = [math.ceil(spec.value * d - 1e-9) for d in dims]
+    else:
+        raw = [int(spec.value)] * len(dims)
+    return tuple(_round(r, d, round_to) for r, d in zip(raw, dims))
+
+
+@dataclass(frozen=True)
+class SpatialSizes:
+    """Per-sample spatial sizes summed over calls: input, output, and CP's intermediate (H_out·W_in)."""
+
+    inp: int
+    out: int
+    mid: int
+
+
+def dense_cost(g: ConvGeometry, sizes: SpatialSizes, groups: int = 1) -> tuple[int, int]:
+    params = g.out_channels * (g.in_channels // groups) * g.kernel_numel + (g.out_channels if g.bias else 0)
+    macs = sizes.out * g.out_channels * (g.in_channels // groups) * g.kernel_numel
+    return params, macs
+
+
+def layer_cost(fmt: str, g: ConvGeometry, ranks: Sequence[int], sizes: SpatialSizes) -> tuple[int, int]:
+    """(parameters, MACs per sample) of a factorised layer."""
+    k, cin, cout = g.kernel_numel, g.in_channels, g.out_channels
+    bias = cout if g.bias else 0
+    if fmt == "tucker2":
+        r_in, r_out = ranks
+        params = cin * r_in + r_in * r_out * k + r_out * cout + bias
+        macs = sizes.inp * cin * r_in + sizes.out * (r_in * r_out * k + r_out * cout)
+    elif fmt == "svd":
+        (r,) = ranks
+        params = cin * k * r + r * cout + bias
+        macs = sizes.out * (cin * k * r + r * cout)
+    elif fmt == "cp":
+        (r,) = ranks
+        kh, kw = g.kernel_size
+        params = cin * r + r * kh + r * kw + r * cout + bias
+        macs = sizes.inp * cin * r + sizes.mid * r * kh + sizes.out * r * (kw + cout)
+    else:  # pragma: no cover
+        raise LowRankError(f"unknown format {fmt!r}")
+    return params, macs
+
+
+def solve_ratio(total: Callable[[float], int], target: int, lo: float = 1e-4, hi: float = 1.0, iters: int = 40) -> float:
+    """Largest ratio ρ with ``total(ρ) ≤ target`` by bisection (``total`` non-decreasing in ρ)."""
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if total(mid) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -1,0 +1,191 @@
+"""Find the convolutions of a model and the shapes they see, with torch.fx or forward hooks.
+
+``capture(model, example_input)`` returns, for every ``Conv2d``/``Conv3d`` (and ``Linear``, for the
+MAC totals) that a forward pass reaches, the input and output shapes of each call. The preferred path is
+a torch.fx trace run through an :class:`~torch.fx.Interpreter`; models that fx cannot trace whole
+(detection models, with data-dependent control flow) fall back to forward hooks on the eager model, and
+the result says which path was used. Modules that only run in training mode (Inception's auxiliary
+heads) are caught by a second, train-mode pass with the batch-norm buffers swapped for copies, so the
+user's running statistics never change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import fx, nn
+
+from ..layers import LowRankConv
+
+__all__ = ["Capture", "CallShapes", "capture", "CONV_TYPES"]
+
+CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Conv3d)
+_RECORDED = CONV_TYPES + (nn.Linear,)
+
+
+@dataclass
+class CallShapes:
+    """Shapes seen by one module over all its calls in one forward pass (batch dimension included)."""
+
+    inputs: list[tuple[int, ...]] = field(default_factory=list)
+    outputs: list[tuple[int, ...]] = field(default_factory=list)
+    batch: int = 1
+
+    def spatial_numel(self, which: Literal["inputs", "outputs"]) -> int:
+        """Sum over calls of the per-sample spatial size (H·W, or T·H·W)."""
+        total = 0
+        for shape in getattr(self, which):
+            n = 1
+            for d in shape[2:]:
+                n *= d
+            total += n * shape[0] // self.batch
+        return total
+
+    def linear_macs(self, module: nn.Linear) -> int:
+        rows = sum(_numel(s) // s[-1] for s in self.inputs) // self.batch
+        return rows * module.in_features * module.out_features
+
+
+@dataclass
+class Capture:
+    """What tracing learned about a model."""
+
+    path: Literal["fx", "hooks"]
+    shapes: dict[str, CallShapes]
+    fx_error: str | None = None
+    #: Names of modules only reached by the train-mode pass.
+    train_only: list[str] = field(default_factory=list)
+    #: Convolutions called through ``torch.nn.functional`` (not modules, so not convertible).
+    functional_convs: int = 0
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class _Tracer(fx.Tracer):
+    """Default leaves plus our own low-rank layers (tracing an already converted model)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, LowRankConv) or super().is_leaf_module(m, module_qualified_name)
+
+
+class _ShapeRecorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, shapes: dict[str, CallShapes], batch: int) -> None:
+        super().__init__(gm)
+        self._shapes = shapes
+        self._batch = batch
+
+    def call_module(self, target: str, args: Any, kwargs: Any) -> Any:
+        out = super().call_module(target, args, kwargs)
+        module = self.fetch_attr(target)
+        if isinstance(module, _RECORDED) and args and isinstance(args[0], torch.Tensor):
+            rec = self._shapes.setdefault(target, CallShapes(batch=self._batch))
+            rec.inputs.append(tuple(args[0].shape))
+            rec.outputs.append(tuple(out.shape))
+        return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+def _hook_pass(model: nn.Module, example: Any, batch: int, only: set[str] | None = None) -> dict[str, CallShapes]:
+    shapes: dict[str, CallShapes] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not isinstance(module, _RECORDED) or (only is not None and name not in only):
+            continue
+
+        def hook(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
+            if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                rec = shapes.setdefault(name, CallShapes(batch=batch))
+                rec.inputs.append(tuple(args[0].shape))
+                rec.outputs.append(tuple(out.shape))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*example) if isinstance(example, tuple) else model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _train_mode_pass(model: nn.Module, example: Any, batch: int, only: set[str]) -> dict[str, CallShapes]:
+    """Forward in train mode without touching the caller's buffers (BN running stats)."""
+    from torch.func import functional_call
+
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    params = dict(model.named_parameters())
+    shapes: dict[str, CallShapes] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if name in only:
+            def hook(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
+                if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                    rec = shapes.setdefault(name, CallShapes(batch=batch))
+                    rec.inputs.append(tuple(args[0].shape))
+                    rec.outputs.append(tuple(out.shape))
+
+            handles.append(module.register_forward_hook(hook))
+    model.train()
+    try:
+        with torch.no_grad():
+            functional_call(model, {**params, **buffers}, example if isinstance(example, tuple) else (example,))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def capture(model: nn.Module, example: Any, train_example: Any | None = None, batch: int = 1) -> Capture:
+    """Trace ``model`` on ``example`` and record the shapes each conv/linear module sees.
+
+    Args:
+        model: the model; its parameters, buffers and training flag are left as they were.
+        example: the positional input (a tensor, a list of images, or a tuple of positional args).
+        train_example: input for the train-mode pass that reaches training-only modules (batch 2,
+            since batch norm needs two values per channel); ``None`` skips that pass.
+        batch: the batch size of ``example`` (shapes are reported per sample).
+    """
+    was_training = model.training
+    fx_error: str | None = None
+    try:
+        model.eval()
+        try:
+            graph = _Tracer().trace(model)
+            gm = fx.GraphModule(model, graph)
+            functional = sum(
+                1 for n in graph.nodes
+                if n.op == "call_function" and getattr(n.target, "__name__", "") in {"conv2d", "conv3d"}
+            )
+            shapes: dict[str, CallShapes] = {}
+            with torch.no_grad():
+                _ShapeRecorder(gm, shapes, batch).run(*(example if isinstance(example, tuple) else (example,)))
+            path: Literal["fx", "hooks"] = "fx"
+        except Exception as exc:  # noqa: BLE001 - any trace failure means: use the eager fallback
+            fx_error = _first_line(exc)
+            functional = 0
+            shapes = _hook_pass(model, example, batch)
+            path = "hooks"
+        wanted = {n for n, m in model.named_modules() if isinstance(m, CONV_TYPES)}
+        missing = wanted - set(shapes)
+        train_only: list[str] = []
+        if missing and train_example is not None:
+            try:
+                extra = _train_mode_pass(model, train_example, 2, missing)
+            except Exception:  # noqa: BLE001 - a model that cannot run in train mode keeps them unreached
+                extra = {}
+            shapes.update(extra)
+            train_only = sorted(extra)
+    finally:
+        model.train(was_training)
+    return Capture(path=path, shapes=shapes, fx_error=fx_error, train_only=train_only, functional_convs=functional)

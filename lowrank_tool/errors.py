@@ -1,0 +1,18 @@
+"""User-facing error and warning types.
+
+Every mistake a user can make (a bad rank, an unknown model, a corrupt artifact) raises
+:class:`LowRankError` with one line that names the bad value, what is allowed and the fix. The CLI
+prints that line to stderr and exits with code 2; Python callers can catch it as a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LowRankError", "LowRankWarning"]
+
+
+class LowRankError(ValueError):
+    """Bad input from the user: the message is one line meant to be shown as is."""
+
+
+class LowRankWarning(UserWarning):
+    """Something recoverable and surprising happened (e.g. a layer left dense by request)."""

@@ -1,0 +1,218 @@
+"""Shared machinery of the low-rank convolution layers.
+
+A low-rank layer replaces one dense ``Conv2d``/``Conv3d``. It remembers the geometry of the conv it
+replaces (channels, kernel, stride, padding, dilation, padding mode, bias) so that it can be merged back
+(:meth:`LowRankConv.to_dense`), report its compression, and be rebuilt from a plan entry. The math of
+each format lives in its own module; the swap into a model lives in :mod:`lowrank_tool.convert.apply`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import LowRankError
+
+__all__ = ["LowRankConv", "ConvGeometry", "Init", "conv_class", "dense_conv_params"]
+
+Init = Literal["random", "decompose", "none"]
+_INITS = ("random", "decompose", "none")
+
+
+def conv_class(ndim: int) -> type[nn.Module]:
+    """The dense conv class for a spatial dimensionality (2 or 3)."""
+    try:
+        return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[ndim]
+    except KeyError:  # pragma: no cover - guarded by callers
+        raise LowRankError(f"convolutions with {ndim} spatial dims are not supported; allowed: 2 or 3") from None
+
+
+def dense_conv_params(conv: nn.Module) -> int:
+    """Parameter count of a dense conv (weight plus bias)."""
+    return sum(p.numel() for p in (conv.weight, conv.bias) if p is not None)
+
+
+class ConvGeometry:
+    """The hyper-parameters of a dense conv that a low-rank replacement must keep."""
+
+    __slots__ = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "padding_mode", "bias", "ndim")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Sequence[int],
+        stride: Sequence[int],
+        padding: Sequence[int] | str,
+        dilation: Sequence[int],
+        padding_mode: str = "zeros",
+        bias: bool = True,
+    ) -> None:
+        self.ndim = len(kernel_size)
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = tuple(int(k) for k in kernel_size)
+        self.stride = tuple(int(s) for s in stride)
+        self.padding = padding if isinstance(padding, str) else tuple(int(p) for p in padding)
+        self.dilation = tuple(int(d) for d in dilation)
+        self.padding_mode = padding_mode
+        self.bias = bool(bias)
+
+    @classmethod
+    def of(cls, conv: nn.Module) -> "ConvGeometry":
+        if getattr(conv, "groups", 1) != 1:
+            raise LowRankError(
+                f"cannot factorise a grouped conv (groups={conv.groups}); low-rank formats need groups=1, "
+                "so leave this layer dense (it is excluded by default)"
+            )
+        return cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.padding_mode, conv.bias is not None,
+        )
+
+    @property
+    def kernel_numel(self) -> int:
+        return math.prod(self.kernel_size)
+
+    @property
+    def is_pointwise(self) -> bool:
+        return self.kernel_numel == 1
+
+    def dense_params(self) -> int:
+        return self.out_channels * self.in_channels * self.kernel_numel + (self.out_channels if self.bias else 0)
+
+    def spatial_kwargs(self) -> dict[str, Any]:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, padding_mode=self.padding_mode)
+
+
+class LowRankConv(nn.Module):
+    """Base class of the factorised convolutions.
+
+    Subclasses set ``format_name`` and implement ``_build``, ``_init_random``, ``_init_decompose``,
+    ``dense_weight`` and ``factors``.
+    """
+
+    format_name: ClassVar[str] = ""
+    #: Number of rank values the format takes (Tucker-2: (r_in, r_out); SVD and CP: (r,)).
+    num_ranks: ClassVar[int] = 1
+
+    def __init__(self, geometry: ConvGeometry, ranks: Sequence[int], *, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        ranks = tuple(int(r) for r in ranks)
+        if len(ranks) != self.num_ranks or any(r < 1 for r in ranks):
+            raise LowRankError(
+                f"{type(self).__name__} takes {self.num_ranks} positive rank(s), got {ranks}; "
+                "pass e.g. ranks=(8,) for svd/cp or ranks=(8, 16) for tucker2"
+            )
+        self.geometry = geometry
+        self.ranks = ranks
+        self._build(geometry, ranks, dict(device=device, dtype=dtype))
+
+    # -- to be implemented by formats -------------------------------------------------------------
+    def _build(self, g: ConvGeometry, ranks: tuple[int, ...], factory: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _init_random(self, dense_weight_var: float) -> None:
+        raise NotImplementedError
+
+    def _init_decompose(self, weight: Tensor) -> None:
+        raise NotImplementedError
+
+    def dense_weight(self) -> Tensor:
+        """The dense kernel (C_out, C_in, *k) this layer computes."""
+        raise NotImplementedError
+
+    def factors(self) -> list[Tensor]:
+        """Factor matrices (rows = channels, columns = rank) for the orthogonality regulariser.
+
+        They are views of the 1×1 convs' weights, so a penalty on them back-propagates into the layer.
+        """
+        raise NotImplementedError
+
+    # -- shared API ---------------------------------------------------------------------------------
+    @property
+    def bias(self) -> Tensor | None:
+        return self._bias_holder().bias
+
+    def _bias_holder(self) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def from_geometry(cls, geometry: ConvGeometry, ranks: Sequence[int], **factory: Any) -> "LowRankConv":
+        return cls(geometry, ranks, **factory)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Module, ranks: Sequence[int] | int, init: Init = "random") -> "LowRankConv":
+        """Build the low-rank replacement of a dense conv.
+
+        Args:
+            conv: the ``nn.Conv2d`` (or ``nn.Conv3d`` where the format supports it) to replace; it is not
+                modified.
+            ranks: the format's ranks, e.g. ``(r,)`` for SVD/CP or ``(r_in, r_out)`` for Tucker-2; an int
+                means the same rank in every mode.
+            init: ``"random"`` initialises the factors for training from scratch (ELRT), with orthonormal
+                1×1 factors and a core scaled so that the merged kernel has the dense kernel's
+                energy (activations keep the dense network's scale); ``"decompose"`` fits the factors
+                to ``conv``'s weights (truncated HOSVD / SVD / CP via tensorly); ``"none"`` leaves them
+                uninitialised (for loading weights right after).
+
+        Example:
+            >>> conv = torch.nn.Conv2d(64, 128, 3, padding=1)
+            >>> layer = Tucker2Conv2d.from_dense(conv, ranks=(32, 64), init="decompose")
+            >>> layer(torch.randn(1, 64, 8, 8)).shape
+            torch.Size([1, 128, 8, 8])
+        """
+        if init not in _INITS:
+            raise LowRankError(f"init={init!r} is not known; allowed: {', '.join(_INITS)}")
+        geometry = ConvGeometry.of(conv)
+        if isinstance(ranks, int):
+            ranks = (ranks,) * cls.num_ranks
+        layer = cls(geometry, ranks, device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            if init == "random":
+                layer._init_random(float(conv.weight.detach().float().var()) if conv.weight.numel() > 1 else 1.0)
+            elif init == "decompose":
+                layer._init_decompose(conv.weight.detach())
+            if geometry.bias and init != "none":
+                layer._bias_holder().bias.copy_(conv.bias.detach())
+        return layer
+
+    def to_dense(self) -> nn.Module:
+        """Merge the factors back into one dense conv computing the same function."""
+        g = self.geometry
+        ref = self.dense_weight()
+        conv = conv_class(g.ndim)(
+            g.in_channels, g.out_channels, g.kernel_size, bias=g.bias, device=ref.device, dtype=ref.dtype,
+            **g.spatial_kwargs(),
+        )
+        with torch.no_grad():
+            conv.weight.copy_(ref)
+            if g.bias:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def compression(self) -> float:
+        """Dense parameters divided by this layer's parameters."""
+        return self.geometry.dense_params() / max(1, self.num_parameters())
+
+    def extra_repr(self) -> str:
+        g = self.geometry
+        k = "x".join(map(str, g.kernel_size))
+        ranks = ", ".join(map(str, self.ranks))
+        return f"{g.in_channels}->{g.out_channels}, kernel={k}, stride={g.stride}, ranks=({ranks}), compression={self.compression:.2f}x"
+
+
+def orthonormal_(weight: Tensor, gain: float = 1.0) -> Tensor:
+    """Fill a conv weight (out, in, 1...) so that its matrix has orthonormal rows or columns."""
+    with torch.no_grad():
+        flat = torch.empty(weight.shape[0], weight[0].numel(), dtype=torch.float32, device=weight.device)
+        nn.init.orthogonal_(flat, gain=gain)
+        weight.copy_(flat.view_as(weight))
+    return weight
