@@ -47,13 +47,16 @@ def _check_matches(module: nn.Module, entry: LayerPlan) -> None:
 
 
 @torch.no_grad()
-def apply_plan(model: nn.Module, plan: ConversionPlan, init: Init = "random") -> nn.Module:
+def apply_plan(model: nn.Module, plan: ConversionPlan, init: Init = "random", source: nn.Module | None = None) -> nn.Module:
     """Replace every converted layer of ``plan`` in ``model`` (modified in place and returned).
 
-    With ``init="decompose"`` each plan entry gets the relative Frobenius error of its approximation.
+    ``source`` is the model whose dense convs are read (default: ``model`` itself); ``convert`` passes
+    the user's model here and a copy that skipped those convs as ``model``. With ``init="decompose"``
+    each plan entry gets the relative Frobenius error of its approximation.
     """
+    source = model if source is None else source
     for entry in plan.converted_layers:
-        module = get_submodule(model, entry.name)
+        module = get_submodule(source, entry.name)
         _check_matches(module, entry)
         cls = get_format(entry.format, len(entry.kernel_size))
         layer = cls.from_dense(module, tuple(entry.ranks or ()), init=init)

@@ -42,6 +42,8 @@ class ConvertOptions:
         round_to: round every rank up to a multiple of this (hardware-friendly channel counts).
         exclude: layer names or ``re:`` regexes to keep dense.
         layer_rank: ``{name-or-re:pattern: rank}`` (or ``["pattern=rank", ...]``); rank may be ``"dense"``.
+        allow_growth: convert a layer even when its factorised form is not smaller than the dense conv
+            (full-rank numerical checks, experiments); by default such a layer stays dense.
     """
 
     rank: float | int | str | None = None
@@ -51,6 +53,7 @@ class ConvertOptions:
     round_to: int = 1
     exclude: Sequence[str] = ()
     layer_rank: Mapping[str, Any] | Sequence[str] | None = None
+    allow_growth: bool = False
     rank_spec: RankSpec = field(init=False)
     layer_specs: dict[str, RankSpec] = field(init=False)
 
@@ -92,6 +95,7 @@ class ConvertOptions:
             "round_to": self.round_to,
             "exclude": list(self.exclude),
             "layer_rank": {k: v.to_json() for k, v in self.layer_specs.items()},
+            "allow_growth": self.allow_growth,
         }
 
 
@@ -135,14 +139,14 @@ def _candidates(model: nn.Module, capture: Capture) -> list[_Candidate]:
         dense = dense_cost(plain, sizes or SpatialSizes(0, 0, 0), groups)
         cand = _Candidate(name, module, plain if groups == 1 else None, sizes, in_hw, out_hw, calls, dense)
         if groups != 1:
-            cand.reason = f"grouped conv (groups={groups}): low-rank formats need groups=1"
+            cand.reason = f"grouped conv (groups={groups})"
         elif sizes is None:
-            cand.reason = "not reached by a forward pass with the example input (no shapes)"
+            cand.reason = "not reached by the forward pass"
         out.append(cand)
     return out
 
 
-def _decide(c: _Candidate, fmt_request: str, spec: RankSpec, round_to: int) -> tuple[str, tuple[int, ...] | None, tuple[int, int], str | None]:
+def _decide(c: _Candidate, fmt_request: str, spec: RankSpec, round_to: int, allow_growth: bool = False) -> tuple[str, tuple[int, ...] | None, tuple[int, int], str | None]:
     """(format, ranks, (params, macs), reason) for one layer under one rank request."""
     assert c.geometry is not None and c.sizes is not None
     if spec.kind == "dense":
@@ -150,11 +154,10 @@ def _decide(c: _Candidate, fmt_request: str, spec: RankSpec, round_to: int) -> t
     fmt, note = choose_format(fmt_request, c.geometry)
     ranks = ranks_for(fmt, c.geometry, spec, round_to)
     cost = layer_cost(fmt, c.geometry, ranks, c.sizes)
-    if cost[0] >= c.dense[0] or cost[1] >= c.dense[1]:
+    if not allow_growth and (cost[0] >= c.dense[0] or cost[1] >= c.dense[1]):
         r = "x".join(map(str, ranks))
         return "dense", None, c.dense, (
-            f"{fmt} at rank {r} would not save both parameters and MACs "
-            f"({cost[0]:,} vs {c.dense[0]:,} params, {cost[1]:,} vs {c.dense[1]:,} MACs)"
+            f"no saving at rank {r} ({fmt}: {cost[0]:,} vs {c.dense[0]:,} params, {cost[1]:,} vs {c.dense[1]:,} MACs)"
         )
     return fmt, ranks, cost, note
 
@@ -180,13 +183,13 @@ def build_plan(
         if c.reason is not None:
             continue
         if hit_ex:
-            c.reason, c.spec = "excluded by --exclude", RankSpec("dense", 0)
+            c.reason, c.spec = "excluded (--exclude)", RankSpec("dense", 0)
         elif hit_lr:
             c.spec, c.spec_source = spec, "layer_rank"
             if spec.kind == "dense":
-                c.reason = "kept dense by --layer-rank"
+                c.reason = "dense (--layer-rank)"
         elif c.module.in_channels <= STEM_MAX_CHANNELS:
-            c.reason = f"stem conv reads the image (C_in={c.module.in_channels} <= {STEM_MAX_CHANNELS}); convert it with --layer-rank {c.name}=R"
+            c.reason = f"stem: reads the image (C_in={c.module.in_channels})"
             c.spec = RankSpec("dense", 0)
     exclude.check_all_used(model_hint)
     overrides.check_all_used(model_hint)
@@ -208,12 +211,12 @@ def build_plan(
         idx = 0 if key == "params" else 1
         dense_total = (other_params if idx == 0 else other_macs) + sum(c.dense[idx] for c in cands)
         base = (other_params if idx == 0 else other_macs) + sum(c.dense[idx] for c in fixed_layers)
-        base += sum(_decide(c, options.format, c.spec, options.round_to)[2][idx] for c in pinned)  # type: ignore[arg-type]
+        base += sum(_decide(c, options.format, c.spec, options.round_to, options.allow_growth)[2][idx] for c in pinned)  # type: ignore[arg-type]
         target = fraction * dense_total
 
         def total(ratio: float) -> int:
             spec = RankSpec("ratio", ratio)
-            return base + sum(_decide(c, options.format, spec, options.round_to)[2][idx] for c in free)
+            return base + sum(_decide(c, options.format, spec, options.round_to, options.allow_growth)[2][idx] for c in free)
 
         smallest = total(1e-6)
         if smallest > target:
@@ -230,7 +233,7 @@ def build_plan(
         m = c.module
         if c in active:
             spec = c.spec if c.spec is not None else global_spec
-            fmt, ranks, cost, note = _decide(c, options.format, spec, options.round_to)
+            fmt, ranks, cost, note = _decide(c, options.format, spec, options.round_to, options.allow_growth)
             source = str(spec) if c.spec is not None or budget is None else f"budget:{spec.value:.4f}"
         else:
             fmt, ranks, cost, note, source = "dense", None, c.dense, c.reason, None
@@ -246,15 +249,18 @@ def build_plan(
 
     plan = ConversionPlan(
         base_model=base_model, input_size=list(input_size),
-        trace={"path": capture.path, "fx_error": capture.fx_error, "train_only": capture.train_only},
+        trace={"path": capture.path, "fx_error": capture.fx_error, "train_only": capture.train_only,
+               "train_error": capture.train_error},
         policy=options.to_json(), layers=layers, other_params=other_params, other_macs=other_macs,
     )
     if budget_note:
         plan.notes.append(budget_note)
+    if capture.train_error:
+        plan.notes.append(f"the train-mode pass failed ({capture.train_error}); layers only used in training stay dense")
     if capture.functional_convs:
         plan.notes.append(f"{capture.functional_convs} convolution(s) are called through torch.nn.functional and cannot be converted")
     if not plan.converted_layers:
-        user_kept = [c.name for c in cands if c.reason in ("excluded by --exclude", "kept dense by --layer-rank")]
+        user_kept = [c.name for c in cands if c.reason in ("excluded (--exclude)", "dense (--layer-rank)")]
         if user_kept:
             raise LowRankError(
                 f"every convertible layer is excluded ({len(user_kept)} by --exclude/--layer-rank); nothing would be converted — "

@@ -30,6 +30,7 @@ class FqnMatcher(Generic[T]):
         self.what = what
         self.exact = {k: v for k, v in rules.items() if not k.startswith("re:")}
         self.regex = [(k, _compile(k), v) for k, v in rules.items() if k.startswith("re:")]
+        self.order = list(rules)
         self.used: set[str] = set()
 
     def lookup(self, name: str) -> tuple[bool, T | None]:
@@ -43,7 +44,7 @@ class FqnMatcher(Generic[T]):
         return False, None
 
     def check_all_used(self, model_hint: str) -> None:
-        unused = [k for k in list(self.exact) + [k for k, _, _ in self.regex] if k not in self.used]
+        unused = [k for k in self.order if k not in self.used]
         if unused:
             shown = ", ".join(repr(u) for u in unused)
             raise LowRankError(

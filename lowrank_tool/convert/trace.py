@@ -59,6 +59,8 @@ class Capture:
     train_only: list[str] = field(default_factory=list)
     #: Convolutions called through ``torch.nn.functional`` (not modules, so not convertible).
     functional_convs: int = 0
+    #: Why the train-mode pass failed, if it did (its modules then stay unreached).
+    train_error: str | None = None
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -179,13 +181,15 @@ def capture(model: nn.Module, example: Any, train_example: Any | None = None, ba
         wanted = {n for n, m in model.named_modules() if isinstance(m, CONV_TYPES)}
         missing = wanted - set(shapes)
         train_only: list[str] = []
+        train_error: str | None = None
         if missing and train_example is not None:
             try:
                 extra = _train_mode_pass(model, train_example, 2, missing)
-            except Exception:  # noqa: BLE001 - a model that cannot run in train mode keeps them unreached
-                extra = {}
+            except Exception as exc:  # noqa: BLE001 - a model that cannot run in train mode keeps them unreached
+                extra, train_error = {}, _first_line(exc)
             shapes.update(extra)
             train_only = sorted(extra)
     finally:
         model.train(was_training)
-    return Capture(path=path, shapes=shapes, fx_error=fx_error, train_only=train_only, functional_convs=functional)
+    return Capture(path=path, shapes=shapes, fx_error=fx_error, train_only=train_only, functional_convs=functional,
+                   train_error=train_error)

@@ -24,7 +24,10 @@ def tucker2(weight: Tensor, r_out: int, r_in: int, n_iter_max: int = 10) -> tupl
     from tensorly.decomposition import partial_tucker
 
     w = _np(weight)
-    if r_out >= w.shape[0] and r_in >= w.shape[1]:
+    # A mode's rank cannot exceed its unfolding's rank; larger requested ranks keep zero channels.
+    r_out = min(r_out, w.shape[0], w[0].size)
+    r_in = min(r_in, w.shape[1], w.size // w.shape[1])
+    if r_out >= min(w.shape[0], w[0].size) and r_in >= min(w.shape[1], w.size // w.shape[1]):
         n_iter_max = 0  # full rank: the HOSVD is exact, iterations only add round-off
     (core, (u_out, u_in)), _ = partial_tucker(w, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=n_iter_max)
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (u_out, core, u_in))  # type: ignore[return-value]
@@ -38,10 +41,10 @@ def truncated_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
     return torch.from_numpy(u.copy()), torch.from_numpy(s.copy()), torch.from_numpy(vt.copy())
 
 
-def cp(weight: Tensor, rank: int, n_iter_max: int = 200, seed: int = 0) -> tuple[Tensor, list[Tensor]]:
+def cp(weight: Tensor, rank: int, n_iter_max: int = 500, seed: int = 0) -> tuple[Tensor, list[Tensor]]:
     """CP (PARAFAC, ALS) decomposition: ``weights (R,)`` and one factor per mode, each (dim, R)."""
     from tensorly.decomposition import parafac
 
-    cp_tensor = parafac(_np(weight), rank=rank, n_iter_max=n_iter_max, init="random", random_state=seed, tol=1e-10)
+    cp_tensor = parafac(_np(weight), rank=rank, n_iter_max=n_iter_max, init="random", random_state=seed, tol=1e-12)
     weights, factors = cp_tensor
     return torch.from_numpy(np.asarray(weights).copy()), [torch.from_numpy(f.copy()) for f in factors]

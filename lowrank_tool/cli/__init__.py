@@ -1,0 +1,48 @@
+"""The `lowrank` command line: a thin typer shell over the Python API, one module per command."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .._version import __version__
+from ..errors import LowRankError
+from ._common import fail
+from .convert import convert
+from .layers import layers
+from .models import models
+
+app = typer.Typer(
+    name="lowrank",
+    help="Low-rank CNNs: convert torchvision models (or yours) to ELRT Tucker-2 layers, train from scratch, export to ONNX.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command()(convert)
+app.command()(models)
+app.command()(layers)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"lowrank-tool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit.")) -> None:
+    """Low-rank CNNs: convert, train from scratch, export."""
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except LowRankError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,80 @@
+"""`lowrank convert`: build the plan, show it, and write the artifact (plan.json + model.safetensors)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from ._common import console, err_console, print_json
+from .render import print_plan
+
+
+class Format(str, Enum):
+    auto = "auto"
+    tucker2 = "tucker2"
+    svd = "svd"
+    cp = "cp"
+
+
+class Init(str, Enum):
+    random = "random"
+    decompose = "decompose"
+
+
+def convert(
+    model: Annotated[str, typer.Argument(help="Model name (see `lowrank models`) or 'package.module:factory'.")],
+    rank: Annotated[Optional[str], typer.Option("--rank", "-r", help="Fraction of channels kept per factorised mode, in (0, 1] (0.3: r_in=ceil(0.3*C_in), r_out=ceil(0.3*C_out)), or an integer absolute rank. Default 0.3.")] = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Low-rank format; auto = svd for 1x1 convs, tucker2 (ELRT) otherwise.")] = Format.auto,
+    target_params: Annotated[Optional[float], typer.Option(help="Keep this fraction of the dense model's parameters; ranks are solved across layers.")] = None,
+    target_macs: Annotated[Optional[float], typer.Option(help="Keep this fraction of the dense model's MACs; ranks are solved across layers.")] = None,
+    round_to: Annotated[int, typer.Option(help="Round every rank up to a multiple of N.")] = 1,
+    exclude: Annotated[Optional[List[str]], typer.Option("--exclude", "-x", help="Keep a layer dense: a fully qualified name or 're:REGEX' (repeatable).")] = None,
+    layer_rank: Annotated[Optional[List[str]], typer.Option("--layer-rank", "-l", help="Per-layer rank, NAME=R or 're:REGEX=R'; R may be 'dense' (repeatable).")] = None,
+    input_size: Annotated[Optional[str], typer.Option(help="Per-sample input CxHxW (CxTxHxW for video); default from the model family.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Number of output classes of the model.")] = None,
+    allow_growth: Annotated[bool, typer.Option(help="Convert layers even when the factorised form is not smaller (full-rank checks).")] = False,
+    init: Annotated[Init, typer.Option(help="random: ELRT training from scratch; decompose: fit the factors to the model's weights.")] = Init.random,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write DIR/plan.json and DIR/model.safetensors.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+    json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON instead of the table.")] = False,
+) -> None:
+    """Convert a model's convolutions into ELRT low-rank layers at initialisation and show the plan.
+
+    Example: lowrank convert resnet50 --rank 0.3 -o r50
+    """
+    from .. import convert as do_convert
+    from .. import save, summary
+
+    if output is not None and output.exists() and not force:
+        from ..errors import LowRankError
+
+        raise LowRankError(f"{output} already exists; choose another output directory or pass --force")
+    with err_console.status(f"converting {model}…", spinner="dots") if not json else _null():
+        converted = do_convert(
+            model, rank, format=format.value, target_params=target_params, target_macs=target_macs, round_to=round_to,
+            exclude=exclude or (), layer_rank=layer_rank or None, input_size=input_size, num_classes=num_classes,
+            init=init.value, allow_growth=allow_growth,
+        )
+        plan = summary(converted)
+        if output is not None:
+            save(converted, output, overwrite=force)
+    if json:
+        data = plan.to_dict()
+        if output is not None:
+            data["output"] = str(output)
+        print_json(data)
+        return
+    print_plan(plan, title=f"{model} → low-rank")
+    if output is not None:
+        console.print(f"wrote [bold]{output}/plan.json[/bold] and [bold]{output}/model.safetensors[/bold]")
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None

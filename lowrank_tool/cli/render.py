@@ -1,0 +1,71 @@
+"""Rich rendering of a conversion plan: the per-layer table, the totals and what the ranks mean."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from ..convert.plan import ConversionPlan
+from ._common import console, human
+
+
+def rank_meaning(plan: ConversionPlan) -> str:
+    policy = plan.policy
+    rank = policy.get("rank")
+    if policy.get("target_params") is not None or policy.get("target_macs") is not None:
+        head = "ranks solved for the budget: one ratio ρ for all free layers"
+        r = "ρ"
+    elif isinstance(rank, int):
+        return f"rank {rank} = absolute rank in every factorised mode (capped at the mode's channels)"
+    else:
+        head, r = f"rank {rank} = fraction of channels kept in each factorised mode", f"{rank}"
+    return (f"{head}: tucker2 r_in=⌈{r}·C_in⌉, r_out=⌈{r}·C_out⌉; svd r=⌈{r}·min(C_out, C_in·k)⌉; "
+            f"cp R=⌈{r}·min(C_in, C_out)⌉" + (f"; rounded up to multiples of {policy['round_to']}" if policy.get("round_to", 1) > 1 else ""))
+
+
+def _size(sizes: list[int] | None) -> str:
+    return "x".join(map(str, sizes)) if sizes else "-"
+
+
+def plan_table(plan: ConversionPlan, title: str | None = None) -> Table:
+    table = Table(title=title, show_lines=False, header_style="bold", pad_edge=False)
+    for col, just in (("layer", "left"), ("kernel", "right"), ("channels", "right"), ("out size", "right"),
+                      ("format", "left"), ("ranks", "right"), ("params", "right"), ("MACs", "right"), ("note", "left")):
+        table.add_column(col, justify=just, overflow="fold", no_wrap=col not in ("layer", "note"))
+    for layer in plan.layers:
+        style = None if layer.converted else "dim"
+        table.add_row(
+            layer.name,
+            "x".join(map(str, layer.kernel_size)),
+            f"{layer.in_channels}→{layer.out_channels}",
+            _size(layer.output_size),
+            layer.format,
+            ",".join(map(str, layer.ranks)) if layer.ranks else "-",
+            f"{human(layer.params_before)}→{human(layer.params_after)}",
+            f"{human(layer.macs_before)}→{human(layer.macs_after)}",
+            layer.reason or (f"err {layer.error:.2e}" if layer.error is not None else ""),
+            style=style,
+        )
+    t = plan.totals()
+    table.add_section()
+    table.add_row(
+        f"total ({t['converted']}/{t['layers']} convs converted)", "", "", "", "", "",
+        f"{human(t['params_before'])}→{human(t['params_after'])}", f"{human(t['macs_before'])}→{human(t['macs_after'])}",
+        f"{t['compression']:.2f}x params, {t['mac_reduction']:.2f}x MACs", style="bold",
+    )
+    return table
+
+
+def print_plan(plan: ConversionPlan, title: str | None = None) -> None:
+    t = plan.totals()
+    console.print(plan_table(plan, title))
+    console.print(
+        f"[bold]params[/bold] {human(t['params_before'])} → {human(t['params_after'])} ({100 * t['params_ratio']:.1f}% kept, "
+        f"{t['compression']:.2f}x)   [bold]MACs[/bold] {human(t['macs_before'])} → {human(t['macs_after'])} "
+        f"({100 * t['macs_ratio']:.1f}% kept, {t['mac_reduction']:.2f}x)   per sample at {'x'.join(map(str, plan.input_size))}, "
+        f"traced with {plan.trace.get('path')}"
+    )
+    console.print(f"[dim]{rank_meaning(plan)}; MACs count conv and linear layers[/dim]")
+    if plan.trace.get("path") == "hooks":
+        console.print(f"[dim]torch.fx could not trace the whole model ({plan.trace.get('fx_error')}); shapes came from forward hooks[/dim]")
+    for note in plan.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
