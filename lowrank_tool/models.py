@@ -75,7 +75,23 @@ def list_models(task: str | None = None) -> list[ModelEntry]:
     return sorted(entries, key=lambda e: (order.index(e.task) if e.task in order else len(order), e.name))
 
 
+def _import_factory(spec: str) -> ModelEntry:
+    """``package.module:factory`` → an entry that calls ``factory(**kwargs)`` (the user's own code)."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise LowRankError(f"cannot import {spec!r} ({exc}); write 'package.module:factory' with the package importable (on PYTHONPATH)") from None
+    if not callable(factory):
+        raise LowRankError(f"{spec!r} is not callable; point to a class or function that returns an nn.Module")
+    return ModelEntry(spec, "classification", "import", factory)
+
+
 def get_entry(name: str) -> ModelEntry:
+    if ":" in name:
+        return _import_factory(name)
     if name in _EXTRA:
         return _EXTRA[name]
     tv = _torchvision_names()
@@ -114,7 +130,10 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
         except TypeError as exc:
             raise LowRankError(f"cannot build {name!r} with arguments {kwargs}: {exc}") from None
     assert entry.builder is not None
-    return entry.builder(**kwargs)
+    model = entry.builder(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise LowRankError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def default_input_size(name: str, kwargs: dict[str, Any] | None = None) -> tuple[int, ...]:

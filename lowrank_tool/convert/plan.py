@@ -156,7 +156,7 @@ class ConversionPlan:
                 toolkit_version=str(data.get("toolkit_version", "?")),
                 notes=list(data.get("notes", [])),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LowRankError(f"{source} is missing or has a malformed field ({exc}); re-create it with `lowrank convert -o DIR`") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:

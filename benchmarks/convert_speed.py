@@ -1,0 +1,61 @@
+"""Time `lowrank_tool.convert()` on already-built models, and report what the conversion keeps.
+
+Usage:
+    python benchmarks/convert_speed.py                       # resnet18, resnet50, mobilenet_v2, vgg16
+    python benchmarks/convert_speed.py --models resnet50 --rank 0.3 --repeat 5 --json out.json
+
+Building the dense model is not timed (its random init is torchvision's cost, not ours); each timing is
+one full ``convert()`` call: tracing, shape capture, planning, copying the kept modules and initialising
+the low-rank layers. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+import lowrank_tool as lr
+from lowrank_tool.models import build_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "mobilenet_v2", "vgg16"])
+    parser.add_argument("--rank", type=float, default=0.3)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", default="benchmarks/results/convert_speed.json")
+    args = parser.parse_args()
+
+    rows = []
+    for name in args.models:
+        model = build_model(name)
+        lr.convert(model, rank=args.rank)  # warm-up (first fx trace imports and caches)
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            converted = lr.convert(model, rank=args.rank)
+            times.append(time.perf_counter() - t0)
+        t = lr.summary(converted).totals()
+        rows.append({
+            "model": name, "rank": args.rank, "convert_s_median": statistics.median(times), "convert_s_max": max(times),
+            "params_ratio": t["params_ratio"], "macs_ratio": t["macs_ratio"], "converted": t["converted"], "layers": t["layers"],
+        })
+        print(f"{name:14s} convert {statistics.median(times):6.3f}s (max {max(times):.3f}s)  "
+              f"params kept {100 * t['params_ratio']:5.1f}%  MACs kept {100 * t['macs_ratio']:5.1f}%  "
+              f"{t['converted']}/{t['layers']} convs", flush=True)
+    meta = {"machine": platform.platform(), "cpu_count": torch.get_num_threads(), "torch": torch.__version__, "lowrank_tool": lr.__version__}
+    import pathlib
+
+    path = pathlib.Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
