@@ -38,6 +38,7 @@ class atomic_directory:
         self.target = Path(target)
         self.overwrite = overwrite
         self.tmp: Path | None = None
+        self.created: list[Path] = []  # parent directories made here, removed again on failure
 
     def __enter__(self) -> Path:
         if self.target.exists() and not self.overwrite:
@@ -45,18 +46,29 @@ class atomic_directory:
         if self.target.exists() and not self.target.is_dir():
             raise LowRankError(f"{self.target} exists and is not a directory; choose another output path")
         parent = self.target.parent
-        if not parent.exists():
-            raise LowRankError(f"parent directory {parent} does not exist; create it first or choose another output path")
         try:
+            missing = [p for p in [parent, *parent.parents] if not p.exists()]
+            for p in reversed(missing):
+                p.mkdir()
+                self.created.append(p)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=parent))
         except OSError as exc:
+            self._remove_created()
             raise LowRankError(f"cannot write into {parent} ({exc.strerror}); choose a writable output directory") from None
         return self.tmp
+
+    def _remove_created(self) -> None:
+        for p in reversed(self.created):
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
     def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
         assert self.tmp is not None
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            self._remove_created()
             return
         old = None
         if self.target.exists():

@@ -111,3 +111,18 @@ def test_plan_for_a_different_architecture_is_refused(artifact, tmp_path):
 def test_missing_directory(tmp_path):
     with pytest.raises(LowRankError, match="is not a directory"):
         lr.load(tmp_path / "nope")
+
+
+def test_save_creates_missing_parents_and_cleans_up_on_failure(artifact, tmp_path):
+    model, _ = artifact
+    lr.save(model, tmp_path / "a" / "b" / "c")
+    assert (tmp_path / "a" / "b" / "c" / "plan.json").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LowRankError, match="cannot write into"):
+        lr.save(model, tmp_path / "file" / "sub" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "file"]
+
+
+def test_half_precision_model_converts():
+    model = lr.convert(TinyNet().to(torch.bfloat16), rank=0.5, input_size=(3, 16, 16))
+    assert next(model.parameters()).dtype == torch.bfloat16

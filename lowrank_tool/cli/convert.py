@@ -52,14 +52,24 @@ def convert(
         from ..errors import LowRankError
 
         raise LowRankError(f"{output} already exists; choose another output directory or pass --force")
-    with err_console.status(f"converting {model}…", spinner="dots") if not json else _null():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("[dim]{task.fields[layer]}"), console=err_console, transient=True, disable=json or not err_console.is_terminal)
+    with bar:
+        task = bar.add_task(f"tracing {model}", total=None, layer="")
+
+        def progress(done: int, total: int, name: str) -> None:
+            bar.update(task, description=f"{init.value} init", completed=done, total=total, layer=name)
+
         converted = do_convert(
             model, rank, format=format.value, target_params=target_params, target_macs=target_macs, round_to=round_to,
             exclude=exclude or (), layer_rank=layer_rank or None, input_size=input_size, num_classes=num_classes,
-            init=init.value, allow_growth=allow_growth,
+            init=init.value, allow_growth=allow_growth, progress=progress,
         )
         plan = summary(converted)
         if output is not None:
+            bar.update(task, description=f"writing {output}", layer="")
             save(converted, output, overwrite=force)
     if json:
         data = plan.to_dict()
@@ -70,11 +80,3 @@ def convert(
     print_plan(plan, title=f"{model} → low-rank")
     if output is not None:
         console.print(f"wrote [bold]{output}/plan.json[/bold] and [bold]{output}/model.safetensors[/bold]")
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None

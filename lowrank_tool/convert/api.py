@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -91,10 +91,11 @@ def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_s
         raise LowRankError(f"video models take CxTxHxW input, got input size {'x'.join(map(str, size))}; write e.g. 3x16x112x112")
     if task != "video" and len(size) != 3 and example_input is None:
         raise LowRankError(f"input size {'x'.join(map(str, size))} must be CxHxW for a {task} model, e.g. 3x224x224")
-    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    ref = next((p for p in module.parameters() if p.is_floating_point()), None)
+    device, dtype = (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)
     if example_input is None:
-        example = _to(make_example(task, size, batch=1), device)
-        train_example = _to(make_example(task, size, batch=2), device)
+        example = _to(make_example(task, size, batch=1), device, dtype)
+        train_example = _to(make_example(task, size, batch=2), device, dtype)
     else:
         example, train_example = example_input, None
     try:
@@ -110,11 +111,11 @@ def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_s
     return module, plan
 
 
-def _to(x: Any, device: torch.device) -> Any:
+def _to(x: Any, device: torch.device, dtype: torch.dtype) -> Any:
     if isinstance(x, torch.Tensor):
-        return x.to(device)
+        return x.to(device, dtype)
     if isinstance(x, (list, tuple)):
-        return type(x)(_to(v, device) for v in x)
+        return type(x)(_to(v, device, dtype) for v in x)
     return x
 
 
@@ -163,6 +164,7 @@ def convert(
     model_kwargs: Mapping[str, Any] | None = None,
     allow_growth: bool = False,
     inplace: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> nn.Module:
     """Convert a model's convolutions into low-rank layers (ELRT: Tucker-2 at initialisation).
 
@@ -190,6 +192,7 @@ def convert(
         model_kwargs: extra keyword arguments for building a model given by name.
         allow_growth: convert layers even where the factorised form is not smaller (e.g. full rank).
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is untouched.
+        progress: called as ``progress(done, total, layer_name)`` after each layer is swapped.
 
     Returns:
         The converted model.
@@ -212,7 +215,7 @@ def convert(
         # (2.5 GB on regnet_y_128gf). The low-rank layers are built from the user's convs, untouched.
         memo: dict[int, Any] = {id(source.get_submodule(e.name)): nn.Identity() for e in p.converted_layers}
         module = copy.deepcopy(source, memo)
-    apply_plan(module, p, init=init, source=source)
+    apply_plan(module, p, init=init, source=source, progress=progress)
     setattr(module, PLAN_ATTR, p)
     return module
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from typing import Callable
+
 from ..errors import LowRankError
 from ..layers import get_format
 from ..layers.base import Init
@@ -47,15 +49,23 @@ def _check_matches(module: nn.Module, entry: LayerPlan) -> None:
 
 
 @torch.no_grad()
-def apply_plan(model: nn.Module, plan: ConversionPlan, init: Init = "random", source: nn.Module | None = None) -> nn.Module:
+def apply_plan(
+    model: nn.Module,
+    plan: ConversionPlan,
+    init: Init = "random",
+    source: nn.Module | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> nn.Module:
     """Replace every converted layer of ``plan`` in ``model`` (modified in place and returned).
 
     ``source`` is the model whose dense convs are read (default: ``model`` itself); ``convert`` passes
     the user's model here and a copy that skipped those convs as ``model``. With ``init="decompose"``
-    each plan entry gets the relative Frobenius error of its approximation.
+    each plan entry gets the relative Frobenius error of its approximation. ``progress(done, total,
+    name)`` is called after each layer.
     """
     source = model if source is None else source
-    for entry in plan.converted_layers:
+    todo = plan.converted_layers
+    for done, entry in enumerate(todo, 1):
         module = get_submodule(source, entry.name)
         _check_matches(module, entry)
         cls = get_format(entry.format, len(entry.kernel_size))
@@ -66,4 +76,6 @@ def apply_plan(model: nn.Module, plan: ConversionPlan, init: Init = "random", so
             entry.error = float(err)
         layer.train(module.training)
         set_submodule(model, entry.name, layer)
+        if progress is not None:
+            progress(done, len(todo), entry.name)
     return model

@@ -58,9 +58,9 @@ class SVDConv2d(LowRankConv):
     def _init_decompose(self, weight: Tensor) -> None:
         (r,) = self.ranks
         g = self.geometry
-        u, s, vt = _tensorly.truncated_svd(weight.reshape(g.out_channels, -1), rank=min(r, g.out_channels, g.in_channels * g.kernel_numel))
+        u, v = _tensorly.truncated_svd(weight.reshape(g.out_channels, -1), rank=min(r, g.out_channels, g.in_channels * g.kernel_numel))
         self.out_proj.weight.copy_(_fit(u, (g.out_channels, r)).reshape(self.out_proj.weight.shape))
-        v = _fit((s[:, None] * vt).T, (vt.shape[1], r)).T  # (r, C_in·k)
+        v = _fit(v.T, (v.shape[1], r)).T  # (r, C_in·k), zero rows past the matrix rank
         self.core.weight.copy_(v.reshape(self.core.weight.shape))
 
     def dense_weight(self) -> Tensor:
