@@ -105,3 +105,27 @@ def test_user_model_by_import_path(tmp_path, capsys, monkeypatch):
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 4)
     code, _, err = run(["convert", "mynets:nope"], capsys, monkeypatch)
     assert code == 2 and "cannot import 'mynets:nope'" in err
+
+
+def test_inspect_loads_and_reports(tmp_path, capsys, monkeypatch):
+    run(["convert", "resnet18", "--input-size", "3x32x32", "-o", str(tmp_path / "m")], capsys, monkeypatch)
+    code, out, err = run(["inspect", str(tmp_path / "m"), "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["loaded_params"] == data["totals"]["params_after"]
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "plan.json").unlink(), "plan.json does not exist"),
+    (lambda d: (d / "plan.json").write_text("[1, 2"), "plan.json is not valid JSON"),
+    (lambda d: (d / "plan.json").write_text('{"name": "resnet18"}'), "is not a lowrank_tool plan"),
+    (lambda d: (d / "plan.json").write_text((d / "plan.json").read_text().replace('"schema_version": 1', '"schema_version": 2')),
+     "schema version 2, newer than the 1"),
+    (lambda d: (d / "model.safetensors").unlink(), "model.safetensors does not exist"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), "model.safetensors is corrupt"),
+])
+def test_inspect_bad_artifacts(damage, message, tmp_path, capsys, monkeypatch):
+    run(["convert", "resnet18", "--input-size", "3x32x32", "-o", str(tmp_path / "m")], capsys, monkeypatch)
+    damage(tmp_path / "m")
+    code, _, err = run(["inspect", str(tmp_path / "m")], capsys, monkeypatch)
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err

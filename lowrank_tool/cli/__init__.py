@@ -10,6 +10,7 @@ from .._version import __version__
 from ..errors import LowRankError
 from ._common import fail
 from .convert import convert
+from .inspect import inspect
 from .layers import layers
 from .models import models
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.command()(convert)
 app.command()(models)
 app.command()(layers)
+app.command()(inspect)
 
 
 def _version(value: bool) -> None:

@@ -9,7 +9,6 @@ not save both parameters and MACs stays dense, with the numbers in its ``reason`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -132,7 +131,7 @@ def _candidates(model: nn.Module, capture: Capture) -> list[_Candidate]:
             calls = len(shapes.outputs)
             in_hw, out_hw = list(shapes.inputs[0][2:]), list(shapes.outputs[0][2:])
             # CP's vertical conv output: H_out × W_in (only 2-D convs have a CP form).
-            mid = sum(o[2] * i[-1] * i[0] for i, o in zip(shapes.inputs, shapes.outputs)) // shapes.batch if module.weight.dim() == 4 else 0
+            mid = sum(o[2] * i[-1] * i[0] for i, o in zip(shapes.inputs, shapes.outputs, strict=True)) // shapes.batch if module.weight.dim() == 4 else 0
             sizes = SpatialSizes(shapes.spatial_numel("inputs"), shapes.spatial_numel("outputs"), mid)
         plain = ConvGeometry(module.in_channels, module.out_channels, module.kernel_size, module.stride,
                              module.padding, module.dilation, module.padding_mode, module.bias is not None)

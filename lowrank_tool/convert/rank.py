@@ -105,7 +105,7 @@ def ranks_for(fmt: str, g: ConvGeometry, spec: RankSpec, round_to: int = 1) -> t
         raw = [math.ceil(spec.value * d - 1e-9) for d in dims]
     else:
         raw = [int(spec.value)] * len(dims)
-    return tuple(_round(r, d, round_to) for r, d in zip(raw, dims))
+    return tuple(_round(r, d, round_to) for r, d in zip(raw, dims, strict=True))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ padding and dilation are split per axis between the two depthwise convs.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch

@@ -1,0 +1,31 @@
+"""`lowrank inspect DIR`: load an artifact (plan + weights, fully checked) and show its plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import console, human, print_json
+from .render import print_plan
+
+
+def inspect(
+    directory: Annotated[Path, typer.Argument(help="A directory written by `lowrank convert -o DIR`.", show_default=False)],
+    json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Load a converted model from DIR (rebuilding it from plan.json, loading model.safetensors) and show its plan."""
+    from .. import load, summary
+    from ..io import WEIGHTS_FILE
+
+    model = load(directory)
+    plan = summary(model)
+    params = sum(p.numel() for p in model.parameters())
+    if json:
+        print_json(plan.to_dict() | {"loaded_params": params})
+        return
+    print_plan(plan, title=str(directory))
+    size = (directory / WEIGHTS_FILE).stat().st_size
+    console.print(f"loaded {plan.base_model.get('name') or plan.base_model.get('class')}: {human(params)} parameters, "
+                  f"{WEIGHTS_FILE} {human(size, 'B')}, plan schema v{plan.schema_version} (lowrank-tool {plan.toolkit_version})")
