@@ -254,6 +254,8 @@ def build_plan(
     )
     if budget_note:
         plan.notes.append(budget_note)
+    elif budget is not None:
+        plan.notes.append(f"target_{budget[0]} was not applied: no layer follows the global rank (all are pinned or dense)")
     if capture.train_error:
         plan.notes.append(f"the train-mode pass failed ({capture.train_error}); layers only used in training stay dense")
     if capture.functional_convs:

@@ -98,8 +98,8 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
 
 
-def _hook_pass(model: nn.Module, example: Any, batch: int, only: set[str] | None = None) -> dict[str, CallShapes]:
-    shapes: dict[str, CallShapes] = {}
+def _install_hooks(model: nn.Module, shapes: dict[str, CallShapes], batch: int, only: set[str] | None) -> list[Any]:
+    """Forward hooks that record the shapes of every conv/linear (or only the named modules)."""
     handles = []
     for name, module in model.named_modules():
         if not isinstance(module, _RECORDED) or (only is not None and name not in only):
@@ -112,6 +112,12 @@ def _hook_pass(model: nn.Module, example: Any, batch: int, only: set[str] | None
                 rec.outputs.append(tuple(out.shape))
 
         handles.append(module.register_forward_hook(hook))
+    return handles
+
+
+def _hook_pass(model: nn.Module, example: Any, batch: int) -> dict[str, CallShapes]:
+    shapes: dict[str, CallShapes] = {}
+    handles = _install_hooks(model, shapes, batch, None)
     try:
         with torch.no_grad():
             model(*example) if isinstance(example, tuple) else model(example)
@@ -128,16 +134,7 @@ def _train_mode_pass(model: nn.Module, example: Any, batch: int, only: set[str])
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     params = dict(model.named_parameters())
     shapes: dict[str, CallShapes] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if name in only:
-            def hook(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
-                if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
-                    rec = shapes.setdefault(name, CallShapes(batch=batch))
-                    rec.inputs.append(tuple(args[0].shape))
-                    rec.outputs.append(tuple(out.shape))
-
-            handles.append(module.register_forward_hook(hook))
+    handles = _install_hooks(model, shapes, batch, only)
     model.train()
     try:
         with torch.no_grad():
