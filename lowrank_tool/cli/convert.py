@@ -35,7 +35,7 @@ def convert(
     layer_rank: Annotated[Optional[List[str]], typer.Option("--layer-rank", "-l", help="Per-layer rank, NAME=R or 're:REGEX=R'; R may be 'dense' (repeatable).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="Per-sample input CxHxW (CxTxHxW for video); default from the model family.")] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Number of output classes of the model.")] = None,
-    allow_growth: Annotated[bool, typer.Option(help="Convert layers even when the factorised form is not smaller (full-rank checks).")] = False,
+    allow_growth: Annotated[bool, typer.Option("--allow-growth", help="Convert layers even when the factorised form is not smaller (full-rank checks).")] = False,
     init: Annotated[Init, typer.Option(help="random: ELRT training from scratch; decompose: fit the factors to the model's weights.")] = Init.random,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write DIR/plan.json and DIR/model.safetensors.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
