@@ -12,7 +12,12 @@ from .convert import ConversionPlan, ConvertOptions, LayerPlan, convert, parse_i
 from .errors import LowRankError, LowRankWarning
 from .io import load, save
 from .layers import CPConv2d, LowRankConv, SVDConv2d, SVDConv3d, Tucker2Conv2d, Tucker2Conv3d, list_formats, register_format
+from .methods import get_method, list_methods, orthogonality_penalty, register_method
 from .models import build_model, list_models, register_model
+from .train.config import TrainConfig
+from .train.run import fit
+from .train.trainer import Trainer, TrainResult
+from . import zoo as _zoo  # noqa: E402,F401 - registers the CIFAR networks (resnet20, ..., vgg16_cifar)
 
 __all__ = [
     "__version__",
@@ -21,5 +26,6 @@ __all__ = [
     "LowRankConv", "Tucker2Conv2d", "Tucker2Conv3d", "SVDConv2d", "SVDConv3d", "CPConv2d",
     "list_formats", "register_format",
     "build_model", "list_models", "register_model",
+    "fit", "Trainer", "TrainConfig", "TrainResult", "orthogonality_penalty", "get_method", "list_methods", "register_method",
     "LowRankError", "LowRankWarning",
 ]

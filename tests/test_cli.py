@@ -35,15 +35,17 @@ def test_convert_json(capsys, monkeypatch):
 
 def test_models_and_layers(capsys, monkeypatch):
     code, out, _ = run(["models", "--json"], capsys, monkeypatch)
-    names = {m["name"]: m["task"] for m in json.loads(out)}
+    entries = json.loads(out)
+    names = {m["name"]: m["task"] for m in entries}
     assert names["resnet50"] == "classification" and names["fasterrcnn_resnet50_fpn"] == "detection"
-    assert sum(t == "classification" for t in names.values()) == 80
+    assert sum(m["task"] == "classification" and m["source"] == "torchvision" for m in entries) == 80
+    assert {"resnet20", "resnet56", "vgg16_cifar"} <= {m["name"] for m in entries if m["source"] == "lowrank_tool"}
     code, out, _ = run(["layers", "resnet18", "--input-size", "3x32x32"], capsys, monkeypatch)
     assert code == 0 and "layer2.0.downsample.0" in out and "stem" in out
 
 
 BAD = [
-    (["convert", "resnet5"], "unknown model 'resnet5'; did you mean resnet50"),
+    (["convert", "resnet5"], "unknown model 'resnet5'; did you mean resnet56, resnet50"),
     (["convert", "resnet18", "--rank", "0"], "rank 0 is not positive"),
     (["convert", "resnet18", "--rank", "-1"], "rank -1 is not positive"),
     (["convert", "resnet18", "--rank", "1.5"], "rank 1.5 is a fraction above 1"),

@@ -160,5 +160,5 @@ def test_bad_input_sizes(size, message):
 
 
 def test_unknown_model_suggests_close_names():
-    with pytest.raises(LowRankError, match="unknown model 'resnet5'; did you mean resnet50"):
+    with pytest.raises(LowRankError, match="unknown model .resnet5.; did you mean .*resnet50"):
         lr.convert("resnet5")

@@ -10,9 +10,11 @@ from .._version import __version__
 from ..errors import LowRankError
 from ._common import fail
 from .convert import convert
+from .demo import demo
 from .inspect import inspect
 from .layers import layers
 from .models import models
+from .train import train
 
 app = typer.Typer(
     name="lowrank",
@@ -24,6 +26,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command()(convert)
+app.command()(train)
+app.command()(demo)
 app.command()(models)
 app.command()(layers)
 app.command()(inspect)

@@ -36,6 +36,7 @@ def convert(
     input_size: Annotated[Optional[str], typer.Option(help="Per-sample input CxHxW (CxTxHxW for video); default from the model family.")] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Number of output classes of the model.")] = None,
     allow_growth: Annotated[bool, typer.Option("--allow-growth", help="Convert layers even when the factorised form is not smaller (full-rank checks).")] = False,
+    dense: Annotated[bool, typer.Option("--dense", help="Convert nothing: an artifact of the dense model, the baseline to train and compare.")] = False,
     init: Annotated[Init, typer.Option(help="random: ELRT training from scratch; decompose: fit the factors to the model's weights.")] = Init.random,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write DIR/plan.json and DIR/model.safetensors.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
@@ -65,7 +66,7 @@ def convert(
         converted = do_convert(
             model, rank, format=format.value, target_params=target_params, target_macs=target_macs, round_to=round_to,
             exclude=exclude or (), layer_rank=layer_rank or None, input_size=input_size, num_classes=num_classes,
-            init=init.value, allow_growth=allow_growth, progress=progress,
+            init=init.value, allow_growth=allow_growth, dense=dense, progress=progress,
         )
         plan = summary(converted)
         if output is not None:

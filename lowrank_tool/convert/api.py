@@ -134,6 +134,7 @@ def plan(
     example_input: Any = None,
     model_kwargs: Mapping[str, Any] | None = None,
     allow_growth: bool = False,
+    dense: bool = False,
 ) -> ConversionPlan:
     """Decide what :func:`convert` would do, without changing anything. Same arguments as ``convert``.
 
@@ -144,7 +145,7 @@ def plan(
     """
     return _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
                  exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
-                 example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth)[1]
+                 example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense)[1]
 
 
 def convert(
@@ -163,6 +164,7 @@ def convert(
     example_input: Any = None,
     model_kwargs: Mapping[str, Any] | None = None,
     allow_growth: bool = False,
+    dense: bool = False,
     inplace: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> nn.Module:
@@ -191,6 +193,7 @@ def convert(
             with unusual signatures.
         model_kwargs: extra keyword arguments for building a model given by name.
         allow_growth: convert layers even where the factorised form is not smaller (e.g. full rank).
+        dense: convert nothing; the model keeps a plan, so it can be saved and trained as a baseline.
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is untouched.
         progress: called as ``progress(done, total, layer_name)`` after each layer is swapped.
 
@@ -207,7 +210,7 @@ def convert(
         raise LowRankError(f"init={init!r} is not known; allowed: random, decompose")
     module, p = _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
                       exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
-                      example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth)
+                      example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense)
     p.policy["init"] = init
     source = module
     if isinstance(model, nn.Module) and not inplace:

@@ -43,6 +43,7 @@ class ConvertOptions:
         layer_rank: ``{name-or-re:pattern: rank}`` (or ``["pattern=rank", ...]``); rank may be ``"dense"``.
         allow_growth: convert a layer even when its factorised form is not smaller than the dense conv
             (full-rank numerical checks, experiments); by default such a layer stays dense.
+        dense: convert nothing: a plan (and artifact) of the dense model, the baseline of a comparison.
     """
 
     rank: float | int | str | None = None
@@ -53,6 +54,7 @@ class ConvertOptions:
     exclude: Sequence[str] = ()
     layer_rank: Mapping[str, Any] | Sequence[str] | None = None
     allow_growth: bool = False
+    dense: bool = False
     rank_spec: RankSpec = field(init=False)
     layer_specs: dict[str, RankSpec] = field(init=False)
 
@@ -95,6 +97,7 @@ class ConvertOptions:
             "exclude": list(self.exclude),
             "layer_rank": {k: v.to_json() for k, v in self.layer_specs.items()},
             "allow_growth": self.allow_growth,
+            "dense": self.dense,
         }
 
 
@@ -192,6 +195,10 @@ def build_plan(
             c.spec = RankSpec("dense", 0)
     exclude.check_all_used(model_hint)
     overrides.check_all_used(model_hint)
+    if options.dense:
+        for c in cands:
+            if c.reason is None:
+                c.reason, c.spec = "dense baseline (--dense)", RankSpec("dense", 0)
 
     active = [c for c in cands if c.reason is None]  # everything else stays dense, with its reason
     fixed_layers = [c for c in cands if c not in active]
@@ -260,7 +267,9 @@ def build_plan(
         plan.notes.append(f"the train-mode pass failed ({capture.train_error}); layers only used in training stay dense")
     if capture.functional_convs:
         plan.notes.append(f"{capture.functional_convs} convolution(s) are called through torch.nn.functional and cannot be converted")
-    if not plan.converted_layers:
+    if options.dense:
+        plan.notes.append("dense baseline: nothing converted (--dense)")
+    elif not plan.converted_layers:
         user_kept = [c.name for c in cands if c.reason in ("excluded (--exclude)", "dense (--layer-rank)")]
         if user_kept:
             raise LowRankError(

@@ -1,0 +1,42 @@
+"""The interface between the trainer and a training method (ELRT, dense, and later LRPET, DeepTwist).
+
+The trainer owns the loop; a method only answers at fixed points: once before training (``setup``),
+every step (``penalty`` — an extra loss term — and ``after_step``), every epoch (``after_epoch``), and at
+the end (``finalize``, which may change the model's structure, e.g. decompose a dense model).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+__all__ = ["Method"]
+
+
+class Method:
+    """Base class of training methods: every hook is a no-op."""
+
+    name: ClassVar[str] = ""
+
+    def setup(self, model: nn.Module) -> None:
+        """Called once before training with the (unwrapped) model."""
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """An extra loss term for this step (``None``: nothing to add)."""
+        return None
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called after each optimizer step with the global step index."""
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Called after each epoch (0-based) and its evaluation."""
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Called at the end; returns the model to save."""
+        return model
+
+    def state(self) -> dict[str, Any]:
+        """A JSON-able description of the method and its options."""
+        return {"name": self.name}

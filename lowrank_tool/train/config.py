@@ -1,0 +1,136 @@
+"""The training configuration: one validated dataclass shared by recipes, the CLI and ``fit``.
+
+Precedence when a run is assembled: defaults < recipe file < saved train state (``--resume``) <
+options given on the command line. Every key of a recipe is a field here (plus the conversion keys
+``model``, ``num_classes``, ``convert`` and ``output`` that :mod:`.recipes` handles).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LowRankError
+
+__all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES"]
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "onecycle", "constant")
+AMP_MODES = ("auto", "off", "fp16", "bf16")
+
+
+def _default_orth_weight() -> float:
+    from ..methods.elrt import DEFAULT_ORTH_WEIGHT
+
+    return DEFAULT_ORTH_WEIGHT
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run.
+
+    Attributes:
+        data: dataset spec ``NAME[:PATH]`` (``digits``, ``synthetic``, ``cifar10:~/data``...).
+        epochs: number of epochs.
+        batch_size: per-process batch size (DDP: each rank gets this many).
+        optimizer: ``sgd`` (momentum, optional Nesterov) or ``adamw``.
+        lr: peak learning rate (after warm-up).
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: L2 / decoupled weight decay; never applied to biases and normalisation weights.
+        schedule: ``cosine`` (to 0), ``step`` (×gamma at ``milestones``), ``onecycle`` (linear up over
+            30% then cosine down) or ``constant``; all per step, after ``warmup_epochs`` of linear warm-up.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed).
+        milestones: epochs at which ``step`` multiplies the rate by ``gamma`` (default: 50% and 75%).
+        gamma: the ``step`` schedule's factor.
+        label_smoothing: cross-entropy label smoothing.
+        grad_clip: clip the global gradient norm to this value (``None`` = off).
+        seed: seeds model-independent randomness: data order, augmentation, dropout.
+        amp: ``auto`` (fp16 autocast + GradScaler on CUDA, off on CPU), ``off``, ``fp16`` (CUDA) or
+            ``bf16`` (autocast on CPU or CUDA).
+        method: training method (``elrt``, ``dense``; see ``lowrank_tool.methods``).
+        orth: ELRT's orthogonality regulariser: ``so``, ``dso``, ``srip`` or ``none``.
+        orth_weight: its coefficient.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        workers: data-loader workers (``None``: automatic).
+        image_size: input resolution override (``None``: the dataset's).
+        download: let torchvision download the dataset (needs internet).
+    """
+
+    data: str = "digits"
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    amp: str = "auto"
+    method: str = "elrt"
+    orth: str = "so"
+    orth_weight: float = field(default_factory=_default_orth_weight)
+    device: str = "auto"
+    workers: int | None = None
+    image_size: int | None = None
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise LowRankError(msg)
+
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"{name} {value!r} must be a positive integer")
+        for name in ("lr", "momentum", "weight_decay", "gamma", "label_smoothing", "warmup_epochs", "orth_weight"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
+                 f"{name} {value!r} must be a finite number >= 0")
+        need(self.lr > 0, f"lr {self.lr} must be > 0, e.g. 0.1 for SGD or 1e-3 for AdamW")
+        need(self.label_smoothing < 1, f"label_smoothing {self.label_smoothing} must be in [0, 1)")
+        need(self.grad_clip is None or (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0),
+             f"grad_clip {self.grad_clip!r} must be a positive number or omitted")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("amp", AMP_MODES), ("device", ("auto", "cpu", "cuda"))):
+            value = getattr(self, name)
+            need(value in allowed, f"{name} {value!r} is not known; expected one of {', '.join(allowed)}")
+        need(self.warmup_epochs <= self.epochs, f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
+        need(all(isinstance(m, int) and 0 < m <= self.epochs for m in self.milestones),
+             f"milestones {self.milestones} must be epochs in 1..{self.epochs}")
+        need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0), f"workers {self.workers!r} must be >= 0")
+        need(self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 8), f"image_size {self.image_size!r} must be an integer >= 8")
+        from ..methods.elrt import ORTH_KINDS
+
+        need(self.orth in ORTH_KINDS, f"orth {self.orth!r} is not known; expected one of {', '.join(ORTH_KINDS)}")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = cls.keys()
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise LowRankError(f"{source}: unknown key {key!r}{hint}; allowed: {', '.join(known)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise LowRankError(f"{source}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}})

@@ -1,0 +1,68 @@
+"""DDP on torch.distributed, launched by torchrun: process-group setup, reductions, and `--nproc`.
+
+Nothing here re-implements distribution: gradients are averaged by ``DistributedDataParallel``, data is
+split by ``DistributedSampler`` (see :mod:`.data`), processes are started by torchrun. Backend: nccl on
+CUDA, gloo on CPU. Multi-node runs use torchrun's own rendezvous flags (see the README).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "setup", "teardown", "all_reduce_sum", "launch"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """Join the process group torchrun describes in the environment (a no-op for a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if world <= 1:
+        return DistInfo(device=torch.device("cuda" if use_cuda else "cpu"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
+
+
+def teardown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
+    """Sum a few scalars over all ranks (float64 on the run's device)."""
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes on this machine; returns its exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "lowrank_tool", *argv]
+    return subprocess.call(cmd)

@@ -1,0 +1,78 @@
+"""Recipes: a YAML file that names a model, how to convert it, and how to train it.
+
+```yaml
+model: resnet20            # a name from `lowrank models`
+num_classes: 10
+convert: {rank: 0.5}       # any keyword of lowrank_tool.convert (rank, format, target_macs, exclude...)
+output: runs/resnet20-elrt # the artifact directory
+data: cifar10:~/data       # every other key is a TrainConfig field
+epochs: 200
+lr: 0.1
+```
+
+Loading validates every key (a typo is an error that suggests the right key). Options given on the
+command line override the recipe's values.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import LowRankError
+from .config import TrainConfig
+
+__all__ = ["Recipe", "load_recipe", "CONVERT_KEYS"]
+
+CONVERT_KEYS = ("rank", "format", "target_params", "target_macs", "round_to", "exclude", "layer_rank", "input_size", "init", "allow_growth")
+_TOP_KEYS = ("model", "num_classes", "convert", "output", "dense")
+
+
+@dataclass
+class Recipe:
+    model: str
+    num_classes: int | None = None
+    convert: dict[str, Any] = field(default_factory=dict)
+    output: str | None = None
+    #: Train the dense model (no conversion): the baseline of a comparison.
+    dense: bool = False
+    train: dict[str, Any] = field(default_factory=dict)
+    source: str = "recipe"
+
+    def config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        merged = {**self.train, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        return TrainConfig.from_dict(merged, source=self.source)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise LowRankError(f"recipe {path} does not exist; see recipes/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise LowRankError(f"recipe {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or "model" not in data:
+        raise LowRankError(f"recipe {path} must be a mapping with at least a 'model' key (e.g. model: resnet20)")
+    known = list(_TOP_KEYS) + TrainConfig.keys()
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise LowRankError(f"recipe {path}: unknown key {key!r}{hint}; allowed: {', '.join(known)}")
+    convert = dict(data.get("convert") or {})
+    for key in convert:
+        if key not in CONVERT_KEYS:
+            raise LowRankError(f"recipe {path}: unknown convert key {key!r}; allowed: {', '.join(CONVERT_KEYS)}")
+    recipe = Recipe(
+        model=str(data["model"]), num_classes=data.get("num_classes"), convert=convert, output=data.get("output"),
+        dense=bool(data.get("dense", False)), train={k: v for k, v in data.items() if k in TrainConfig.keys()},
+        source=f"recipe {path}",
+    )
+    recipe.config()  # validate the training keys now, not after the conversion
+    return recipe

@@ -1,0 +1,415 @@
+"""The training loop: one epoch after another, with the method's hooks, records and checkpoints.
+
+``Trainer`` trains any ``nn.Module`` classifier — a model converted by :func:`lowrank_tool.convert`
+(ELRT: the low-rank factors are the parameters, the full-size weights never exist) or a dense baseline
+— on a pair of data loaders. Around the loop it does what a days-long run needs: per-step schedule
+with warm-up, AMP, gradient clipping, no weight decay on biases and normalisation weights, a rich
+progress bar, ``metrics.jsonl``, atomic checkpoints (last and best) every epoch, exact resume,
+SIGINT/SIGTERM handling, a stop on non-finite loss that keeps the last good checkpoint, and DDP.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..errors import LowRankError
+from ..methods import Method, get_method
+from .checkpoint import BEST_FILE, STATE_FILE, atomic_save_weights, load_train_state, rng_state, save_train_state, set_rng_state
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_sum
+
+__all__ = ["Trainer", "TrainResult", "TrainingInterrupted", "TrainingDiverged", "METRICS_FILE", "SUMMARY_FILE"]
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the state was saved and the run can be resumed."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_top1: float = 0.0
+    best_epoch: int = -1
+    wall_seconds: float = 0.0
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay only weights with ≥2 dims: biases and BN/LN scales stay undecayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at a global step (warm-up, then the schedule's shape)."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle" and warm == 0:
+        warm = int(0.3 * total)
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    if cfg.schedule in ("cosine", "onecycle"):
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if cfg.schedule == "step":
+        milestones = cfg.milestones or [int(cfg.epochs * 0.5), int(cfg.epochs * 0.75)]
+        epoch = step / steps_per_epoch
+        return cfg.gamma ** sum(epoch >= m for m in milestones)
+    return 1.0
+
+
+class _Stopper:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (so the state saved is consistent)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stopper":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """Train a classifier with a method's hooks, records and checkpoints.
+
+    Args:
+        model: the model (converted or dense); moved to the run's device.
+        train_loader: training batches ``(images, labels)``.
+        val_loader: validation batches.
+        config: hyper-parameters (:class:`TrainConfig`).
+        out_dir: directory for ``metrics.jsonl``, ``train_state.pt``, ``model.safetensors``,
+            ``best.safetensors`` and ``summary.json`` (``None``: nothing is written).
+        method: a :class:`~lowrank_tool.methods.Method` (default: from ``config.method``).
+        dist: process-group info (:func:`lowrank_tool.train.distributed.setup`).
+        on_epoch: called with each epoch's metrics dict (rank 0 only).
+        progress: show a rich progress bar (rank 0 only).
+
+    Example:
+        >>> trainer = Trainer(model, train_loader, val_loader, TrainConfig(epochs=2, lr=0.05))  # doctest: +SKIP
+        >>> result = trainer.fit()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: DataLoader,
+        val_loader: DataLoader | None,
+        config: TrainConfig,
+        *,
+        out_dir: str | Path | None = None,
+        method: Method | None = None,
+        dist: DistInfo | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = config
+        self.dist = dist or DistInfo(device=_device(config.device))
+        self.device = self.dist.device
+        self.raw_model = model.to(self.device)
+        self.model: nn.Module = self.raw_model
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None and self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.method = method or get_method(config.method, **_method_options(config))
+        self.on_epoch = on_epoch
+        self.show_progress = progress and self.dist.is_main
+        self.method.setup(self.raw_model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.raw_model, device_ids=ids)
+        self.optimizer = self._optimizer()
+        self.steps_per_epoch = max(1, len(train_loader))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(self.cfg, s, self.steps_per_epoch))
+        self.amp_dtype, use_scaler = self._amp()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.best_top1 = -1.0
+        self.best_epoch = -1
+        self.history: list[dict[str, Any]] = []
+
+    # -- setup ------------------------------------------------------------------------------------------
+    def _optimizer(self) -> torch.optim.Optimizer:
+        groups = _param_groups(self.raw_model, self.cfg.weight_decay)
+        if self.cfg.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=self.cfg.lr)
+        return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=self.cfg.nesterov and self.cfg.momentum > 0)
+
+    def _amp(self) -> tuple[torch.dtype | None, bool]:
+        mode, cuda = self.cfg.amp, self.device.type == "cuda"
+        if mode == "bf16":
+            return torch.bfloat16, False
+        if mode == "fp16" or (mode == "auto" and cuda):
+            if not cuda:
+                raise LowRankError("amp 'fp16' needs a CUDA device; use --amp bf16 on CPU or --amp off")
+            return torch.float16, True
+        return None, False
+
+    # -- state ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "config": self.cfg.to_dict(),
+            "method": self.method.state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.raw_model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise LowRankError(f"train state does not match the model ({str(exc).splitlines()[0][:160]}); train without --resume") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.best_top1, self.best_epoch = float(state["best_top1"]), int(state["best_epoch"])
+
+    def resume(self) -> None:
+        """Continue from ``out_dir/train_state.pt`` (model, optimizer, scheduler, scaler, RNG, epoch)."""
+        if self.out_dir is None:
+            raise LowRankError("resume needs an output directory (the run's DIR)")
+        self.load_state_dict(load_train_state(self.out_dir / STATE_FILE, map_location=self.device))
+        metrics = self.out_dir / METRICS_FILE
+        if metrics.is_file():  # drop records of epochs the saved state does not include
+            lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            self.history = [m for m in lines if m["epoch"] < self.epoch]
+            if self.dist.is_main:
+                _atomic_text(metrics, "".join(json.dumps(m) + "\n" for m in self.history))
+
+    def _save(self, best: bool) -> None:
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        save_train_state(self.out_dir / STATE_FILE, self.state_dict())
+        atomic_save_weights(self.raw_model, self.out_dir / "model.safetensors")
+        if best:
+            atomic_save_weights(self.raw_model, self.out_dir / BEST_FILE)
+
+    # -- loop -------------------------------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> None:
+        """Make the data order a function of (seed, epoch) so resumed runs see the same batches."""
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        gen = getattr(self.train_loader, "generator", None)
+        if isinstance(gen, torch.Generator):
+            gen.manual_seed(self.cfg.seed * 100_003 + epoch)
+
+    def fit(self, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+        """Train until ``config.epochs`` (or until ``stop_at`` epochs are done, to continue later with resume).
+
+        Returns the per-epoch history and the best accuracy.
+        """
+        if resume:
+            self.resume()
+        start = time.perf_counter()
+        end = self.cfg.epochs if stop_at is None else min(stop_at, self.cfg.epochs)
+        with _Stopper() as stopper:
+            while self.epoch < end:
+                record = self._train_epoch(stopper)
+                record.update(self.evaluate())
+                improved = record["val_top1"] > self.best_top1
+                if improved:
+                    self.best_top1, self.best_epoch = record["val_top1"], self.epoch
+                self.method.after_epoch(self.raw_model, self.epoch)
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self.history.append(record)
+                if self.dist.is_main and self.out_dir is not None:
+                    with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                self._save(improved)
+                if self.on_epoch is not None and self.dist.is_main:
+                    self.on_epoch(record)
+        return TrainResult(list(self.history), self.best_top1, self.best_epoch, time.perf_counter() - start)
+
+    def _batches(self) -> Iterable[Any]:
+        self._epoch_order(self.epoch)
+        it: Iterable[Any] = iter(self.train_loader)
+        if self.step_in_epoch:  # resumed mid-epoch: replay this epoch's order and skip what was done
+            it = itertools.islice(it, self.step_in_epoch, None)
+        return it
+
+    def _train_epoch(self, stopper: _Stopper) -> dict[str, Any]:
+        self.model.train()
+        t0 = time.perf_counter()
+        loss_sum = correct = count = pen_sum = 0.0
+        steps = 0
+        bar = _progress(self.show_progress, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.steps_per_epoch, self.step_in_epoch)
+        with bar:
+            for images, labels in self._batches():
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                    logits = self.model(images)
+                    loss = self.criterion(logits, labels)
+                penalty = self.method.penalty(self.raw_model)
+                total = loss.float() + (penalty if penalty is not None else 0.0)
+                if not torch.isfinite(total):
+                    raise TrainingDiverged(
+                        f"loss became {total.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
+                        f"the last good checkpoint (after epoch {self.epoch}) is kept; lower --lr or set --grad-clip"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(total).backward()
+                if self.cfg.grad_clip:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.method.after_step(self.raw_model, self.global_step)
+                n = labels.shape[0]
+                loss_sum += loss.item() * n
+                pen_sum += (penalty.item() if penalty is not None else 0.0) * n
+                correct += (logits.argmax(1) == labels).sum().item()
+                count += n
+                steps += 1
+                self.step_in_epoch += 1
+                self.global_step += 1
+                elapsed = time.perf_counter() - t0
+                bar.advance(loss=loss_sum / count, acc=100 * correct / count, ips=count * self.dist.world_size / max(elapsed, 1e-9))
+                if self._should_stop(stopper):
+                    self._save(False)  # mid-epoch state: epoch and step_in_epoch say where to continue
+                    raise TrainingInterrupted(
+                        f"stopped by signal {stopper.signum or 'on another rank'} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
+                    )
+        loss_sum, correct, count, pen_sum = all_reduce_sum([loss_sum, correct, count, pen_sum], self.dist)
+        seconds = time.perf_counter() - t0
+        return {
+            "epoch": self.epoch,
+            "train_loss": loss_sum / max(count, 1),
+            "train_top1": 100 * correct / max(count, 1),
+            "orth_penalty": pen_sum / max(count, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "images_per_s": count / max(seconds, 1e-9),
+        }
+
+    def _should_stop(self, stopper: _Stopper) -> bool:
+        flag = 1.0 if stopper.signum is not None else 0.0
+        if self.dist.enabled:  # every rank must stop at the same step
+            flag = all_reduce_sum([flag], self.dist)[0]
+        return flag > 0
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader | None = None) -> dict[str, float]:
+        """Validation loss, top-1 and top-5 accuracy (percent), reduced over ranks."""
+        loader = loader or self.val_loader
+        if loader is None:
+            return {"val_loss": float("nan"), "val_top1": float("nan"), "val_top5": float("nan")}
+        self.model.eval()
+        loss_sum = top1 = top5 = count = 0.0
+        for images, labels in loader:
+            images, labels = images.to(self.device), labels.to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                logits = self.model(images)
+            logits = logits.float()
+            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            hit = top == labels[:, None]
+            top1 += hit[:, 0].sum().item()
+            top5 += hit.any(1).sum().item()
+            count += labels.shape[0]
+        loss_sum, top1, top5, count = all_reduce_sum([loss_sum, top1, top5, count], self.dist)
+        return {"val_loss": loss_sum / max(count, 1), "val_top1": 100 * top1 / max(count, 1), "val_top5": 100 * top5 / max(count, 1)}
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LowRankError("device 'cuda' requested but no CUDA device is available; use --device cpu")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def _method_options(cfg: TrainConfig) -> dict[str, Any]:
+    return {"orth": cfg.orth, "orth_weight": cfg.orth_weight} if cfg.method == "elrt" else {}
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from ..convert.plan import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+class _progress:
+    """A rich progress bar for one epoch, or nothing (quiet runs, other ranks, no terminal)."""
+
+    def __init__(self, enabled: bool, description: str, total: int, completed: int) -> None:
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            from ..cli._common import err_console
+
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%  {task.fields[ips]:,.0f} img/s"),
+                TimeRemainingColumn(), console=err_console, transient=False, disable=not err_console.is_terminal,
+            )
+            self.task = self.bar.add_task(description, total=total, completed=completed, loss=0.0, acc=0.0, ips=0.0)
+
+    def __enter__(self) -> "_progress":
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def advance(self, **fields: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, **fields)
