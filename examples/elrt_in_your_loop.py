@@ -24,7 +24,7 @@ for epoch in range(5):
     model.train()
     for images, labels in train_loader:
         loss = criterion(model(images), labels)
-        loss = loss + lr.orthogonality_penalty(model, kind="so", weight=1e-3)  # ELRT: soft orthogonality of the factors
+        loss = loss + lr.orthogonality_penalty(model, kind="so", weight=0.1)  # ELRT: soft orthogonality of the factors
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from enum import Enum
+from typing import Iterable, NoReturn
 
 from rich.console import Console
 
@@ -33,3 +34,8 @@ def print_json(data: object) -> None:
     import json
 
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def choices(name: str, values: Iterable[str]) -> type[Enum]:
+    """A str Enum for typer's choice options, built from the tuple the library validates against."""
+    return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)  # type: ignore[return-value]

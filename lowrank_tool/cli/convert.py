@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from ._common import console, err_console, print_json
+from ..convert.rank import FORMAT_CHOICES
+from ._common import choices, console, err_console, print_json
 from .render import print_plan
 
 
-class Format(str, Enum):
-    auto = "auto"
-    tucker2 = "tucker2"
-    svd = "svd"
-    cp = "cp"
-
-
-class Init(str, Enum):
-    random = "random"
-    decompose = "decompose"
+Format = choices("Format", FORMAT_CHOICES)
+Init = choices("Init", ("random", "decompose"))
 
 
 def convert(

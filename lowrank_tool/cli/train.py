@@ -11,39 +11,16 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import LowRankError
-from ._common import console, err_console, human
+from ..methods.elrt import ORTH_KINDS
+from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS, SCHEDULES
+from ._common import choices, console, err_console, human
 
 
-class Optim(str, Enum):
-    sgd = "sgd"
-    adamw = "adamw"
-
-
-class Schedule(str, Enum):
-    cosine = "cosine"
-    step = "step"
-    onecycle = "onecycle"
-    constant = "constant"
-
-
-class Amp(str, Enum):
-    auto = "auto"
-    off = "off"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
-class Orth(str, Enum):
-    so = "so"
-    dso = "dso"
-    srip = "srip"
-    none = "none"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+Optim = choices("Optim", OPTIMIZERS)
+Schedule = choices("Schedule", SCHEDULES)
+Amp = choices("Amp", AMP_MODES)
+Orth = choices("Orth", ORTH_KINDS)
+Device = choices("Device", DEVICES)
 
 
 def _value(v: Any) -> Any:

@@ -15,11 +15,12 @@ from typing import Any
 
 from ..errors import LowRankError
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "DEVICES"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _default_orth_weight() -> float:
@@ -100,7 +101,7 @@ class TrainConfig:
         need(self.label_smoothing < 1, f"label_smoothing {self.label_smoothing} must be in [0, 1)")
         need(self.grad_clip is None or (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0),
              f"grad_clip {self.grad_clip!r} must be a positive number or omitted")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("amp", AMP_MODES), ("device", ("auto", "cpu", "cuda"))):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("amp", AMP_MODES), ("device", DEVICES)):
             value = getattr(self, name)
             need(value in allowed, f"{name} {value!r} is not known; expected one of {', '.join(allowed)}")
         need(self.warmup_epochs <= self.epochs, f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")

@@ -15,6 +15,13 @@ from torch import Tensor, nn
 __all__ = ["CifarResNet", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16_cifar", "CifarVGG"]
 
 
+def _kaiming_(model: nn.Module) -> None:
+    """He et al.'s initialisation of every conv (fan-out, ReLU gain), as in the reference CIFAR code."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class _PadShortcut(nn.Module):
     """Option A: subsample spatially and zero-pad the new channels (fx-traceable, parameter-free)."""
 
@@ -70,9 +77,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = layers
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        _kaiming_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))
@@ -119,9 +124,7 @@ class CifarVGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(512, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        _kaiming_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
