@@ -233,3 +233,11 @@ def test_cli_demo(tmp_path):
     dense, low = data["results"]
     assert low["params"] < 0.5 * dense["params"] and low["macs"] < dense["macs"]
     assert 0 <= low["last_top1"] <= 100
+
+
+def test_bf16_autocast_on_cpu():
+    train, val = loaders()
+    result = lr.fit(make_model(), train, val, epochs=1, lr=0.05, amp="bf16", progress=False)
+    assert result.history[0]["train_loss"] == result.history[0]["train_loss"]  # finite, not NaN
+    with pytest.raises(LowRankError, match="fp16' needs a CUDA device"):
+        lr.fit(make_model(), train, val, epochs=1, amp="fp16", device="cpu", progress=False)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import torch
 import typer
 from rich.table import Table
 
@@ -41,6 +42,7 @@ def demo(
     try:
         for name, kwargs, method in (("dense", {"dense": True}, "dense"), (f"ELRT rank {rank:g}", {"rank": rank}, "elrt")):
             directory = root / method
+            torch.manual_seed(seed)  # the same initial dense weights for both runs, and a reproducible demo
             net = convert(model, num_classes=10, input_size=(3, image_size, image_size), **kwargs)
             save(net, directory)
             cfg = TrainConfig(data="digits", epochs=epochs, batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=1,
