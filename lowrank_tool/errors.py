@@ -7,7 +7,7 @@ prints that line to stderr and exits with code 2; Python callers can catch it as
 
 from __future__ import annotations
 
-__all__ = ["LowRankError", "LowRankWarning"]
+__all__ = ["LowRankError", "LowRankWarning", "VerificationError"]
 
 
 class LowRankError(ValueError):
@@ -16,3 +16,10 @@ class LowRankError(ValueError):
 
 class LowRankWarning(UserWarning):
     """Something recoverable and surprising happened (e.g. a layer left dense by request)."""
+
+
+class VerificationError(RuntimeError):
+    """An exported file does not compute what the PyTorch model computes (above tolerance).
+
+    Not a usage error: the CLI prints the one-line message and exits with code 1.
+    """

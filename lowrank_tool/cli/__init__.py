@@ -7,10 +7,12 @@ import sys
 import typer
 
 from .._version import __version__
-from ..errors import LowRankError
+from ..errors import LowRankError, VerificationError
 from ._common import fail
+from .bench import bench
 from .convert import convert
 from .demo import demo
+from .export import export
 from .inspect import inspect
 from .layers import layers
 from .models import models
@@ -27,6 +29,8 @@ app = typer.Typer(
 )
 app.command()(convert)
 app.command()(train)
+app.command()(export)
+app.command()(bench)
 app.command()(demo)
 app.command()(models)
 app.command()(layers)
@@ -50,5 +54,7 @@ def main() -> None:
         app()
     except LowRankError as exc:
         fail(str(exc))
+    except VerificationError as exc:
+        fail(str(exc), code=1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -17,9 +17,9 @@ err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 EXIT_USAGE = 2
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     err_console.print(f"[bold red]error:[/bold red] {message}")
-    sys.exit(EXIT_USAGE)
+    sys.exit(code)
 
 
 def human(n: float, unit: str = "") -> str:

@@ -1,0 +1,83 @@
+"""ONNX Runtime sessions: the execution provider chosen for the machine, quietly.
+
+``onnxruntime-gpu`` lists ``CUDAExecutionProvider`` as available even on a machine without a GPU; asking
+for it there prints a screen of library-loading errors before falling back to the CPU. So the CUDA
+provider is requested only when a CUDA device is actually present (``torch.cuda.is_available()``), and
+ONNX Runtime's own log is limited to errors.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import LowRankError
+
+__all__ = ["DEVICES", "providers_for", "make_session", "provider_name"]
+
+#: Values of ``--device`` for export verification and benchmarks.
+DEVICES = ("auto", "cpu", "cuda")
+
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+_ERROR = 3  # ONNX Runtime severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+
+
+def _ort() -> Any:
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(_ERROR)
+    return ort
+
+
+def _gpu_present() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def providers_for(device: str = "auto") -> list[str]:
+    """The ONNX Runtime providers for ``device``: ``auto`` takes CUDA when a GPU is present, else the CPU."""
+    if device not in DEVICES:
+        raise LowRankError(f"device {device!r} is not known; use one of: {', '.join(DEVICES)}")
+    available = _ort().get_available_providers()
+    cuda_ok = _CUDA in available and _gpu_present()
+    if device == "cuda" and not cuda_ok:
+        why = "no CUDA GPU is visible" if _CUDA in available else "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
+        raise LowRankError(f"device 'cuda' is not usable here: {why}; use --device cpu (or auto)")
+    if device == "cuda" or (device == "auto" and cuda_ok):
+        return [_CUDA, _CPU]
+    return [_CPU]
+
+
+def make_session(model: str | os.PathLike[str] | bytes, *, device: str = "auto", threads: int | None = None) -> Any:
+    """An ``InferenceSession`` with full graph optimisation on the chosen provider.
+
+    Args:
+        model: path of an ``.onnx`` file, or its bytes.
+        device: ``auto`` (CUDA when a GPU is present, else CPU), ``cpu`` or ``cuda``.
+        threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
+    """
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = _ERROR
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        if threads < 1:
+            raise LowRankError(f"threads must be >= 1, got {threads}")
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=providers_for(device))
+    except LowRankError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        where = "the ONNX model" if isinstance(model, bytes) else str(model)
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise LowRankError(f"ONNX Runtime cannot load {where} ({first}); re-export it with `lowrank export`") from None
+
+
+def provider_name(session: Any) -> str:
+    """``"CUDA"`` or ``"CPU"``: the provider a session actually runs on first."""
+    return session.get_providers()[0].replace("ExecutionProvider", "")
