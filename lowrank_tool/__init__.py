@@ -5,11 +5,15 @@ Example:
     >>> model = lr.convert(torchvision.models.resnet50(), rank=0.3)   # Tucker-2 / SVD layers
     >>> plan = lr.summary(model)                                       # what was converted, and why
     >>> lr.save(model, "r50")                                           # doctest: +SKIP
+    >>> lr.export_onnx(model, "r50.onnx").verification.passed          # doctest: +SKIP
+    True
 """
 
 from ._version import __version__
 from .convert import ConversionPlan, ConvertOptions, LayerPlan, convert, parse_input_size, plan, summary
-from .errors import LowRankError, LowRankWarning
+from .errors import LowRankError, LowRankWarning, VerificationError
+from .export import export_onnx, merge_factors, plan_from_onnx, read_metadata, verify_onnx
+from .analysis.bench import bench
 from .io import load, save
 from .layers import CPConv2d, LowRankConv, SVDConv2d, SVDConv3d, Tucker2Conv2d, Tucker2Conv3d, list_formats, register_format
 from .methods import get_method, list_methods, orthogonality_penalty, register_method
@@ -27,5 +31,6 @@ __all__ = [
     "list_formats", "register_format",
     "build_model", "list_models", "register_model",
     "fit", "Trainer", "TrainConfig", "TrainResult", "orthogonality_penalty", "get_method", "list_methods", "register_method",
-    "LowRankError", "LowRankWarning",
+    "export_onnx", "verify_onnx", "read_metadata", "plan_from_onnx", "merge_factors", "bench",
+    "LowRankError", "LowRankWarning", "VerificationError",
 ]

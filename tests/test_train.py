@@ -233,6 +233,17 @@ def test_cli_demo(tmp_path):
     dense, low = data["results"]
     assert low["params"] < 0.5 * dense["params"] and low["macs"] < dense["macs"]
     assert 0 <= low["last_top1"] <= 100
+    # the ONNX step: both exports verified within the fp32 tolerance, both timed
+    assert dense["onnx_max_rel_error"] < 1e-4 and low["onnx_max_rel_error"] < 1e-4
+    assert dense["onnx_ms"] > 0 and low["onnx_ms"] > 0 and dense["onnx_file"] is None
+
+
+def test_cli_demo_keeps_onnx_files(tmp_path):
+    out = tmp_path / "demo"
+    res = cli("demo", "--epochs", "1", "-q", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    assert (out / "dense.onnx").is_file() and (out / "elrt.onnx").is_file()
+    assert "ONNX ms (CPU, batch 1)" in res.stdout and "both exports verified" in res.stdout
 
 
 def test_bf16_autocast_on_cpu():

@@ -25,6 +25,7 @@ import copy
 import io
 import json
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -164,8 +165,11 @@ def _export_dynamo(model: nn.Module, args: tuple[Any, ...], path: str, opset: in
         program.save(path)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = _ANSI.sub("", str(exc)).strip()
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith(("Traceback", "File ")):
