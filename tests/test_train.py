@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lowrank_tool as lr
