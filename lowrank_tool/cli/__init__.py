@@ -9,6 +9,7 @@ import typer
 from .._version import __version__
 from ..errors import LowRankError, VerificationError
 from ._common import fail
+from .analyze import analyze
 from .bench import bench
 from .convert import convert
 from .demo import demo
@@ -35,6 +36,7 @@ app.command()(demo)
 app.command()(models)
 app.command()(layers)
 app.command()(inspect)
+app.command()(analyze)
 
 
 def _version(value: bool) -> None:

@@ -18,7 +18,9 @@ Init = choices("Init", ("random", "decompose"))
 
 def convert(
     model: Annotated[str, typer.Argument(help="Model name (see `lowrank models`) or 'package.module:factory'.")],
-    rank: Annotated[Optional[str], typer.Option("--rank", "-r", help="Fraction of channels kept per factorised mode, in (0, 1] (0.3: r_in=ceil(0.3*C_in), r_out=ceil(0.3*C_out)), or an integer absolute rank. Default 0.3.")] = None,
+    rank: Annotated[Optional[str], typer.Option("--rank", "-r", help="Fraction of channels kept per factorised mode, in (0, 1] (0.3: r_in=ceil(0.3*C_in), r_out=ceil(0.3*C_out)), an integer absolute rank, or 'erank' (ceil of each mode's effective rank; needs --weights). Default 0.3.")] = None,
+    energy: Annotated[Optional[float], typer.Option(help="Per mode, the smallest rank keeping this fraction of each kernel's Frobenius energy, e.g. 0.9 (needs trained --weights).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Trained dense weights to decompose (with --init decompose): .safetensors, a weights-only .pt/.pth state dict, or a dense artifact DIR.")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Low-rank format; auto = svd for 1x1 convs, tucker2 (ELRT) otherwise.")] = Format.auto,
     target_params: Annotated[Optional[float], typer.Option(help="Keep this fraction of the dense model's parameters; ranks are solved across layers.")] = None,
     target_macs: Annotated[Optional[float], typer.Option(help="Keep this fraction of the dense model's MACs; ranks are solved across layers.")] = None,
@@ -36,15 +38,24 @@ def convert(
 ) -> None:
     """Convert a model's convolutions into ELRT low-rank layers at initialisation and show the plan.
 
-    Example: lowrank convert resnet50 --rank 0.3 -o r50
+    Examples: lowrank convert resnet50 --rank 0.3 -o r50 ·
+    lowrank convert resnet18 --weights r18.pth --init decompose --energy 0.9 -o r18 (then `lowrank train r18` fine-tunes)
     """
     from .. import convert as do_convert
     from .. import save, summary
 
-    if output is not None and output.exists() and not force:
-        from ..errors import LowRankError
+    from ..errors import LowRankError
 
+    if output is not None and output.exists() and not force:
         raise LowRankError(f"{output} already exists; choose another output directory or pass --force")
+    if energy is not None:
+        if rank is not None:
+            raise LowRankError("--energy and --rank exclude each other; choose one rank rule")
+        rank = f"energy:{energy}"
+    if weights is not None and init.value != "decompose":
+        raise LowRankError("--weights are only used to decompose trained weights; add --init decompose (random init would discard them)")
+    if rank is not None and (rank.strip().lower() == "erank" or rank.startswith("energy:")) and weights is None and init.value != "decompose":
+        raise LowRankError(f"rank {rank} is computed from trained weights; add --weights FILE --init decompose")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -58,7 +69,7 @@ def convert(
         converted = do_convert(
             model, rank, format=format.value, target_params=target_params, target_macs=target_macs, round_to=round_to,
             exclude=exclude or (), layer_rank=layer_rank or None, input_size=input_size, num_classes=num_classes,
-            init=init.value, allow_growth=allow_growth, dense=dense, progress=progress,
+            init=init.value, allow_growth=allow_growth, dense=dense, progress=progress, weights=weights,
         )
         plan = summary(converted)
         if output is not None:

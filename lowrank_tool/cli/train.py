@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import LowRankError
+from ..methods import DEEPTWIST_LOWERINGS
 from ..methods.elrt import ORTH_KINDS
 from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS, SCHEDULES
 from ._common import choices, console, err_console, human
@@ -21,6 +22,7 @@ Schedule = choices("Schedule", SCHEDULES)
 Amp = choices("Amp", AMP_MODES)
 Orth = choices("Orth", ORTH_KINDS)
 Device = choices("Device", DEVICES)
+Lowering = choices("Lowering", DEEPTWIST_LOWERINGS)
 
 
 def _value(v: Any) -> Any:
@@ -45,9 +47,15 @@ def train(
     grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this value. [default: off]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for data order, augmentation and dropout. [default: 0]")] = None,
     amp: Annotated[Optional[Amp], typer.Option(help="Mixed precision: auto = fp16 on CUDA, off on CPU; bf16 works on CPU. [default: auto]")] = None,
-    method: Annotated[Optional[str], typer.Option(help="Training method: elrt (low-rank from scratch) or dense. [default: elrt]")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Training method: elrt (low-rank from scratch), dense (baseline), lrpet (dense + low-rank projection, SVD at the end), deeptwist (dense + periodic low-rank distortion). [default: elrt]")] = None,
     orth: Annotated[Optional[Orth], typer.Option(help="ELRT orthogonality regulariser on the factor matrices. [default: so]")] = None,
     orth_weight: Annotated[Optional[float], typer.Option(help="Coefficient of the regulariser (default chosen by measurement, see README).")] = None,
+    project_every: Annotated[Optional[int], typer.Option(help="LRPET: also project every N steps (0 = once per epoch). [default: 0]")] = None,
+    energy_transfer: Annotated[Optional[float], typer.Option(help="LRPET: energy-transfer exponent, 1 keeps the Frobenius energy, 0 = plain truncation. [default: 1]")] = None,
+    bn_rectify: Annotated[Optional[bool], typer.Option("--bn-rectify/--no-bn-rectify", help="LRPET: project with the following batch norm's scale. [default: on]")] = None,
+    distort_every: Annotated[Optional[int], typer.Option(help="DeepTwist: steps between low-rank distortions (S_D). [default: 200]")] = None,
+    lowering: Annotated[Optional[Lowering], typer.Option(help="DeepTwist: distortion form; format = the plan's (Tucker-2/SVD), out/spatial = SVD of a 2-D reshape, tiled = SVD per tile. [default: format]")] = None,
+    tiles: Annotated[Optional[int], typer.Option(help="DeepTwist: tiles per side for --lowering tiled. [default: 2]")] = None,
     device: Annotated[Optional[Device], typer.Option(help="Device. [default: auto]")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data-loader workers. [default: automatic]")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution override. [default: the dataset's]")] = None,
@@ -77,6 +85,8 @@ def train(
         data=data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
         grad_clip=grad_clip, seed=seed, amp=amp, method=method, orth=orth, orth_weight=orth_weight, device=device,
+        project_every=project_every, energy_transfer=energy_transfer, bn_rectify=bn_rectify, distort_every=distort_every,
+        lowering=lowering, tiles=tiles,
         workers=workers, image_size=image_size, download=download,
     ).items() if v is not None}
     if nproc < 1:

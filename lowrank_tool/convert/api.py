@@ -81,9 +81,16 @@ def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_size: Any, example_input: Any,
-          model_kwargs: Mapping[str, Any] | None, **options: Any) -> tuple[nn.Module, ConversionPlan]:
+          model_kwargs: Mapping[str, Any] | None, weights: Any = None, **options: Any) -> tuple[nn.Module, ConversionPlan]:
     opts = ConvertOptions(rank=rank, **options)
     module, spec, task, hint = _resolve(model, num_classes, model_kwargs)
+    if weights is not None:
+        from ..weights import load_weights
+
+        if module is model:  # never change the caller's module
+            module = copy.deepcopy(module)
+        load_weights(module, weights)
+        spec["weights"] = str(weights)
     size = parse_input_size(input_size)
     if size is None:
         size = default_input_size(spec["name"], spec["kwargs"]) if spec["name"] else (3, 224, 224)
@@ -135,6 +142,7 @@ def plan(
     model_kwargs: Mapping[str, Any] | None = None,
     allow_growth: bool = False,
     dense: bool = False,
+    weights: str | None = None,
 ) -> ConversionPlan:
     """Decide what :func:`convert` would do, without changing anything. Same arguments as ``convert``.
 
@@ -145,7 +153,7 @@ def plan(
     """
     return _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
                  exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
-                 example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense)[1]
+                 example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense, weights=weights)[1]
 
 
 def convert(
@@ -165,6 +173,7 @@ def convert(
     model_kwargs: Mapping[str, Any] | None = None,
     allow_growth: bool = False,
     dense: bool = False,
+    weights: str | None = None,
     inplace: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> nn.Module:
@@ -177,7 +186,9 @@ def convert(
     Args:
         model: an ``nn.Module`` or a model name (``lowrank models`` lists them; built with random weights).
         rank: fraction of channels kept in each factorised mode, in (0, 1] (Tucker-2: r_in = ⌈rank·C_in⌉,
-            r_out = ⌈rank·C_out⌉), or an integer absolute rank. Default 0.3 when no budget is given.
+            r_out = ⌈rank·C_out⌉), an integer absolute rank, ``"energy:0.9"`` (per mode, the smallest rank
+            keeping 90% of the kernel's Frobenius energy) or ``"erank"`` (⌈effective rank⌉ per mode); the
+            last two read the weights, so use them with trained weights. Default 0.3 when no budget is given.
         format: ``"auto"`` (SVD for 1×1 convs, Tucker-2 otherwise), ``"tucker2"``, ``"svd"`` or ``"cp"``.
         target_params: keep this fraction of the dense model's parameters (ranks solved across layers).
         target_macs: keep this fraction of the dense model's MACs (ranks solved across layers).
@@ -194,6 +205,8 @@ def convert(
         model_kwargs: extra keyword arguments for building a model given by name.
         allow_growth: convert layers even where the factorised form is not smaller (e.g. full rank).
         dense: convert nothing; the model keeps a plan, so it can be saved and trained as a baseline.
+        weights: trained dense weights to load first (``.safetensors``, a weights-only ``.pt``/``.pth``
+            state dict, or a dense artifact directory); with ``init="decompose"`` the factors fit them.
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is untouched.
         progress: called as ``progress(done, total, layer_name)`` after each layer is swapped.
 
@@ -210,7 +223,7 @@ def convert(
         raise LowRankError(f"init={init!r} is not known; allowed: random, decompose")
     module, p = _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
                       exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
-                      example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense)
+                      example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense, weights=weights)
     p.policy["init"] = init
     source = module
     if isinstance(model, nn.Module) and not inplace:

@@ -154,7 +154,7 @@ def _decide(c: _Candidate, fmt_request: str, spec: RankSpec, round_to: int, allo
     if spec.kind == "dense":
         return "dense", None, c.dense, None
     fmt, note = choose_format(fmt_request, c.geometry)
-    ranks = ranks_for(fmt, c.geometry, spec, round_to)
+    ranks = ranks_for(fmt, c.geometry, spec, round_to, weight=c.module.weight.detach() if spec.needs_weights else None)
     cost = layer_cost(fmt, c.geometry, ranks, c.sizes)
     if not allow_growth and (cost[0] >= c.dense[0] or cost[1] >= c.dense[1]):
         r = "x".join(map(str, ranks))

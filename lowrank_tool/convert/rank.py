@@ -6,6 +6,11 @@ Definitions (also in the README):
   Tucker-2 ``r_in = ⌈ρ·C_in⌉, r_out = ⌈ρ·C_out⌉``; SVD ``r = ⌈ρ·min(C_out, C_in·k)⌉`` (k = kernel
   elements, so for a 1×1 conv ``min(C_in, C_out)``); CP ``R = ⌈ρ·min(C_in, C_out)⌉``;
 * an **integer** ``R ≥ 1`` is an absolute rank, capped at the mode's size;
+* ``energy:E`` (0 < E ≤ 1, needs the layer's weights) keeps, per mode, the smallest rank whose
+  truncation keeps the fraction E of the kernel's Frobenius energy (Σ_{i<r} σ_i² ≥ E·Σ σ_i²);
+* ``erank`` (needs the weights) takes, per mode, ⌈effective rank⌉, erank = exp(−Σ p_i log p_i),
+  p_i = σ_i/‖σ‖₁ (the survey's measure). Tucker-2 uses the output- and input-channel unfoldings
+  (C_out × C_in·k, C_in × C_out·k); SVD and CP the C_out × C_in·k matrix;
 * ``round_to N`` rounds every rank up to a multiple of N (capped at the mode's size).
 """
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from ..errors import LowRankError
 from ..layers import supports
@@ -28,23 +33,38 @@ FORMAT_CHOICES = ("auto", "tucker2", "svd", "cp")
 class RankSpec:
     """A rank request for one layer: a ratio, an absolute rank, or "keep dense"."""
 
-    kind: Literal["ratio", "absolute", "dense"]
+    kind: Literal["ratio", "absolute", "dense", "energy", "erank"]
     value: float
+
+    @property
+    def needs_weights(self) -> bool:
+        return self.kind in ("energy", "erank")
 
     @classmethod
     def parse(cls, value: "RankSpec | float | int | str", what: str = "rank") -> "RankSpec":
-        """Accept ``0.3`` / ``"0.3"`` (ratio), ``16`` / ``"16"`` (absolute) or ``"dense"``."""
+        """Accept ``0.3`` / ``"0.3"`` (ratio), ``16`` / ``"16"`` (absolute), ``"dense"``, ``"energy:0.9"`` or ``"erank"``."""
         if isinstance(value, RankSpec):
             return value
         if isinstance(value, str):
             text = value.strip().lower()
             if text == "dense":
                 return cls("dense", 0)
+            if text == "erank":
+                return cls("erank", 0)
+            if text.startswith("energy:"):
+                try:
+                    energy = float(text.split(":", 1)[1])
+                except ValueError:
+                    energy = float("nan")
+                if not (0 < energy <= 1):
+                    raise LowRankError(f"{what} {value!r}: the energy must be a fraction in (0, 1], e.g. energy:0.9")
+                return cls("energy", energy)
             try:
                 value = int(text) if text.lstrip("+-").isdigit() else float(text)
             except ValueError:
                 raise LowRankError(
-                    f"{what} {value!r} is not a number; use a fraction in (0, 1] (e.g. 0.3), an integer rank (e.g. 16) or 'dense'"
+                    f"{what} {value!r} is not a number; use a fraction in (0, 1] (e.g. 0.3), an integer rank (e.g. 16), "
+                    "energy:0.9, erank or 'dense'"
                 ) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise LowRankError(f"{what} must be a number, got {value!r}; use e.g. 0.3 or 16")
@@ -61,13 +81,15 @@ class RankSpec:
         return cls("ratio", float(value))
 
     def __str__(self) -> str:
-        if self.kind == "dense":
-            return "dense"
+        if self.kind in ("dense", "erank"):
+            return self.kind
+        if self.kind == "energy":
+            return f"energy:{self.value:g}"
         return f"{int(self.value)}" if self.kind == "absolute" else f"{self.value:g}"
 
     def to_json(self) -> float | int | str:
-        if self.kind == "dense":
-            return "dense"
+        if self.kind in ("dense", "erank", "energy"):
+            return str(self)
         return int(self.value) if self.kind == "absolute" else float(self.value)
 
 
@@ -91,8 +113,11 @@ def _round(r: int, full: int, round_to: int) -> int:
     return max(1, min(r, full))
 
 
-def ranks_for(fmt: str, g: ConvGeometry, spec: RankSpec, round_to: int = 1) -> tuple[int, ...]:
-    """The concrete ranks of one layer for a rank request (see the module docstring)."""
+def ranks_for(fmt: str, g: ConvGeometry, spec: RankSpec, round_to: int = 1, weight: Any = None) -> tuple[int, ...]:
+    """The concrete ranks of one layer for a rank request (see the module docstring).
+
+    ``weight`` (the dense kernel) is needed for ``energy`` and ``erank`` requests.
+    """
     if fmt == "tucker2":
         dims = (g.in_channels, g.out_channels)
     elif fmt == "svd":
@@ -101,11 +126,28 @@ def ranks_for(fmt: str, g: ConvGeometry, spec: RankSpec, round_to: int = 1) -> t
         dims = (min(g.in_channels, g.out_channels),)
     else:  # pragma: no cover - choose_format returns only the above
         raise LowRankError(f"unknown format {fmt!r}")
-    if spec.kind == "ratio":
+    if spec.needs_weights:
+        if weight is None:
+            raise LowRankError(f"rank {spec} is computed from the layer's weights; pass the model with its trained weights")
+        raw = _spectral_ranks(fmt, weight, spec)
+    elif spec.kind == "ratio":
         raw = [math.ceil(spec.value * d - 1e-9) for d in dims]
     else:
         raw = [int(spec.value)] * len(dims)
     return tuple(_round(r, d, round_to) for r, d in zip(raw, dims, strict=True))
+
+
+def _spectral_ranks(fmt: str, weight: Any, spec: RankSpec) -> list[int]:
+    from ..analysis.spectrum import effective_rank, rank_for_energy, singular_values
+
+    def one(mode: str) -> int:
+        s = singular_values(weight, mode)
+        s = s[s > s[0] * 1e-6] if s.numel() and s[0] > 0 else s  # float32 round-off is not rank
+        if spec.kind == "energy":
+            return rank_for_energy(s, spec.value)
+        return max(1, math.ceil(effective_rank(s) - 1e-9))
+
+    return [one("in"), one("out")] if fmt == "tucker2" else [one("out")]
 
 
 @dataclass(frozen=True)

@@ -44,15 +44,24 @@ def tucker2(weight: Tensor, r_out: int, r_in: int, n_iter_max: int = 0) -> tuple
     Returns ``(u_out, core, u_in)`` with ``u_out`` (C_out, r_out), ``u_in`` (C_in, r_in) orthonormal
     columns and ``core`` (r_out, r_in, *k), so that ``W = core ×₀ u_out ×₁ u_in``.
     """
-    from tensorly.decomposition import partial_tucker
-
     w = _np(weight)
     # A mode's rank cannot exceed its unfolding's rank; larger requested ranks keep zero channels.
     r_out = min(r_out, w.shape[0], w[0].size)
     r_in = min(r_in, w.shape[1], w.size // w.shape[1])
     if r_out >= min(w.shape[0], w[0].size) and r_in >= min(w.shape[1], w.size // w.shape[1]):
         n_iter_max = 0  # full rank: the HOSVD is exact, iterations only add round-off
-    (core, (u_out, u_in)), _ = partial_tucker(w, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=n_iter_max, svd=gram_svd)
+    if n_iter_max == 0:
+        # Plain HOSVD: the leading left singular vectors of each channel-mode unfolding, then the core by
+        # projection. The same result as tensorly's partial_tucker(init="svd", n_iter_max=0) without its
+        # dispatch overhead (0.6 s → 5 ms for a 64×64×3×3 kernel), which matters when DeepTwist and LRPET
+        # project every few hundred steps.
+        u_out = gram_svd(w.reshape(w.shape[0], -1), r_out)[0]
+        u_in = gram_svd(np.moveaxis(w, 1, 0).reshape(w.shape[1], -1), r_in)[0]
+        core = np.einsum("oi...,or,is->rs...", w, u_out, u_in, optimize=True)
+    else:
+        from tensorly.decomposition import partial_tucker
+
+        (core, (u_out, u_in)), _ = partial_tucker(w, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=n_iter_max, svd=gram_svd)
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (u_out, core, u_in))  # type: ignore[return-value]
 
 

@@ -1,8 +1,9 @@
 """The interface between the trainer and a training method (ELRT, dense, and later LRPET, DeepTwist).
 
 The trainer owns the loop; a method only answers at fixed points: once before training (``setup``),
-every step (``penalty`` — an extra loss term — and ``after_step``), every epoch (``after_epoch``), and at
-the end (``finalize``, which may change the model's structure, e.g. decompose a dense model).
+every step (``penalty`` — an extra loss term — and ``after_step``), every epoch (``after_epoch``, before
+the evaluation), at every checkpoint (``deployable``: what to save) and at the end (``finalize``, which may
+change the model's structure, e.g. decompose a dense model).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ class Method:
     """Base class of training methods: every hook is a no-op."""
 
     name: ClassVar[str] = ""
+    #: TrainConfig fields passed to the constructor as keyword arguments of the same name.
+    config_keys: ClassVar[tuple[str, ...]] = ()
 
     def setup(self, model: nn.Module) -> None:
         """Called once before training with the (unwrapped) model."""
@@ -34,7 +37,11 @@ class Method:
         """Called after each epoch (0-based) and its evaluation."""
 
     def finalize(self, model: nn.Module) -> nn.Module:
-        """Called at the end; returns the model to save."""
+        """Called once when training has finished; may change the model's structure in place; returns it."""
+        return model
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        """The model to save at a checkpoint (the artifact's structure); ``model`` itself by default."""
         return model
 
     def state(self) -> dict[str, Any]:

@@ -100,6 +100,8 @@ class ELRT(Method):
 
     name = "elrt"
 
+    config_keys = ("orth", "orth_weight")
+
     def __init__(self, orth: str = "so", orth_weight: float = DEFAULT_ORTH_WEIGHT) -> None:
         orthogonality_penalty(nn.Module(), orth, orth_weight)  # validates both
         self.orth = orth

@@ -52,9 +52,15 @@ class TrainConfig:
         seed: seeds model-independent randomness: data order, augmentation, dropout.
         amp: ``auto`` (fp16 autocast + GradScaler on CUDA, off on CPU), ``off``, ``fp16`` (CUDA) or
             ``bf16`` (autocast on CPU or CUDA).
-        method: training method (``elrt``, ``dense``; see ``lowrank_tool.methods``).
+        method: training method: ``elrt``, ``dense``, ``lrpet`` or ``deeptwist`` (see ``lowrank_tool.methods``).
         orth: ELRT's orthogonality regulariser: ``so``, ``dso``, ``srip`` or ``none``.
         orth_weight: its coefficient.
+        project_every: LRPET also projects every N steps (0: once per epoch).
+        energy_transfer: LRPET's energy-transfer exponent (1: keep the Frobenius energy; 0: plain truncation).
+        bn_rectify: LRPET's BN rectification.
+        distort_every: DeepTwist's S_D, steps between low-rank distortions.
+        lowering: DeepTwist's distortion form: ``format`` (the plan's), ``out``, ``spatial`` or ``tiled``.
+        tiles: tiles per side for DeepTwist's ``tiled`` lowering.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         workers: data-loader workers (``None``: automatic).
         image_size: input resolution override (``None``: the dataset's).
@@ -80,6 +86,12 @@ class TrainConfig:
     method: str = "elrt"
     orth: str = "so"
     orth_weight: float = field(default_factory=_default_orth_weight)
+    project_every: int = 0
+    energy_transfer: float = 1.0
+    bn_rectify: bool = True
+    distort_every: int = 200
+    lowering: str = "format"
+    tiles: int = 2
     device: str = "auto"
     workers: int | None = None
     image_size: int | None = None
@@ -93,7 +105,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"{name} {value!r} must be a positive integer")
-        for name in ("lr", "momentum", "weight_decay", "gamma", "label_smoothing", "warmup_epochs", "orth_weight"):
+        for name in ("distort_every", "tiles"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"{name} {value!r} must be a positive integer")
+        need(isinstance(self.project_every, int) and not isinstance(self.project_every, bool) and self.project_every >= 0,
+             f"project_every {self.project_every!r} must be an integer >= 0 (0 = once per epoch)")
+        for name in ("lr", "momentum", "weight_decay", "gamma", "label_smoothing", "warmup_epochs", "orth_weight", "energy_transfer"):
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
                  f"{name} {value!r} must be a finite number >= 0")
@@ -112,6 +129,11 @@ class TrainConfig:
         from ..methods.elrt import ORTH_KINDS
 
         need(self.orth in ORTH_KINDS, f"orth {self.orth!r} is not known; expected one of {', '.join(ORTH_KINDS)}")
+        from ..methods import DEEPTWIST_LOWERINGS, list_methods
+
+        need(self.method in list_methods(), f"method {self.method!r} is not known; expected one of {', '.join(list_methods())}")
+        need(self.lowering in DEEPTWIST_LOWERINGS, f"lowering {self.lowering!r} is not known; expected one of {', '.join(DEEPTWIST_LOWERINGS)}")
+        need(isinstance(self.bn_rectify, bool), f"bn_rectify {self.bn_rectify!r} must be true or false")
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -233,9 +233,10 @@ class Trainer:
         if self.out_dir is None or not self.dist.is_main:
             return
         save_train_state(self.out_dir / STATE_FILE, self.state_dict())
-        atomic_save_weights(self.raw_model, self.out_dir / "model.safetensors")
+        to_save = self.method.deployable(self.raw_model)  # the artifact's structure (LRPET/DeepTwist train dense)
+        atomic_save_weights(to_save, self.out_dir / "model.safetensors")
         if best:
-            atomic_save_weights(self.raw_model, self.out_dir / BEST_FILE)
+            atomic_save_weights(to_save, self.out_dir / BEST_FILE)
 
     # -- loop -------------------------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> None:
@@ -259,11 +260,11 @@ class Trainer:
         with _Stopper() as stopper:
             while self.epoch < end:
                 record = self._train_epoch(stopper)
+                self.method.after_epoch(self.raw_model, self.epoch)  # before evaluating: LRPET evaluates the projected model
                 record.update(self.evaluate())
                 improved = record["val_top1"] > self.best_top1
                 if improved:
                     self.best_top1, self.best_epoch = record["val_top1"], self.epoch
-                self.method.after_epoch(self.raw_model, self.epoch)
                 self.epoch += 1
                 self.step_in_epoch = 0
                 self.history.append(record)
@@ -273,6 +274,8 @@ class Trainer:
                 self._save(improved)
                 if self.on_epoch is not None and self.dist.is_main:
                     self.on_epoch(record)
+        if self.epoch >= self.cfg.epochs:
+            self.method.finalize(self.raw_model)
         return TrainResult(list(self.history), self.best_top1, self.best_epoch, time.perf_counter() - start)
 
     def _batches(self) -> Iterable[Any]:
@@ -375,7 +378,9 @@ def _device(name: str) -> torch.device:
 
 
 def _method_options(cfg: TrainConfig) -> dict[str, Any]:
-    return {"orth": cfg.orth, "orth_weight": cfg.orth_weight} if cfg.method == "elrt" else {}
+    from ..methods import get_method_class
+
+    return {key: getattr(cfg, key) for key in get_method_class(cfg.method).config_keys}
 
 
 def _atomic_text(path: Path, text: str) -> None:

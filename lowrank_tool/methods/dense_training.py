@@ -1,0 +1,120 @@
+"""The base of methods that train the dense network and end in the plan's low-rank structure.
+
+LRPET and DeepTwist train full kernels and push them towards low rank; the artifact they start from
+is a converted one, whose plan says which layers become low-rank, in which format, at which ranks —
+the same plan ELRT trains directly. So every method starts from the same kind of artifact and ends in
+the same kind of artifact (plan + low-rank weights) that ``lowrank export`` takes:
+
+* ``setup`` merges each planned low-rank layer back into its dense conv (exactly: ``to_dense``);
+* training runs on the dense model; the subclass projects the planned convs (``project``) at its
+  points (LRPET every epoch / N steps, DeepTwist every S_D steps), and always in the plan's own form at
+  the end of every epoch, so the model that is evaluated and saved is exactly low-rank;
+* ``deployable`` rebuilds the plan's structure from the projected kernels (decomposition of an exactly
+  low-rank kernel is exact) — what the trainer saves as ``model.safetensors`` and ``best.safetensors``.
+  ``train_state.pt`` keeps the dense weights, so ``--resume`` continues the dense training exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import LowRankError
+from ..layers import LowRankConv, get_format
+from .base import Method
+
+__all__ = ["DenseTraining", "following_batchnorms"]
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def following_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
+    """``conv name → the batch norm that directly consumes its output`` (found with torch.fx; {} when untraceable)."""
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - data-dependent models: no rectification
+        return {}
+    modules = dict(model.named_modules())
+    result = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(str(node.target)), (nn.Conv2d, nn.Conv3d)):
+            users = list(node.users)
+            if len(users) == 1 and users[0].op == "call_module" and isinstance(modules.get(str(users[0].target)), nn.modules.batchnorm._BatchNorm):
+                result[str(node.target)] = modules[str(users[0].target)]
+    return result
+
+
+class DenseTraining(Method):
+    """Train dense, project onto the plan's low-rank structure, save that structure (see module docstring)."""
+
+    def __init__(self) -> None:
+        self.targets: list[tuple[str, str, list[int]]] = []
+
+    def setup(self, model: nn.Module) -> None:
+        from ..convert.api import PLAN_ATTR
+
+        plan = getattr(model, PLAN_ATTR, None)
+        targets = [(e.name, e.format, list(e.ranks or [])) for e in plan.converted_layers] if plan is not None else []
+        if not targets:
+            raise LowRankError(
+                f"method {self.name!r} needs a converted model: its plan says which layers become low-rank and at which ranks; "
+                "convert with `lowrank convert MODEL --rank R -o DIR` (not --dense) and train DIR"
+            )
+        self.check_targets(targets)
+        self.targets = targets
+        for name, _, _ in targets:
+            module = model.get_submodule(name)
+            if isinstance(module, LowRankConv):
+                _replace(model, name, module.to_dense())
+
+    def check_targets(self, targets: list[tuple[str, str, list[int]]]) -> None:
+        """Refuse plans the method cannot honour (override)."""
+
+    def convs(self, model: nn.Module) -> list[tuple[str, str, list[int], nn.Module]]:
+        return [(name, fmt, ranks, model.get_submodule(name)) for name, fmt, ranks in self.targets]
+
+    def project(self, model: nn.Module) -> None:
+        """Replace each planned conv's kernel by its low-rank version (in place, no gradient)."""
+        raise NotImplementedError
+
+    def project_to_plan(self, model: nn.Module) -> None:
+        """Project each planned conv onto exactly what its planned layer can hold."""
+        from .projection import project_like
+
+        with torch.no_grad():
+            for _, fmt, ranks, conv in self.convs(model):
+                conv.weight.copy_(project_like(conv, fmt, ranks))
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> None:
+        self.project(model)
+        self.project_to_plan(model)
+
+    def deployable(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` in the plan's low-rank structure (what is saved and exported)."""
+        from ..convert.api import PLAN_ATTR
+
+        out = copy.deepcopy(model)
+        for name, fmt, ranks, conv in self.convs(out):
+            layer = get_format(fmt, conv.weight.dim() - 2).from_dense(conv, tuple(ranks), init="decompose")
+            _replace(out, name, layer)
+        if hasattr(model, PLAN_ATTR):
+            setattr(out, PLAN_ATTR, getattr(model, PLAN_ATTR))
+        return out
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Swap the planned dense convs of ``model`` for their low-rank layers, in place (after a plan projection)."""
+        self.project_to_plan(model)
+        for name, fmt, ranks, conv in self.convs(model):
+            _replace(model, name, get_format(fmt, conv.weight.dim() - 2).from_dense(conv, tuple(ranks), init="decompose"))
+        return model
+
+    def state(self) -> dict[str, Any]:
+        return {"name": self.name, "layers": len(self.targets)}
