@@ -14,6 +14,7 @@ from .convert import ConversionPlan, ConvertOptions, LayerPlan, convert, parse_i
 from .errors import LowRankError, LowRankWarning, VerificationError
 from .export import export_onnx, merge_factors, plan_from_onnx, read_metadata, verify_onnx
 from .analysis.bench import bench
+from .analysis.spectrum import analyze
 from .io import load, save
 from .layers import CPConv2d, LowRankConv, SVDConv2d, SVDConv3d, Tucker2Conv2d, Tucker2Conv3d, list_formats, register_format
 from .methods import get_method, list_methods, orthogonality_penalty, register_method
@@ -31,6 +32,6 @@ __all__ = [
     "list_formats", "register_format",
     "build_model", "list_models", "register_model",
     "fit", "Trainer", "TrainConfig", "TrainResult", "orthogonality_penalty", "get_method", "list_methods", "register_method",
-    "export_onnx", "verify_onnx", "read_metadata", "plan_from_onnx", "merge_factors", "bench",
+    "export_onnx", "verify_onnx", "read_metadata", "plan_from_onnx", "merge_factors", "bench", "analyze",
     "LowRankError", "LowRankWarning", "VerificationError",
 ]
