@@ -260,3 +260,15 @@ def test_effective_rank_matches_the_survey_definition():
     s = torch.tensor([5.0, 3.0, 1.0, 0.5, 0.0], dtype=torch.float64)
     p = [v / 9.5 for v in (5.0, 3.0, 1.0, 0.5)]
     assert abs(effective_rank(s) - math.exp(-sum(q * math.log(q) for q in p))) < EXACT
+
+
+def test_energy_and_erank_requests_give_ranks_from_the_spectrum():
+    from lowrank_tool.analysis.spectrum import LayerSpectrum
+
+    w = torch.randn(32, 16, 3, 3)
+    s = LayerSpectrum.from_weight("conv", w, rank="energy:0.9")
+    assert s.energy_out >= 0.9 and s.energy_in >= 0.9 and s.note == "rank energy:0.9 as tucker2"
+    r_in, r_out = s.ranks
+    assert r_out == rank_for_energy(singular_values(w, "out"), 0.9) and r_in == rank_for_energy(singular_values(w, "in"), 0.9)
+    e = LayerSpectrum.from_weight("conv", w, rank="erank")
+    assert e.ranks[1] == math.ceil(effective_rank(singular_values(w, "out")))

@@ -241,7 +241,7 @@ class LayerSpectrum:
             format: the layer's format, ``"dense"`` for a plain conv.
             ranks: the layer's ranks (one rank, or Tucker-2's ``(r_in, r_out)``), if it has any.
             factors: its factor matrices, for the orthogonality error.
-            rank: where ``ranks`` is ``None``, a rank request (ratio or absolute) turned into ranks as
+            rank: where ``ranks`` is ``None``, a rank request (ratio, absolute, energy:F, erank) turned into ranks as
                 the converter would (Tucker-2 for k×k kernels, SVD for 1×1).
             note: a remark shown with the layer.
 
@@ -255,7 +255,7 @@ class LayerSpectrum:
             if spec.kind != "dense":
                 g = _geometry(weight)
                 fmt, _ = choose_format("auto", g)
-                ranks = ranks_for(fmt, g, spec)
+                ranks = list(ranks_for(fmt, g, spec, weight=weight))
                 note = note or f"rank {spec} as {fmt}"
         s_out, s_in = singular_values(weight, "out"), singular_values(weight, "in")
         energy_out = energy_in = None
