@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/convert_speed.py                       # resnet18, resnet50, mobilenet_v2, vgg16
     python benchmarks/convert_speed.py --models resnet50 --rank 0.3 --repeat 5 --json out.json
+    python benchmarks/convert_speed.py --task classification --repeat 1 --json benchmarks/results/convert_all_classification.json
 
 Building the dense model is not timed (its random init is torchvision's cost, not ours); each timing is
 one full ``convert()`` call: tracing, shape capture, planning, copying the kept modules and initialising
@@ -26,15 +27,20 @@ from lowrank_tool.models import build_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "mobilenet_v2", "vgg16"])
+    parser.add_argument("--task", default=None, help="every registered torchvision model of this task instead of --models")
     parser.add_argument("--rank", type=float, default=0.3)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default="benchmarks/results/convert_speed.json")
     args = parser.parse_args()
 
+    if args.task:
+        args.models = [m.name for m in lr.list_models(args.task) if m.source == "torchvision"]
+        lr.convert(build_model("resnet18"), rank=args.rank)  # one warm-up for the whole sweep
     rows = []
     for name in args.models:
         model = build_model(name)
-        lr.convert(model, rank=args.rank)  # warm-up (first fx trace imports and caches)
+        if not args.task:
+            lr.convert(model, rank=args.rank)  # warm-up (first fx trace imports and caches)
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
@@ -48,7 +54,9 @@ def main() -> None:
         print(f"{name:14s} convert {statistics.median(times):6.3f}s (max {max(times):.3f}s)  "
               f"params kept {100 * t['params_ratio']:5.1f}%  MACs kept {100 * t['macs_ratio']:5.1f}%  "
               f"{t['converted']}/{t['layers']} convs", flush=True)
-    meta = {"machine": platform.platform(), "cpu_count": torch.get_num_threads(), "torch": torch.__version__, "lowrank_tool": lr.__version__}
+    total = sum(r["convert_s_median"] for r in rows)
+    print(f"total convert() time over {len(rows)} models: {total:.1f} s (building the dense models not counted)")
+    meta = {"total_convert_s": total, "models": len(rows), "machine": platform.platform(), "cpu_count": torch.get_num_threads(), "torch": torch.__version__, "lowrank_tool": lr.__version__}
     import pathlib
 
     path = pathlib.Path(args.json)

@@ -186,7 +186,7 @@ def test_cli_model_name_with_rank_uses_the_converters_plan(capsys, monkeypatch):
     assert code == 0, err
     data = {d["name"]: d for d in json.loads(out)}
     assert data["conv1"]["ranks"] is None and "stem" in data["conv1"]["note"]  # the converter keeps the stem dense
-    assert data["layer3.0.conv2"]["ranks"] == [20, 20] and data["layer3.0.conv2"]["energy_out"] < 0.99
+    assert data["layer3.0.conv2"]["ranks"] == [24, 24] and data["layer3.0.conv2"]["energy_out"] < 0.99
 
 
 def test_cli_artifact_table_and_plot(r20_dir, tmp_path, capsys, monkeypatch):

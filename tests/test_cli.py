@@ -22,7 +22,7 @@ def test_convert_writes_artifact_and_prints_table(tmp_path, capsys, monkeypatch)
     code, out, err = run(["convert", "resnet18", "--rank", "0.3", "--input-size", "3x64x64", "-o", str(tmp_path / "r18")], capsys, monkeypatch)
     assert code == 0, err
     assert (tmp_path / "r18" / "plan.json").is_file() and (tmp_path / "r18" / "model.safetensors").is_file()
-    assert "layer4.1.conv2" in out and "tucker2" in out and "154,154" in out
+    assert "layer4.1.conv2" in out and "tucker2" in out and "160,160" in out
     assert "19/20 convs converted" in out and "fraction of channels kept" in out
 
 

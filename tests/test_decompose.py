@@ -53,9 +53,9 @@ def test_energy_rule_finds_an_exactly_low_rank_kernel():
     with torch.no_grad():
         a, b = torch.randn(64, 5), torch.randn(5, 64 * 9)
         conv.weight.copy_((a @ b).reshape(64, 64, 3, 3))  # rank 5 in the C_out x C_in*k unfolding
-    plan = lr.plan(model, rank="energy:0.999999", format="svd", input_size="3x32x32")
+    plan = lr.plan(model, rank="energy:0.999999", format="svd", input_size="3x32x32", round_to=1)
     assert plan.layer("layer3.0.conv2").ranks == [5] and plan.layer("layer3.0.conv2").rank_spec == "energy:0.999999"
-    converted = lr.convert(model, rank="energy:0.999999", format="svd", init="decompose", input_size="3x32x32")
+    converted = lr.convert(model, rank="energy:0.999999", format="svd", init="decompose", input_size="3x32x32", round_to=1)
     assert lr.summary(converted).layer("layer3.0.conv2").error < 1e-5
 
 
@@ -66,7 +66,7 @@ def test_erank_rule_on_equal_singular_values():
         q = torch.linalg.qr(torch.randn(64 * 9, 64))[0][:, :7]  # 7 orthonormal columns
         u = torch.linalg.qr(torch.randn(64, 64))[0][:, :7]
         conv.weight.copy_((u @ q.T).reshape(64, 64, 3, 3))  # 7 equal singular values: erank exactly 7
-    plan = lr.plan(model, rank="erank", format="svd", input_size="3x32x32")
+    plan = lr.plan(model, rank="erank", format="svd", input_size="3x32x32", round_to=1)
     assert plan.layer("layer3.0.conv2").ranks == [7]
 
 

@@ -7,24 +7,29 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ..convert.rank import FORMAT_CHOICES
+from ..convert.rank import DEFAULT_ROUND_TO, FORMAT_CHOICES
 from ._common import choices, console, err_console, print_json
 from .render import print_plan
 
 
 Format = choices("Format", FORMAT_CHOICES)
 Init = choices("Init", ("random", "decompose"))
+Policy = choices("Policy", ("rank", "latency"))
 
 
 def convert(
     model: Annotated[str, typer.Argument(help="Model name (see `lowrank models`) or 'package.module:factory'.")],
     rank: Annotated[Optional[str], typer.Option("--rank", "-r", help="Fraction of channels kept per factorised mode, in (0, 1] (0.3: r_in=ceil(0.3*C_in), r_out=ceil(0.3*C_out)), an integer absolute rank, or 'erank' (ceil of each mode's effective rank; needs --weights). Default 0.3.")] = None,
     energy: Annotated[Optional[float], typer.Option(help="Per mode, the smallest rank keeping this fraction of each kernel's Frobenius energy, e.g. 0.9 (needs trained --weights).")] = None,
+    policy: Annotated[Policy, typer.Option(help="rank: ranks as requested; latency: each layer's form (dense, factorised, ranks rounded to multiples of 8/16) chosen by measuring it in ONNX Runtime on this machine (cached).")] = Policy.rank,
+    target_speedup: Annotated[Optional[float], typer.Option(help="With --policy latency: lower ranks until the model is predicted S times faster than dense (instead of --rank).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="With --policy latency: ONNX Runtime threads of the measurements. [default: every core]")] = None,
+    batch: Annotated[int, typer.Option(help="With --policy latency: batch size of the measurements.")] = 1,
     weights: Annotated[Optional[Path], typer.Option(help="Trained dense weights to decompose (with --init decompose): .safetensors, a weights-only .pt/.pth state dict, or a dense artifact DIR.")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Low-rank format; auto = svd for 1x1 convs, tucker2 (ELRT) otherwise.")] = Format.auto,
     target_params: Annotated[Optional[float], typer.Option(help="Keep this fraction of the dense model's parameters; ranks are solved across layers.")] = None,
     target_macs: Annotated[Optional[float], typer.Option(help="Keep this fraction of the dense model's MACs; ranks are solved across layers.")] = None,
-    round_to: Annotated[int, typer.Option(help="Round every rank up to a multiple of N.")] = 1,
+    round_to: Annotated[int, typer.Option(help="Round every rank up to a multiple of N (8: channel counts the CPU/GPU kernels like, measured faster; 1: exact ceil(rank*C)).")] = DEFAULT_ROUND_TO,
     exclude: Annotated[Optional[List[str]], typer.Option("--exclude", "-x", help="Keep a layer dense: a fully qualified name or 're:REGEX' (repeatable).")] = None,
     layer_rank: Annotated[Optional[List[str]], typer.Option("--layer-rank", "-l", help="Per-layer rank, NAME=R or 're:REGEX=R'; R may be 'dense' (repeatable).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="Per-sample input CxHxW (CxTxHxW for video); default from the model family.")] = None,
@@ -39,7 +44,8 @@ def convert(
     """Convert a model's convolutions into ELRT low-rank layers at initialisation and show the plan.
 
     Examples: lowrank convert resnet50 --rank 0.3 -o r50 ·
-    lowrank convert resnet18 --weights r18.pth --init decompose --energy 0.9 -o r18 (then `lowrank train r18` fine-tunes)
+    lowrank convert resnet18 --weights r18.pth --init decompose --energy 0.9 -o r18 (then `lowrank train r18` fine-tunes) ·
+    lowrank convert resnet50 --policy latency --target-speedup 2 -o r50
     """
     from .. import convert as do_convert
     from .. import save, summary
@@ -48,6 +54,10 @@ def convert(
 
     if output is not None and output.exists() and not force:
         raise LowRankError(f"{output} already exists; choose another output directory or pass --force")
+    if target_speedup is not None and policy.value != "latency":
+        raise LowRankError("--target-speedup needs --policy latency")
+    if policy.value == "latency" and not json:
+        err_console.print("measuring layer forms in ONNX Runtime on this machine (cached per machine; the first run takes longer)")
     if energy is not None:
         if rank is not None:
             raise LowRankError("--energy and --rank exclude each other; choose one rank rule")
@@ -70,6 +80,7 @@ def convert(
             model, rank, format=format.value, target_params=target_params, target_macs=target_macs, round_to=round_to,
             exclude=exclude or (), layer_rank=layer_rank or None, input_size=input_size, num_classes=num_classes,
             init=init.value, allow_growth=allow_growth, dense=dense, progress=progress, weights=weights,
+            policy=policy.value, target_speedup=target_speedup, latency_threads=threads, latency_batch=batch,
         )
         plan = summary(converted)
         if output is not None:

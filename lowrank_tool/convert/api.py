@@ -15,6 +15,7 @@ from ..models import build_model, default_input_size, example_input as make_exam
 from .apply import apply_plan
 from .plan import ConversionPlan
 from .planner import ConvertOptions, build_plan
+from .rank import DEFAULT_ROUND_TO
 from .trace import capture
 
 __all__ = ["plan", "convert", "summary", "parse_input_size", "PLAN_ATTR"]
@@ -115,6 +116,13 @@ def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_s
             f"the model does not run on input size {'x'.join(map(str, size))} ({msg}); pass the size it expects with --input-size"
         ) from None
     plan = build_plan(module, cap, opts, base_model=spec, input_size=size, model_hint=hint)
+    if opts.policy == "latency":
+        if task not in ("classification", "segmentation"):
+            raise LowRankError(f"policy 'latency' measures models with one image input; this is a {task} model, use the rank policy")
+        from .latency import apply_latency_policy
+
+        apply_latency_policy(module, plan, target_speedup=opts.target_speedup, threads=opts.latency_threads,
+                             batch=opts.latency_batch, format_request=opts.format)
     return module, plan
 
 
@@ -133,7 +141,7 @@ def plan(
     format: str = "auto",
     target_params: float | None = None,
     target_macs: float | None = None,
-    round_to: int = 1,
+    round_to: int = DEFAULT_ROUND_TO,
     exclude: Sequence[str] = (),
     layer_rank: Mapping[str, Any] | Sequence[str] | None = None,
     input_size: str | Sequence[int] | None = None,
@@ -143,6 +151,10 @@ def plan(
     allow_growth: bool = False,
     dense: bool = False,
     weights: str | None = None,
+    policy: str = "rank",
+    target_speedup: float | None = None,
+    latency_threads: int | None = None,
+    latency_batch: int = 1,
 ) -> ConversionPlan:
     """Decide what :func:`convert` would do, without changing anything. Same arguments as ``convert``.
 
@@ -153,7 +165,8 @@ def plan(
     """
     return _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
                  exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
-                 example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense, weights=weights)[1]
+                 example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense, weights=weights,
+                 policy=policy, target_speedup=target_speedup, latency_threads=latency_threads, latency_batch=latency_batch)[1]
 
 
 def convert(
@@ -163,7 +176,7 @@ def convert(
     format: str = "auto",
     target_params: float | None = None,
     target_macs: float | None = None,
-    round_to: int = 1,
+    round_to: int = DEFAULT_ROUND_TO,
     exclude: Sequence[str] = (),
     layer_rank: Mapping[str, Any] | Sequence[str] | None = None,
     input_size: str | Sequence[int] | None = None,
@@ -174,6 +187,10 @@ def convert(
     allow_growth: bool = False,
     dense: bool = False,
     weights: str | None = None,
+    policy: str = "rank",
+    target_speedup: float | None = None,
+    latency_threads: int | None = None,
+    latency_batch: int = 1,
     inplace: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> nn.Module:
@@ -192,7 +209,7 @@ def convert(
         format: ``"auto"`` (SVD for 1×1 convs, Tucker-2 otherwise), ``"tucker2"``, ``"svd"`` or ``"cp"``.
         target_params: keep this fraction of the dense model's parameters (ranks solved across layers).
         target_macs: keep this fraction of the dense model's MACs (ranks solved across layers).
-        round_to: round ranks up to a multiple of this.
+        round_to: round ranks up to a multiple of this (default 8: hardware-friendly channel counts; 1 = exact).
         exclude: layer names or ``"re:<regex>"`` patterns to keep dense.
         layer_rank: per-layer ranks, ``{"re:layer4\\..*": 0.5, "layer1.0.conv1": 16}`` or
             ``["re:layer4\\..*=0.5"]``; the value ``"dense"`` keeps a layer dense.
@@ -205,6 +222,12 @@ def convert(
         model_kwargs: extra keyword arguments for building a model given by name.
         allow_growth: convert layers even where the factorised form is not smaller (e.g. full rank).
         dense: convert nothing; the model keeps a plan, so it can be saved and trained as a baseline.
+        policy: ``"rank"`` (ranks as requested) or ``"latency"``: each layer's form (dense, the format at the
+            requested ranks, or those ranks rounded to multiples of 8/16) chosen by measuring it in ONNX
+            Runtime on this machine (cached); see :mod:`lowrank_tool.convert.latency`.
+        target_speedup: with ``policy="latency"``, lower ranks until the model is predicted this many times
+            faster than dense (instead of ``rank``).
+        latency_threads, latency_batch: ONNX Runtime threads and batch of the measurements.
         weights: trained dense weights to load first (``.safetensors``, a weights-only ``.pt``/``.pth``
             state dict, or a dense artifact directory); with ``init="decompose"`` the factors fit them.
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is untouched.
@@ -223,7 +246,8 @@ def convert(
         raise LowRankError(f"init={init!r} is not known; allowed: random, decompose")
     module, p = _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
                       exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
-                      example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense, weights=weights)
+                      example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense, weights=weights,
+                      policy=policy, target_speedup=target_speedup, latency_threads=latency_threads, latency_batch=latency_batch)
     p.policy["init"] = init
     source = module
     if isinstance(model, nn.Module) and not inplace:

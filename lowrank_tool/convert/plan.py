@@ -54,6 +54,8 @@ class LayerPlan:
     rank_spec: str | None = None  # the request that produced the ranks ("0.3", "16", "budget:0.42")
     reason: str | None = None  # why the layer stayed dense, or a note about the format
     error: float | None = None  # relative Frobenius error of a decomposition (init="decompose")
+    latency_ms: float | None = None  # measured ONNX Runtime latency of the chosen form (policy "latency")
+    dense_latency_ms: float | None = None  # ... and of the dense conv, same input, threads and batch
 
     @property
     def converted(self) -> bool:

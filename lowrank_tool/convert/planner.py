@@ -18,7 +18,7 @@ from ..errors import LowRankError
 from ..layers import LowRankConv
 from ..layers.base import ConvGeometry
 from .plan import ConversionPlan, LayerPlan
-from .rank import FORMAT_CHOICES, RankSpec, SpatialSizes, choose_format, dense_cost, layer_cost, ranks_for, solve_ratio
+from .rank import DEFAULT_ROUND_TO, FORMAT_CHOICES, RankSpec, SpatialSizes, choose_format, dense_cost, layer_cost, ranks_for, solve_ratio
 from .select import FqnMatcher, parse_layer_rank
 from .trace import CONV_TYPES, Capture
 
@@ -44,17 +44,27 @@ class ConvertOptions:
         allow_growth: convert a layer even when its factorised form is not smaller than the dense conv
             (full-rank numerical checks, experiments); by default such a layer stays dense.
         dense: convert nothing: a plan (and artifact) of the dense model, the baseline of a comparison.
+        policy: ``rank`` (ranks from the request, the default) or ``latency`` (each layer's form chosen by
+            measuring it in ONNX Runtime on this machine; see :mod:`lowrank_tool.convert.latency`).
+        target_speedup: with ``policy="latency"``: lower ranks until the model is predicted this many
+            times faster than dense (instead of a rank or budget).
+        latency_threads: ONNX Runtime threads for the measurements (default: every core).
+        latency_batch: batch size for the measurements.
     """
 
     rank: float | int | str | None = None
     format: str = "auto"
     target_params: float | None = None
     target_macs: float | None = None
-    round_to: int = 1
+    round_to: int = DEFAULT_ROUND_TO
     exclude: Sequence[str] = ()
     layer_rank: Mapping[str, Any] | Sequence[str] | None = None
     allow_growth: bool = False
     dense: bool = False
+    policy: str = "rank"
+    target_speedup: float | None = None
+    latency_threads: int | None = None
+    latency_batch: int = 1
     rank_spec: RankSpec = field(init=False)
     layer_specs: dict[str, RankSpec] = field(init=False)
 
@@ -69,6 +79,17 @@ class ConvertOptions:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise LowRankError(f"{b} {value!r} must be a fraction in (0, 1) of the dense model, e.g. 0.4")
         self.rank_spec = RankSpec.parse(0.3 if self.rank is None else self.rank)
+        if self.policy not in ("rank", "latency"):
+            raise LowRankError(f"policy {self.policy!r} is not known; use 'rank' (ranks as requested) or 'latency' (measured per layer)")
+        if self.target_speedup is not None:
+            if self.policy != "latency":
+                raise LowRankError("target_speedup needs policy 'latency' (CLI: --policy latency --target-speedup S)")
+            if budgets or self.rank is not None:
+                raise LowRankError("give either a target speedup or a rank/budget with --policy latency, not both")
+        for name in ("latency_threads", "latency_batch"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise LowRankError(f"{name} {value!r} must be a positive integer")
         if self.format not in FORMAT_CHOICES:
             raise LowRankError(f"unknown format {self.format!r}; expected one of {', '.join(FORMAT_CHOICES)}")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
@@ -98,6 +119,7 @@ class ConvertOptions:
             "layer_rank": {k: v.to_json() for k, v in self.layer_specs.items()},
             "allow_growth": self.allow_growth,
             "dense": self.dense,
+            "policy": self.policy,
         }
 
 

@@ -24,9 +24,14 @@ from ..errors import LowRankError
 from ..layers import supports
 from ..layers.base import ConvGeometry
 
-__all__ = ["RankSpec", "choose_format", "ranks_for", "layer_cost", "dense_cost", "solve_ratio", "FORMAT_CHOICES"]
+__all__ = ["DEFAULT_ROUND_TO", "RankSpec", "choose_format", "ranks_for", "layer_cost", "dense_cost", "solve_ratio", "FORMAT_CHOICES"]
 
 FORMAT_CHOICES = ("auto", "tucker2", "svd", "cp")
+#: Ranks are rounded up to a multiple of 8 by default: ONNX Runtime's blocked (NCHWc) CPU convolutions and
+#: GPU tensor cores want channel counts in multiples of 8. Measured on ResNet-50 at rank 0.3, 2 CPU
+#: threads, batch 1: 2.59x faster than dense with rounding to 8 against 2.10x without (README,
+#: "Fast by construction"); ``round_to=1`` gives the exact ``⌈ρ·C⌉`` ranks.
+DEFAULT_ROUND_TO = 8
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,97 @@
+"""Inference latency of dense vs low-rank models, measured in one run: ONNX Runtime (and PyTorch eager).
+
+Usage:
+    python benchmarks/inference_latency.py                                  # the issue's grid, ONNX Runtime
+    python benchmarks/inference_latency.py --models resnet50 --ranks 0.3 --batches 1 --threads 2
+    python benchmarks/inference_latency.py --round-to 1 --out benchmarks/results/inference_latency_r1   # naive ranks
+    python benchmarks/inference_latency.py --policy latency --ranks 0.3 --models resnet18 resnet50
+    python benchmarks/inference_latency.py --engines onnxruntime torch --models resnet18
+
+For each model and rank the converted model (random init: latency does not depend on the values) is
+saved to a temporary artifact and measured with :func:`lowrank_tool.analysis.bench.bench`, which exports
+it and its dense counterpart to ONNX and times both back to back (median of ``--runs`` after
+``--warmup``) for every batch size. ONNX Runtime uses CUDA when a GPU is present (``--device auto``).
+Prints a table and writes JSON and markdown to ``--out``. Compare the speedups: absolute milliseconds
+drift on a shared machine, ratios taken seconds apart much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+import lowrank_tool as lr
+from lowrank_tool.analysis.bench import bench
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "vgg16", "mobilenet_v2"])
+    parser.add_argument("--ranks", nargs="+", type=float, default=[0.5, 0.3, 0.15])
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--threads", default=str(os.cpu_count() or 1))
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--round-to", type=int, default=None, help="rank rounding (default: the converter's default)")
+    parser.add_argument("--policy", default="rank", choices=["rank", "latency"])
+    parser.add_argument("--merge", default="none", choices=["none", "all", "auto"])
+    parser.add_argument("--engines", nargs="+", default=["onnxruntime"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--out", default="benchmarks/results/inference_latency")
+    args = parser.parse_args()
+
+    results = []
+    header = f"{'model':14s} {'rank':>5s} {'engine':12s} {'batch':>5s} {'low-rank ms':>11s} {'dense ms':>9s} {'speedup':>8s} {'MAC red.':>8s} {'effic.':>6s}"
+    print(header)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            for rank in args.ranks:
+                torch.manual_seed(0)
+                kwargs = {"rank": rank, "policy": args.policy}
+                if args.round_to is not None:
+                    kwargs["round_to"] = args.round_to
+                if args.policy == "latency":
+                    kwargs["latency_threads"] = int(args.threads.split(",")[0])
+                directory = Path(tmp) / f"{name}-{rank}"
+                lr.save(lr.convert(name, **kwargs), directory)
+                report = bench(directory, vs_dense=True, batches=args.batches, threads=args.threads, engines=args.engines,
+                               runs=args.runs, warmup=args.warmup, merge=args.merge, device=args.device)
+                data = report.to_dict() | {"model": name, "rank": rank}
+                results.append(data)
+                rows = {(r["model"], r["engine"], r["batch"], r["threads"]): r for r in data["rows"]}
+                for c in data["comparisons"]:
+                    key = (c["engine"], c["batch"], c["threads"])
+                    low, dense = rows[("low-rank", *key)], rows[("dense", *key)]
+                    c.update(model=name, rank=rank, lowrank_ms=low["median_ms"], dense_ms=dense["median_ms"], provider=low["provider"])
+                    print(f"{name:14s} {rank:5.2f} {c['engine']:12s} {c['batch']:5d} {low['median_ms']:11.2f} {dense['median_ms']:9.2f} "
+                          f"{c['speedup']:7.2f}x {c['mac_reduction']:7.2f}x {c['efficiency']:6.2f}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "threads": args.threads, "runs": args.runs, "warmup": args.warmup, "round_to": args.round_to, "policy": args.policy,
+            "merge": args.merge, "command": "python benchmarks/inference_latency.py " + " ".join(_argv())}
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    lines = [f"`{meta['command']}` ({meta['cpus']} CPUs, threads {args.threads}, median of {args.runs} runs)", "",
+             "| model | rank | engine | batch | low-rank ms | dense ms | speedup | MAC reduction | efficiency |", "|---|---|---|---|---|---|---|---|---|"]
+    for data in results:
+        for c in data["comparisons"]:
+            lines.append(f"| {c['model']} | {c['rank']:g} | {c['engine']} ({c['provider']}) | {c['batch']} | {c['lowrank_ms']:.2f} | "
+                         f"{c['dense_ms']:.2f} | {c['speedup']:.2f}× | {c['mac_reduction']:.2f}× | {c['efficiency']:.2f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+if __name__ == "__main__":
+    main()
