@@ -48,9 +48,20 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, completed: bool = True) -> None:
+    """Destroy the process group; after a completed run, only once every rank got here.
+
+    Without the barrier a fast rank 0 could destroy the group while rank 1 is still inside gloo, which
+    aborts rank 1 at exit ("terminate called without an active exception"; seen in about 1 of 5
+    two-process CPU runs, 0 of 10 with it). After an error there is no barrier: the other ranks may be
+    stuck in a collective, and torchrun stops them when this one exits.
+    """
     if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if completed:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:

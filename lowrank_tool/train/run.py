@@ -98,6 +98,7 @@ def train_artifact(
     directory = Path(directory)
     owns_dist = dist is None
     dist = dist or setup(config.device)
+    completed = False
     try:
         model = load(directory)
         plan = summary(model)
@@ -126,10 +127,11 @@ def train_artifact(
             from ..convert.plan import atomic_write_text
 
             atomic_write_text(directory / SUMMARY_FILE, json.dumps(summary_data, indent=2) + "\n")
+        completed = True
         return result, summary_data
     finally:
         if owns_dist:
-            teardown(dist)
+            teardown(dist, completed)
 
 
 def _rank_checksums(model: nn.Module, dist: DistInfo) -> list[float]:
