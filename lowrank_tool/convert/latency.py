@@ -42,6 +42,7 @@ from torch import nn
 from ..errors import LowRankError
 from ..layers import get_format
 from ..layers.base import ConvGeometry, conv_class
+from .apply import set_submodule
 from .plan import ConversionPlan, LayerPlan, atomic_write_text
 from .rank import RankSpec, SpatialSizes, choose_format, layer_cost, ranks_for
 
@@ -291,8 +292,7 @@ def _with_forms(model: nn.Module, plan: ConversionPlan, chosen: dict[str, _Optio
     for name, option in chosen.items():
         if option.format != "dense":
             g = plan.layer(name).geometry()
-            parent, _, child = name.rpartition(".")
-            setattr(out.get_submodule(parent) if parent else out, child, get_format(option.format, g.ndim).from_geometry(g, option.ranks))
+            set_submodule(out, name, get_format(option.format, g.ndim).from_geometry(g, option.ranks))
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..convert.apply import set_submodule
 from ..convert.plan import ConversionPlan
 from ..errors import LowRankError
 from ..layers.base import LowRankConv
@@ -40,11 +41,6 @@ class MergeDecision:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def _layer_onnx(module: nn.Module, shape: tuple[int, ...]) -> bytes:
@@ -112,7 +108,7 @@ def merge_factors(
         if mode == "none":
             decisions.append(MergeDecision(name, False, "merge none"))
         elif mode == "all":
-            _replace(model, name, layer.to_dense())
+            set_submodule(model, name, layer.to_dense())
             decisions.append(MergeDecision(name, True, "merge all"))
         else:
             entry = _plan_entry(plan, name)
@@ -131,7 +127,7 @@ def merge_factors(
                 fact_ms, dense_ms = cache[key]
                 merged = dense_ms < fact_ms
                 if merged:
-                    _replace(model, name, layer.to_dense())
+                    set_submodule(model, name, layer.to_dense())
                 reason = f"dense {dense_ms:.3f} ms vs factorised {fact_ms:.3f} ms"
                 decisions.append(MergeDecision(name, merged, reason, fact_ms, dense_ms))
         if progress is not None:

@@ -22,16 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..convert.apply import set_submodule
 from ..errors import LowRankError
 from ..layers import LowRankConv, get_format
 from .base import Method
 
 __all__ = ["DenseTraining", "following_batchnorms"]
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def following_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
@@ -73,7 +69,7 @@ class DenseTraining(Method):
         for name, _, _ in targets:
             module = model.get_submodule(name)
             if isinstance(module, LowRankConv):
-                _replace(model, name, module.to_dense())
+                set_submodule(model, name, module.to_dense())
 
     def check_targets(self, targets: list[tuple[str, str, list[int]]]) -> None:
         """Refuse plans the method cannot honour (override)."""
@@ -101,10 +97,7 @@ class DenseTraining(Method):
         """A copy of ``model`` in the plan's low-rank structure (what is saved and exported)."""
         from ..convert.api import PLAN_ATTR
 
-        out = copy.deepcopy(model)
-        for name, fmt, ranks, conv in self.convs(out):
-            layer = get_format(fmt, conv.weight.dim() - 2).from_dense(conv, tuple(ranks), init="decompose")
-            _replace(out, name, layer)
+        out = self._swap_in_plan_layers(copy.deepcopy(model))
         if hasattr(model, PLAN_ATTR):
             setattr(out, PLAN_ATTR, getattr(model, PLAN_ATTR))
         return out
@@ -112,8 +105,12 @@ class DenseTraining(Method):
     def finalize(self, model: nn.Module) -> nn.Module:
         """Swap the planned dense convs of ``model`` for their low-rank layers, in place (after a plan projection)."""
         self.project_to_plan(model)
+        return self._swap_in_plan_layers(model)
+
+    def _swap_in_plan_layers(self, model: nn.Module) -> nn.Module:
+        """Replace each planned dense conv of ``model`` by its layer decomposed from it, in place."""
         for name, fmt, ranks, conv in self.convs(model):
-            _replace(model, name, get_format(fmt, conv.weight.dim() - 2).from_dense(conv, tuple(ranks), init="decompose"))
+            set_submodule(model, name, get_format(fmt, conv.weight.dim() - 2).from_dense(conv, tuple(ranks), init="decompose"))
         return model
 
     def state(self) -> dict[str, Any]:
