@@ -6,7 +6,8 @@ Usage:
     python benchmarks/convert_speed.py --task classification --repeat 1 --json benchmarks/results/convert_all_classification.json
 
 Building the dense model is not timed (its random init is torchvision's cost, not ours); each timing is
-one full ``convert()`` call: tracing, shape capture, planning, copying the kept modules and initialising
+one full ``convert()`` call: tracing, shape capture (on meta tensors where the fx graph allows it,
+otherwise a real forward; the table says which), planning, copying the kept modules and initialising
 the low-rank layers. Prints a table and writes JSON.
 """
 
@@ -46,14 +47,17 @@ def main() -> None:
             t0 = time.perf_counter()
             converted = lr.convert(model, rank=args.rank)
             times.append(time.perf_counter() - t0)
-        t = lr.summary(converted).totals()
+        plan = lr.summary(converted)
+        t = plan.totals()
+        on_meta = bool(plan.trace.get("shapes_on_meta"))
         rows.append({
             "model": name, "rank": args.rank, "convert_s_median": statistics.median(times), "convert_s_max": max(times),
             "params_ratio": t["params_ratio"], "macs_ratio": t["macs_ratio"], "converted": t["converted"], "layers": t["layers"],
+            "trace": plan.trace["path"], "shapes_on_meta": on_meta,
         })
         print(f"{name:14s} convert {statistics.median(times):6.3f}s (max {max(times):.3f}s)  "
               f"params kept {100 * t['params_ratio']:5.1f}%  MACs kept {100 * t['macs_ratio']:5.1f}%  "
-              f"{t['converted']}/{t['layers']} convs", flush=True)
+              f"{t['converted']}/{t['layers']} convs  shapes {'meta' if on_meta else 'real forward'}", flush=True)
     total = sum(r["convert_s_median"] for r in rows)
     print(f"total convert() time over {len(rows)} models: {total:.1f} s (building the dense models not counted)")
     meta = {"total_convert_s": total, "models": len(rows), "machine": platform.platform(), "cpu_count": torch.get_num_threads(), "torch": torch.__version__, "lowrank_tool": lr.__version__}

@@ -162,3 +162,54 @@ def test_bad_input_sizes(size, message):
 def test_unknown_model_suggests_close_names():
     with pytest.raises(LowRankError, match="unknown model .resnet5.; did you mean .*resnet50"):
         lr.convert("resnet5")
+
+
+# -- shape capture on meta tensors --------------------------------------------------------------------
+
+def _force_real_forward(monkeypatch):
+    from lowrank_tool.convert import trace
+
+    def refuse(module):
+        raise RuntimeError("meta disabled by the test")
+
+    monkeypatch.setattr(trace, "_meta_state", refuse)
+
+
+@pytest.mark.parametrize("name, size", [("resnet18", "3x64x64"), ("efficientnet_b0", "3x96x96"), ("vit_b_32", "3x224x224")])
+def test_meta_capture_gives_the_real_forwards_plan(name, size, monkeypatch):
+    on_meta = lr.plan(name, rank=0.3, input_size=size)
+    _force_real_forward(monkeypatch)
+    real = lr.plan(name, rank=0.3, input_size=size)
+    assert on_meta.trace["shapes_on_meta"] is True and real.trace["shapes_on_meta"] is False
+    assert on_meta.to_dict()["layers"] == real.to_dict()["layers"]  # same shapes, MACs, ranks for every layer
+    assert on_meta.totals() == real.totals()
+
+
+def test_meta_capture_leaves_weights_buffers_and_mode_alone(resnet18):
+    resnet18.train()
+    before = {k: v.clone() for k, v in resnet18.state_dict().items()}
+    plan = lr.plan(resnet18, rank=0.3, input_size=(3, 64, 64))
+    assert plan.trace["shapes_on_meta"] is True
+    state = resnet18.state_dict()
+    assert all(v.device.type == "cpu" and torch.equal(v, state[k]) for k, v in before.items())
+    assert resnet18.training
+    resnet18.eval()
+
+
+class _NeedsRealTensors(nn.Module):
+    """fx-traceable, but reads a value (``.item()``), which meta tensors do not have."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 32, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        return self.conv2(y / (1.0 + y.abs().max().item()))
+
+
+def test_graph_that_needs_real_tensors_falls_back_to_a_real_forward():
+    plan = lr.plan(_NeedsRealTensors(), rank=0.5, input_size=(3, 16, 16))
+    assert plan.trace["path"] == "fx" and plan.trace["shapes_on_meta"] is False
+    assert plan.layer("conv2").input_size == [16, 16] and plan.layer("conv2").output_size == [8, 8]

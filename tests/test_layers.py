@@ -162,3 +162,18 @@ def test_format_registry_rejects_duplicates_and_unknown_names():
         get_format("tuker2")
     with pytest.raises(LowRankError, match="2-D"):
         get_format("cp", 3)
+
+
+@pytest.mark.parametrize("init", ["random", "decompose"])
+@pytest.mark.parametrize("cls, ranks", [(Tucker2Conv2d, (5, 7)), (SVDConv2d, (6,)), (CPConv2d, (6,))])
+def test_from_dense_writes_every_parameter(cls, ranks, init):
+    # The factors are allocated uninitialised (no wasted default init): every value must be written.
+    conv = nn.Conv2d(12, 16, 3, padding=1, bias=True)
+    torch.manual_seed(0)
+    a = cls.from_dense(conv, ranks, init=init)
+    torch.manual_seed(0)
+    b = cls.from_dense(conv, ranks, init=init)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.isfinite(pa).all(), name
+        assert torch.equal(pa, pb), name  # seeded: identical, so nothing comes from leftover memory
+    torch.testing.assert_close(a.bias, conv.bias, rtol=0, atol=0)

@@ -278,7 +278,7 @@ def build_plan(
     plan = ConversionPlan(
         base_model=base_model, input_size=list(input_size),
         trace={"path": capture.path, "fx_error": capture.fx_error, "train_only": capture.train_only,
-               "train_error": capture.train_error},
+               "train_error": capture.train_error, "shapes_on_meta": capture.meta},
         policy=options.to_json(), layers=layers, other_params=other_params, other_macs=other_macs,
     )
     if budget_note:

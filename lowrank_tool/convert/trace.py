@@ -7,6 +7,12 @@ a torch.fx trace run through an :class:`~torch.fx.Interpreter`; models that fx c
 the result says which path was used. Modules that only run in training mode (Inception's auxiliary
 heads) are caught by a second, train-mode pass with the batch-norm buffers swapped for copies, so the
 user's running statistics never change.
+
+The fx pass first runs on the ``meta`` device: the parameters and buffers are swapped for meta tensors
+with :func:`torch.func.functional_call`, so only shapes are computed (regnet_y_128gf at 384 px: 0.13 s
+instead of a 5 s forward). A graph that needs real values (data-dependent ops, CPU constants that are
+not buffers) raises on meta and is run again on the real tensors; the eager passes always run for real.
+The result's ``meta`` field says whether every pass computed shapes only.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 from torch import fx, nn
+from torch.func import functional_call
 
 from ..layers import LowRankConv
 
@@ -61,6 +68,8 @@ class Capture:
     functional_convs: int = 0
     #: Why the train-mode pass failed, if it did (its modules then stay unreached).
     train_error: str | None = None
+    #: True when shapes were computed on meta tensors only; False when a real forward ran.
+    meta: bool = True
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -115,12 +124,67 @@ def _install_hooks(model: nn.Module, shapes: dict[str, CallShapes], batch: int, 
     return handles
 
 
+def _meta_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Meta stand-ins (same shape, dtype, no storage) for every parameter and buffer of ``model``."""
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return {name: torch.empty_like(t, device="meta") for name, t in named}
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty_like(x, device="meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_meta(v) for k, v in x.items()}
+    return x
+
+
+def _args(example: Any) -> tuple[Any, ...]:
+    return example if isinstance(example, tuple) else (example,)
+
+
+class _Interpret(nn.Module):
+    """Runs a traced graph through :class:`_ShapeRecorder`, as a module so ``functional_call`` can swap its state."""
+
+    def __init__(self, gm: fx.GraphModule, shapes: dict[str, CallShapes], batch: int) -> None:
+        super().__init__()
+        self.gm = gm
+        self._recorder = (shapes, batch)
+
+    def forward(self, *args: Any) -> Any:
+        return _ShapeRecorder(self.gm, *self._recorder).run(*args)
+
+
+def _fx_shapes(gm: fx.GraphModule, example: Any, batch: int) -> tuple[dict[str, CallShapes], bool]:
+    """Record shapes through the traced graph, on meta tensors when the graph allows it.
+
+    Only the fx path runs on meta: the graph's code is plain tensor ops and its only module calls are
+    ``torch.nn`` leaves, whose sole mutable state (batch-norm buffers) is swapped out. An eager forward
+    may cache tensors on the input's device (torchvision's AnchorGenerator does), which a meta run
+    would corrupt, so the hook passes below always run on real tensors.
+    Returns the shapes and whether they were computed on meta.
+    """
+    shapes: dict[str, CallShapes] = {}
+    runner = _Interpret(gm, shapes, batch)
+    try:
+        with torch.no_grad():
+            functional_call(runner, _meta_state(runner), _args(_to_meta(example)), tie_weights=False)
+        return shapes, True
+    except Exception:  # noqa: BLE001 - anything meta cannot do (data-dependent ops, CPU constants): run for real
+        pass
+    shapes = {}
+    with torch.no_grad():
+        _Interpret(gm, shapes, batch)(*_args(example))
+    return shapes, False
+
+
 def _hook_pass(model: nn.Module, example: Any, batch: int) -> dict[str, CallShapes]:
     shapes: dict[str, CallShapes] = {}
     handles = _install_hooks(model, shapes, batch, None)
     try:
         with torch.no_grad():
-            model(*example) if isinstance(example, tuple) else model(example)
+            model(*_args(example))
     finally:
         for h in handles:
             h.remove()
@@ -129,8 +193,6 @@ def _hook_pass(model: nn.Module, example: Any, batch: int) -> dict[str, CallShap
 
 def _train_mode_pass(model: nn.Module, example: Any, batch: int, only: set[str]) -> dict[str, CallShapes]:
     """Forward in train mode without touching the caller's buffers (BN running stats)."""
-    from torch.func import functional_call
-
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     params = dict(model.named_parameters())
     shapes: dict[str, CallShapes] = {}
@@ -138,7 +200,7 @@ def _train_mode_pass(model: nn.Module, example: Any, batch: int, only: set[str])
     model.train()
     try:
         with torch.no_grad():
-            functional_call(model, {**params, **buffers}, example if isinstance(example, tuple) else (example,))
+            functional_call(model, {**params, **buffers}, _args(example))
     finally:
         for h in handles:
             h.remove()
@@ -166,14 +228,12 @@ def capture(model: nn.Module, example: Any, train_example: Any | None = None, ba
                 1 for n in graph.nodes
                 if n.op == "call_function" and getattr(n.target, "__name__", "") in {"conv2d", "conv3d"}
             )
-            shapes: dict[str, CallShapes] = {}
-            with torch.no_grad():
-                _ShapeRecorder(gm, shapes, batch).run(*(example if isinstance(example, tuple) else (example,)))
+            shapes, on_meta = _fx_shapes(gm, example, batch)
             path: Literal["fx", "hooks"] = "fx"
         except Exception as exc:  # noqa: BLE001 - any trace failure means: use the eager fallback
             fx_error = _first_line(exc)
             functional = 0
-            shapes = _hook_pass(model, example, batch)
+            shapes, on_meta = _hook_pass(model, example, batch), False
             path = "hooks"
         wanted = {n for n, m in model.named_modules() if isinstance(m, CONV_TYPES)}
         missing = wanted - set(shapes)
@@ -182,6 +242,7 @@ def capture(model: nn.Module, example: Any, train_example: Any | None = None, ba
         if missing and train_example is not None:
             try:
                 extra = _train_mode_pass(model, train_example, 2, missing)
+                on_meta = False
             except Exception as exc:  # noqa: BLE001 - a model that cannot run in train mode keeps them unreached
                 extra, train_error = {}, _first_line(exc)
             shapes.update(extra)
@@ -189,4 +250,4 @@ def capture(model: nn.Module, example: Any, train_example: Any | None = None, ba
     finally:
         model.train(was_training)
     return Capture(path=path, shapes=shapes, fx_error=fx_error, train_only=train_only, functional_convs=functional,
-                   train_error=train_error)
+                   train_error=train_error, meta=on_meta)

@@ -157,7 +157,7 @@ class LowRankConv(nn.Module):
                 1×1 factors and a core scaled so that the merged kernel has the dense kernel's
                 energy (activations keep the dense network's scale); ``"decompose"`` fits the factors
                 to ``conv``'s weights (truncated HOSVD / SVD / CP via tensorly); ``"none"`` leaves them
-                uninitialised (for loading weights right after).
+                uninitialised memory (for loading weights right after).
 
         Example:
             >>> conv = torch.nn.Conv2d(64, 128, 3, padding=1)
@@ -170,7 +170,10 @@ class LowRankConv(nn.Module):
         geometry = ConvGeometry.of(conv)
         if isinstance(ranks, int):
             ranks = (ranks,) * cls.num_ranks
-        layer = cls(geometry, ranks, device=conv.weight.device, dtype=conv.weight.dtype)
+        # Built on the meta device and given storage afterwards: nn.Conv2d's own default init would be
+        # overwritten below anyway (1.4 s of wasted random draws on regnet_y_128gf). With init="none" the
+        # values are uninitialised memory, for loading weights right after.
+        layer = cls(geometry, ranks, device="meta", dtype=conv.weight.dtype).to_empty(device=conv.weight.device)
         with torch.no_grad():
             if init == "random":
                 layer._init_random(float(conv.weight.detach().float().var()) if conv.weight.numel() > 1 else 1.0)
