@@ -1,15 +1,22 @@
-"""Training step time and memory: dense vs low-rank, measured in one run.
+"""Training step time and memory: dense vs low-rank, both memory layouts, measured in one run.
 
 Usage:
-    python benchmarks/train_speed.py                                  # resnet18 and resnet20, 32x32, batch 128
-    python benchmarks/train_speed.py --models resnet18 --rank 0.3 --batch 128 --steps 10
+    python benchmarks/train_speed.py                         # resnet18, resnet18+cifar-stem, resnet20; 32x32, batch 128
+    python benchmarks/train_speed.py --models resnet18 --rank 0.3 --batch 128 --steps 20
 
-For each model the dense network and its rank-R conversion (ELRT random init, orthogonality penalty
-included in the step) are timed alternately, step by step, so both see the same machine load; the
-table reports the median step time and the ratio low-rank / dense. Memory is measured as the bytes of
-parameters + gradients + SGD momentum + the activations autograd saves for the backward pass (counted
-with saved-tensor hooks: exact and device-independent); on CUDA the allocator's peak is added.
-Writes JSON to benchmarks/results/train_speed.json.
+A model name may end in ``+cifar-stem`` (torchvision ResNets: :func:`lowrank_tool.zoo.cifar_stem_`, the
+toolkit's setting for 32x32 images: 3x3 stride-1 stem, no max pool). For each model the dense network
+and its rank-R conversion (ELRT random init, orthogonality penalty included in the step, as the
+trainer runs it) are each timed in NCHW (contiguous) and channels-last layout. All four
+configurations take turns step by step, so they see the same machine load; the table reports median
+step times and two ratios:
+
+* **trainer default**: each model in the layout ``lowrank train`` picks (``--memory-format auto``:
+  channels-last for low-rank models on CPU, contiguous for dense ones);
+* **best vs best**: each model in whichever layout was faster for it here.
+
+Memory is the bytes of parameters + gradients + SGD momentum + the activations autograd saves for the
+backward pass (counted with saved-tensor hooks: exact and device-independent). Writes JSON.
 """
 
 from __future__ import annotations
@@ -25,7 +32,21 @@ import torch
 from torch import nn
 
 import lowrank_tool as lr
-from lowrank_tool.methods import orthogonality_penalty
+from lowrank_tool.methods.elrt import DEFAULT_ORTH_WEIGHT, orthogonality_penalty
+from lowrank_tool.train.trainer import resolve_memory_format
+from lowrank_tool.zoo import cifar_stem_
+
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def build(spec: str) -> nn.Module:
+    name, _, variant = spec.partition("+")
+    model = lr.build_model(name, num_classes=10)
+    if variant == "cifar-stem":
+        cifar_stem_(model)
+    elif variant:
+        raise SystemExit(f"unknown model variant {variant!r} in {spec!r}; allowed: +cifar-stem")
+    return model
 
 
 def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -43,58 +64,82 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return sum(v for k, v in seen.items() if k not in params)
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet20"])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet18+cifar-stem", "resnet20"])
     parser.add_argument("--rank", type=float, default=0.3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (after 2 warm-up steps)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default="benchmarks/results/train_speed.json")
     args = parser.parse_args()
     device = torch.device(args.device)
 
     rows = []
-    for name in args.models:
+    for spec in args.models:
         torch.manual_seed(0)
-        dense = lr.build_model(name, num_classes=10).to(device)
+        dense = build(spec).to(device)
         low = lr.convert(dense, rank=args.rank, input_size=(3, args.size, args.size)).to(device)
         x = torch.randn(args.batch, 3, args.size, args.size, device=device)
         y = torch.randint(0, 10, (args.batch,), device=device)
         nets = {"dense": dense, "lowrank": low}
         opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in nets.items()}
-        times: dict[str, list[float]] = {k: [] for k in nets}
-        for step in range(args.steps + 2):  # 2 warm-up steps, then alternate dense / low-rank
-            for key, model in nets.items():
-                model.train()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+        times: dict[tuple[str, str], list[float]] = {(k, f): [] for k in nets for f in LAYOUTS}
+        for step in range(args.steps + 2):  # 2 warm-up rounds, then every configuration once per round
+            for (key, layout_name) in times:
+                model, layout = nets[key], LAYOUTS[layout_name]
+                model.to(memory_format=layout).train()
+                xs = x.contiguous(memory_format=layout)
+                sync(device)
                 t0 = time.perf_counter()
-                loss = nn.functional.cross_entropy(model(x), y)
+                loss = nn.functional.cross_entropy(model(xs), y)
                 if key == "lowrank":
-                    loss = loss + orthogonality_penalty(model, weight=1e-4)
+                    loss = loss + orthogonality_penalty(model, weight=DEFAULT_ORTH_WEIGHT)
                 opts[key].zero_grad(set_to_none=True)
                 loss.backward()
                 opts[key].step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                sync(device)
                 if step >= 2:
-                    times[key].append(time.perf_counter() - t0)
-        result = {"model": name, "rank": args.rank, "batch": args.batch, "size": args.size, "device": str(device)}
+                    times[(key, layout_name)].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        result: dict = {"model": spec, "rank": args.rank, "batch": args.batch, "size": args.size, "device": str(device)}
         for key, model in nets.items():
+            model.to(memory_format=torch.contiguous_format)
             n_params = sum(p.numel() for p in model.parameters())
-            state_bytes = 3 * 4 * n_params  # fp32 weights + grads + momentum
             act = saved_activation_bytes(model, x, y)
-            result[key] = {"step_s": statistics.median(times[key]), "params": n_params, "memory_mb": (state_bytes + act) / 2**20,
-                           "activation_mb": act / 2**20}
-        result["time_ratio"] = result["lowrank"]["step_s"] / result["dense"]["step_s"]
-        result["memory_ratio"] = result["lowrank"]["memory_mb"] / result["dense"]["memory_mb"]
+            default = "channels_last" if resolve_memory_format("auto", model, device) == torch.channels_last else "contiguous"
+            best = min(LAYOUTS, key=lambda f: med[(key, f)])
+            result[key] = {
+                "step_s": {f: med[(key, f)] for f in LAYOUTS}, "trainer_default_layout": default, "best_layout": best,
+                "params": n_params, "memory_mb": (3 * 4 * n_params + act) / 2**20, "activation_mb": act / 2**20,
+            }
+        d, l = result["dense"], result["lowrank"]
+        result["time_ratio_trainer_default"] = l["step_s"][l["trainer_default_layout"]] / d["step_s"][d["trainer_default_layout"]]
+        result["time_ratio_best_vs_best"] = l["step_s"][l["best_layout"]] / d["step_s"][d["best_layout"]]
+        result["time_ratio_contiguous"] = l["step_s"]["contiguous"] / d["step_s"]["contiguous"]
+        result["memory_ratio"] = l["memory_mb"] / d["memory_mb"]
         rows.append(result)
-        print(f"{name:10s} dense {result['dense']['step_s'] * 1000:7.1f} ms {result['dense']['memory_mb']:7.1f} MB | "
-              f"rank {args.rank} {result['lowrank']['step_s'] * 1000:7.1f} ms {result['lowrank']['memory_mb']:7.1f} MB | "
-              f"time x{result['time_ratio']:.2f}  memory x{result['memory_ratio']:.2f}", flush=True)
-    meta = {"machine": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__, "steps": args.steps}
+        ms = {k: {f: 1000 * v for f, v in result[k]["step_s"].items()} for k in nets}
+        print(f"{spec:20s} dense {ms['dense']['contiguous']:7.1f} / {ms['dense']['channels_last']:7.1f} ms (NCHW / channels-last) | "
+              f"rank {args.rank} {ms['lowrank']['contiguous']:7.1f} / {ms['lowrank']['channels_last']:7.1f} ms | "
+              f"time x{result['time_ratio_trainer_default']:.2f} (trainer default), x{result['time_ratio_best_vs_best']:.2f} (best vs best), "
+              f"x{result['time_ratio_contiguous']:.2f} (both NCHW) | memory x{result['memory_ratio']:.2f}", flush=True)
+
+    print()
+    print("| model | dense step (NCHW / channels-last) | rank-%g step (NCHW / channels-last) | ratio, trainer default | ratio, best vs best | ratio, both NCHW | memory ratio |" % args.rank)
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        d, l = r["dense"]["step_s"], r["lowrank"]["step_s"]
+        print(f"| {r['model']} | {1000 * d['contiguous']:.0f} / {1000 * d['channels_last']:.0f} ms | {1000 * l['contiguous']:.0f} / {1000 * l['channels_last']:.0f} ms | "
+              f"{r['time_ratio_trainer_default']:.2f}x | {r['time_ratio_best_vs_best']:.2f}x | {r['time_ratio_contiguous']:.2f}x | {r['memory_ratio']:.2f}x |")
+    meta = {"machine": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "steps": args.steps}
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

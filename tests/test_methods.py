@@ -50,6 +50,34 @@ def test_batched_equals_the_per_factor_definition(converted, kind, rtol):
     torch.testing.assert_close(orthogonality_penalty(model, kind), naive(model, kind), rtol=rtol, atol=0)
 
 
+@pytest.mark.parametrize("kind", ["so", "dso"])
+def test_closed_form_gradient_equals_autograd_of_the_definition(converted, kind):
+    model = perturbed(converted)
+    params = list(model.parameters())
+    orthogonality_penalty(model, kind, 0.7).backward()
+    fast = [None if p.grad is None else p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    (0.7 * naive(model, kind)).backward()
+    assert sum(g is not None for g in fast) == 35  # 16 Tucker-2 layers x 2 factors + 3 SVD layers x 1
+    for p, g in zip(params, fast):
+        if g is None:
+            assert p.grad is None
+        else:
+            torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["so", "dso"])
+def test_wide_factor_rank_above_channels(kind):
+    # A rank larger than the channel count (allowed with allow_growth) gives a wide factor: same identities.
+    layer = lr.Tucker2Conv2d.from_dense(torch.nn.Conv2d(6, 8, 3), ranks=(10, 4)).double()
+    with torch.no_grad():
+        for u in layer.factors():
+            u.add_(0.2 * torch.randn_like(u))
+    model = torch.nn.Sequential(layer)
+    got = orthogonality_penalty(model, kind)
+    torch.testing.assert_close(got.double(), naive(model.float(), kind).double(), rtol=1e-5, atol=1e-6)
+
+
 def test_weight_scales_linearly_and_none_is_zero(converted):
     model = perturbed(converted)
     torch.testing.assert_close(orthogonality_penalty(model, "so", 0.5), 0.5 * orthogonality_penalty(model, "so"))

@@ -13,7 +13,7 @@ import typer
 from ..errors import LowRankError
 from ..methods import DEEPTWIST_LOWERINGS
 from ..methods.elrt import ORTH_KINDS
-from ..train.config import AMP_MODES, DEVICES, OPTIMIZERS, SCHEDULES
+from ..train.config import AMP_MODES, DEVICES, MEMORY_FORMATS, OPTIMIZERS, SCHEDULES
 from ._common import choices, console, err_console, human
 
 
@@ -22,6 +22,7 @@ Schedule = choices("Schedule", SCHEDULES)
 Amp = choices("Amp", AMP_MODES)
 Orth = choices("Orth", ORTH_KINDS)
 Device = choices("Device", DEVICES)
+MemoryFormat = choices("MemoryFormat", MEMORY_FORMATS)
 Lowering = choices("Lowering", DEEPTWIST_LOWERINGS)
 
 
@@ -57,6 +58,7 @@ def train(
     lowering: Annotated[Optional[Lowering], typer.Option(help="DeepTwist: distortion form; format = the plan's (Tucker-2/SVD), out/spatial = SVD of a 2-D reshape, tiled = SVD per tile. [default: format]")] = None,
     tiles: Annotated[Optional[int], typer.Option(help="DeepTwist: tiles per side for --lowering tiled. [default: 2]")] = None,
     device: Annotated[Optional[Device], typer.Option(help="Device. [default: auto]")] = None,
+    memory_format: Annotated[Optional[MemoryFormat], typer.Option(help="Weight/image layout while training: auto = channels_last for low-rank models on CPU (measured 0.65-0.74x the step time), contiguous otherwise. [default: auto]")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data-loader workers. [default: automatic]")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input resolution override. [default: the dataset's]")] = None,
     download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Let torchvision download the dataset (needs internet).")] = None,
@@ -86,7 +88,7 @@ def train(
         weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
         grad_clip=grad_clip, seed=seed, amp=amp, method=method, orth=orth, orth_weight=orth_weight, device=device,
         project_every=project_every, energy_transfer=energy_transfer, bn_rectify=bn_rectify, distort_every=distort_every,
-        lowering=lowering, tiles=tiles,
+        lowering=lowering, tiles=tiles, memory_format=memory_format,
         workers=workers, image_size=image_size, download=download,
     ).items() if v is not None}
     if nproc < 1:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import LowRankError
+from ..layers import LowRankConv
 from ..methods import Method, get_method
 from .checkpoint import BEST_FILE, STATE_FILE, atomic_save_weights, load_train_state, rng_state, save_train_state, set_rng_state
 from .config import TrainConfig
@@ -152,6 +153,9 @@ class Trainer:
         self.on_epoch = on_epoch
         self.show_progress = progress and self.dist.is_main
         self.method.setup(self.raw_model)
+        # Before DDP and the optimizer, so gradient buckets and momentum buffers share the layout.
+        self.memory_format = resolve_memory_format(config.memory_format, self.raw_model, self.device)
+        self.raw_model.to(memory_format=self.memory_format)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -257,25 +261,29 @@ class Trainer:
             self.resume()
         start = time.perf_counter()
         end = self.cfg.epochs if stop_at is None else min(stop_at, self.cfg.epochs)
-        with _Stopper() as stopper:
-            while self.epoch < end:
-                record = self._train_epoch(stopper)
-                self.method.after_epoch(self.raw_model, self.epoch)  # before evaluating: LRPET evaluates the projected model
-                record.update(self.evaluate())
-                improved = record["val_top1"] > self.best_top1
-                if improved:
-                    self.best_top1, self.best_epoch = record["val_top1"], self.epoch
-                self.epoch += 1
-                self.step_in_epoch = 0
-                self.history.append(record)
-                if self.dist.is_main and self.out_dir is not None:
-                    with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps(record) + "\n")
-                self._save(improved)
-                if self.on_epoch is not None and self.dist.is_main:
-                    self.on_epoch(record)
-        if self.epoch >= self.cfg.epochs:
-            self.method.finalize(self.raw_model)
+        self.raw_model.to(memory_format=self.memory_format)  # again: a previous fit() handed it back contiguous
+        try:
+            with _Stopper() as stopper:
+                while self.epoch < end:
+                    record = self._train_epoch(stopper)
+                    self.method.after_epoch(self.raw_model, self.epoch)  # before evaluating: LRPET evaluates the projected model
+                    record.update(self.evaluate())
+                    improved = record["val_top1"] > self.best_top1
+                    if improved:
+                        self.best_top1, self.best_epoch = record["val_top1"], self.epoch
+                    self.epoch += 1
+                    self.step_in_epoch = 0
+                    self.history.append(record)
+                    if self.dist.is_main and self.out_dir is not None:
+                        with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+                            fh.write(json.dumps(record) + "\n")
+                    self._save(improved)
+                    if self.on_epoch is not None and self.dist.is_main:
+                        self.on_epoch(record)
+            if self.epoch >= self.cfg.epochs:
+                self.method.finalize(self.raw_model)
+        finally:  # hand the model back in the default layout, also after an interruption or an error
+            self.raw_model.to(memory_format=torch.contiguous_format)
         return TrainResult(list(self.history), self.best_top1, self.best_epoch, time.perf_counter() - start)
 
     def _batches(self) -> Iterable[Any]:
@@ -293,7 +301,7 @@ class Trainer:
         bar = _progress(self.show_progress, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.steps_per_epoch, self.step_in_epoch)
         with bar:
             for images, labels in self._batches():
-                images = images.to(self.device, non_blocking=True)
+                images = self._images(images, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
                     logits = self.model(images)
@@ -341,6 +349,10 @@ class Trainer:
             "images_per_s": count / max(seconds, 1e-9),
         }
 
+    def _images(self, images: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=non_blocking)
+        return images.contiguous(memory_format=self.memory_format) if images.dim() == 4 else images
+
     def _should_stop(self, stopper: _Stopper) -> bool:
         flag = 1.0 if stopper.signum is not None else 0.0
         if self.dist.enabled:  # every rank must stop at the same step
@@ -356,7 +368,7 @@ class Trainer:
         self.model.eval()
         loss_sum = top1 = top5 = count = 0.0
         for images, labels in loader:
-            images, labels = images.to(self.device), labels.to(self.device)
+            images, labels = self._images(images), labels.to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
                 logits = self.model(images)
             logits = logits.float()
@@ -369,6 +381,17 @@ class Trainer:
             count += labels.shape[0]
         loss_sum, top1, top5, count = all_reduce_sum([loss_sum, top1, top5, count], self.dist)
         return {"val_loss": loss_sum / max(count, 1), "val_top1": 100 * top1 / max(count, 1), "val_top5": 100 * top5 / max(count, 1)}
+
+
+def resolve_memory_format(name: str, model: nn.Module, device: torch.device) -> torch.memory_format:
+    """The layout to train in: ``channels_last``, ``contiguous``, or ``auto`` (see ``TrainConfig.memory_format``)."""
+    if name == "channels_last":
+        return torch.channels_last
+    if name == "contiguous":
+        return torch.contiguous_format
+    # auto: measured on CPU only (benchmarks/train_speed.py); CUDA keeps PyTorch's default until measured there.
+    low_rank = any(isinstance(m, LowRankConv) for m in model.modules())
+    return torch.channels_last if low_rank and device.type == "cpu" else torch.contiguous_format
 
 
 def _device(name: str) -> torch.device:
