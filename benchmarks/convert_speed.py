@@ -4,6 +4,7 @@ Usage:
     python benchmarks/convert_speed.py                       # resnet18, resnet50, mobilenet_v2, vgg16
     python benchmarks/convert_speed.py --models resnet50 --rank 0.3 --repeat 5 --json out.json
     python benchmarks/convert_speed.py --task classification --repeat 1 --json benchmarks/results/convert_all_classification.json
+    python benchmarks/convert_speed.py --task all --repeat 1 --json benchmarks/results/convert_all.json   # all 121
 
 Building the dense model is not timed (its random init is torchvision's cost, not ours); each timing is
 one full ``convert()`` call: tracing, shape capture (on meta tensors where the fx graph allows it,
@@ -22,20 +23,21 @@ import time
 import torch
 
 import lowrank_tool as lr
-from lowrank_tool.models import build_model
+from lowrank_tool.models import build_model, get_entry
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "mobilenet_v2", "vgg16"])
-    parser.add_argument("--task", default=None, help="every registered torchvision model of this task instead of --models")
+    parser.add_argument("--task", default=None, help="every registered torchvision model of this task (or 'all') instead of --models")
     parser.add_argument("--rank", type=float, default=0.3)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default="benchmarks/results/convert_speed.json")
     args = parser.parse_args()
 
     if args.task:
-        args.models = [m.name for m in lr.list_models(args.task) if m.source == "torchvision"]
+        task = None if args.task == "all" else args.task
+        args.models = [m.name for m in lr.list_models(task) if m.source == "torchvision"]
         lr.convert(build_model("resnet18"), rank=args.rank)  # one warm-up for the whole sweep
     rows = []
     for name in args.models:
@@ -51,7 +53,7 @@ def main() -> None:
         t = plan.totals()
         on_meta = bool(plan.trace.get("shapes_on_meta"))
         rows.append({
-            "model": name, "rank": args.rank, "convert_s_median": statistics.median(times), "convert_s_max": max(times),
+            "model": name, "task": get_entry(name).task, "rank": args.rank, "convert_s_median": statistics.median(times), "convert_s_max": max(times),
             "params_ratio": t["params_ratio"], "macs_ratio": t["macs_ratio"], "converted": t["converted"], "layers": t["layers"],
             "trace": plan.trace["path"], "shapes_on_meta": on_meta,
         })
@@ -59,8 +61,13 @@ def main() -> None:
               f"params kept {100 * t['params_ratio']:5.1f}%  MACs kept {100 * t['macs_ratio']:5.1f}%  "
               f"{t['converted']}/{t['layers']} convs  shapes {'meta' if on_meta else 'real forward'}", flush=True)
     total = sum(r["convert_s_median"] for r in rows)
+    by_task: dict[str, float] = {}
+    for r in rows:
+        by_task[r["task"]] = by_task.get(r["task"], 0.0) + r["convert_s_median"]
+    if len(by_task) > 1:
+        print("per task: " + ", ".join(f"{t} {v:.1f} s" for t, v in by_task.items()))
     print(f"total convert() time over {len(rows)} models: {total:.1f} s (building the dense models not counted)")
-    meta = {"total_convert_s": total, "models": len(rows), "machine": platform.platform(), "cpu_count": torch.get_num_threads(), "torch": torch.__version__, "lowrank_tool": lr.__version__}
+    meta = {"total_convert_s": total, "total_by_task_s": by_task, "models": len(rows), "machine": platform.platform(), "cpu_count": torch.get_num_threads(), "torch": torch.__version__, "lowrank_tool": lr.__version__}
     import pathlib
 
     path = pathlib.Path(args.json)

@@ -1,16 +1,24 @@
-"""Cost of ELRT's orthogonality penalty: the batched implementation vs a per-factor Python loop.
+"""Cost of ELRT's orthogonality penalty: the library's closed-form node vs plain autograd formulations.
 
 Usage:
-    python benchmarks/orth_penalty_speed.py [--model resnet50] [--rank 0.3] [--repeat 20]
+    python benchmarks/orth_penalty_speed.py                          # resnet18 at 32x32 and resnet50 at 224
+    python benchmarks/orth_penalty_speed.py --models resnet50 --rank 0.3 --repeat 20
 
-Times forward + backward of the penalty on a converted model (both computed in the same run,
-alternating), prints a table and writes benchmarks/results/orth_penalty_speed.json.
+Times forward + backward of the SO penalty on a converted model, three ways, alternating in one run:
+
+* ``closed-form``: :func:`lowrank_tool.orthogonality_penalty` (one autograd node, gradient 4·U(UᵀU − I));
+* ``batched autograd``: factors stacked by shape, UᵀU − I by ``bmm``, autograd differentiates (the
+  toolkit's previous implementation);
+* ``loop autograd``: one ``(UᵀU − I)²`` per factor, autograd differentiates.
+
+Checks that all three agree (value and gradients), prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,41 +29,78 @@ import lowrank_tool as lr
 from lowrank_tool.methods import orthogonality_penalty
 
 
+def factors(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [u for m in model.modules() if isinstance(m, lr.LowRankConv) for u in m.factors()]
+
+
 def looped(model: torch.nn.Module) -> torch.Tensor:
     total = torch.zeros(())
-    for m in model.modules():
-        if isinstance(m, lr.LowRankConv):
-            for u in m.factors():
-                total = total + (u.T @ u - torch.eye(u.shape[1])).pow(2).sum()
+    for u in factors(model):
+        total = total + (u.T @ u - torch.eye(u.shape[1])).pow(2).sum()
+    return total
+
+
+def batched(model: torch.nn.Module) -> torch.Tensor:
+    by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for u in factors(model):
+        by_shape.setdefault(tuple(u.shape), []).append(u)
+    total = torch.zeros(())
+    for us in by_shape.values():
+        u = torch.stack(us)
+        g = u.transpose(1, 2) @ u - torch.eye(u.shape[-1])
+        total = total + g.pow(2).sum()
     return total
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--models", nargs="+", default=["resnet18:32", "resnet50:224"], help="NAME[:INPUT_SIZE]")
     parser.add_argument("--rank", type=float, default=0.3)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", default="benchmarks/results/orth_penalty_speed.json")
     args = parser.parse_args()
-    model = lr.convert(args.model, rank=args.rank)
-    n_factors = sum(len(m.factors()) for m in model.modules() if isinstance(m, lr.LowRankConv))
-    fns = {"batched": lambda: orthogonality_penalty(model, "so"), "loop": lambda: looped(model)}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(args.repeat + 2):
+    rows = []
+    for spec in args.models:
+        name, _, size = spec.partition(":")
+        size = int(size or 224)
+        model = lr.convert(name, rank=args.rank, input_size=(3, size, size))
+        us = factors(model)
+        fns = {"closed-form": lambda: orthogonality_penalty(model, "so"), "batched autograd": lambda: batched(model),
+               "loop autograd": lambda: looped(model)}
+        grads = {}
         for key, fn in fns.items():
             model.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
             fn().backward()
-            if i >= 2:
-                times[key].append(time.perf_counter() - t0)
-    rows = {k: statistics.median(v) * 1000 for k, v in times.items()}
-    torch.testing.assert_close(orthogonality_penalty(model, "so"), looped(model), rtol=1e-4, atol=1e-6)
-    print(f"{args.model} rank {args.rank}: {n_factors} factors | batched {rows['batched']:.2f} ms | loop {rows['loop']:.2f} ms | "
-          f"speed-up x{rows['loop'] / rows['batched']:.1f}")
+            grads[key] = [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
+        for key in fns:  # the three agree (float32 round-off)
+            for a, b in zip(grads[key], grads["loop autograd"]):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for i in range(args.repeat + 2):
+            for key, fn in fns.items():
+                model.zero_grad(set_to_none=True)
+                t0 = time.perf_counter()
+                fn().backward()
+                if i >= 2:
+                    times[key].append(time.perf_counter() - t0)
+        ms = {k: statistics.median(v) * 1000 for k, v in times.items()}
+        macs = sum(u.shape[0] * u.shape[1] ** 2 for u in us)
+        rows.append({"model": name, "input_size": size, "rank": args.rank, "factors": len(us), "sum_n_r2_macs": macs, "median_ms": ms})
+        print(f"{name} rank {args.rank}: {len(us)} factors, sum n*r^2 = {macs / 1e6:.0f}M MACs | "
+              + " | ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), flush=True)
+    print()
+    print("| model | factors | closed-form | batched autograd | loop autograd |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        m = r["median_ms"]
+        print(f"| {r['model']} | {r['factors']} | {m['closed-form']:.1f} ms | {m['batched autograd']:.1f} ms | {m['loop autograd']:.1f} ms |")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"model": args.model, "rank": args.rank, "factors": n_factors, "median_ms": rows,
-                                "threads": torch.get_num_threads()}, indent=2) + "\n")
+    meta = {"machine": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
