@@ -6,7 +6,9 @@ Usage:
     python benchmarks/convert_speed.py --task classification --repeat 1 --json benchmarks/results/convert_all_classification.json
     python benchmarks/convert_speed.py --task all --repeat 1 --json benchmarks/results/convert_all.json   # all 121
 
-Building the dense model is not timed (its random init is torchvision's cost, not ours); each timing is
+Each model is traced at the input size ``lowrank convert NAME`` uses (the crop size of its default
+weights: 384 px for regnet_y_128gf, 600 for EfficientNet-B7, 800x800 for detection, 3x16x112x112 for
+video). Building the dense model is not timed (its random init is torchvision's cost, not ours); each timing is
 one full ``convert()`` call: tracing, shape capture (on meta tensors where the fx graph allows it,
 otherwise a real forward; the table says which), planning, copying the kept modules and initialising
 the low-rank layers. Prints a table and writes JSON.
@@ -23,7 +25,7 @@ import time
 import torch
 
 import lowrank_tool as lr
-from lowrank_tool.models import build_model, get_entry
+from lowrank_tool.models import build_model, default_input_size, get_entry
 
 
 def main() -> None:
@@ -42,18 +44,19 @@ def main() -> None:
     rows = []
     for name in args.models:
         model = build_model(name)
+        size = default_input_size(name, {})  # what `lowrank convert NAME` traces at (384 px for regnet_y_128gf, 800 for detection)
         if not args.task:
-            lr.convert(model, rank=args.rank)  # warm-up (first fx trace imports and caches)
+            lr.convert(model, rank=args.rank, input_size=size)  # warm-up (first fx trace imports and caches)
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            converted = lr.convert(model, rank=args.rank)
+            converted = lr.convert(model, rank=args.rank, input_size=size)
             times.append(time.perf_counter() - t0)
         plan = lr.summary(converted)
         t = plan.totals()
         on_meta = bool(plan.trace.get("shapes_on_meta"))
         rows.append({
-            "model": name, "task": get_entry(name).task, "rank": args.rank, "convert_s_median": statistics.median(times), "convert_s_max": max(times),
+            "model": name, "task": get_entry(name).task, "input_size": list(size), "rank": args.rank, "convert_s_median": statistics.median(times), "convert_s_max": max(times),
             "params_ratio": t["params_ratio"], "macs_ratio": t["macs_ratio"], "converted": t["converted"], "layers": t["layers"],
             "trace": plan.trace["path"], "shapes_on_meta": on_meta,
         })
