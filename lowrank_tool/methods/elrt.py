@@ -38,13 +38,16 @@ DEFAULT_ORTH_WEIGHT = 0.1
 SRIP_ITERATIONS = 50
 
 
+def _factors(model: nn.Module) -> list[torch.Tensor]:
+    """Factor matrices (channels × rank views of the 1×1 weights) of every low-rank layer."""
+    return [u for m in model.modules() if isinstance(m, LowRankConv) for u in m.factors()]
+
+
 def _groups(model: nn.Module) -> list[torch.Tensor]:
     """Factor matrices of every low-rank layer, stacked by shape: a list of (B, n, r) tensors."""
     by_shape: dict[tuple[int, int], list[torch.Tensor]] = {}
-    for module in model.modules():
-        if isinstance(module, LowRankConv):
-            for u in module.factors():
-                by_shape.setdefault(tuple(u.shape), []).append(u)
+    for u in _factors(model):
+        by_shape.setdefault(tuple(u.shape), []).append(u)
     return [torch.stack(us) for us in by_shape.values()]
 
 
@@ -122,7 +125,7 @@ def orthogonality_penalty(model: nn.Module, kind: str = "so", weight: float = 1.
         for u in _groups(model):
             total = total + _spectral_norm_sym(_gram_residual(u.float()), SRIP_ITERATIONS).sum()
         return total * weight
-    factors = [u for m in model.modules() if isinstance(m, LowRankConv) for u in m.factors()]
+    factors = _factors(model)
     if not factors:
         return zero
     if kind == "so":
