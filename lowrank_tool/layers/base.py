@@ -9,14 +9,15 @@ each format lives in its own module; the swap into a model lives in :mod:`lowran
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, List, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import LowRankError
 
-__all__ = ["LowRankConv", "ConvGeometry", "Init", "conv_class", "dense_conv_params"]
+__all__ = ["LowRankConv", "ConvGeometry", "Init", "conv_class", "dense_conv_params", "pad_same", "SamePadConv2d", "SamePadConv3d"]
 
 Init = Literal["random", "decompose", "none"]
 _INITS = ("random", "decompose", "none")
@@ -30,6 +31,40 @@ def conv_class(ndim: int) -> type[nn.Module]:
         raise LowRankError(f"convolutions with {ndim} spatial dims are not supported; allowed: 2 or 3") from None
 
 
+def pad_same(x: Tensor, kernel_size: List[int], stride: List[int], dilation: List[int]) -> Tensor:
+    """TF-style "SAME" zero padding computed from ``x``'s spatial size (what timm's ``Conv2dSame`` does).
+
+    Per spatial dim: ``total = max((ceil(i/s) - 1)·s + (k-1)·d + 1 - i, 0)``, ``total // 2`` before and
+    the rest after. TorchScript-compatible.
+    """
+    nd = len(kernel_size)
+    pads: List[int] = []
+    for i in range(nd - 1, -1, -1):  # F.pad lists the last dimension first
+        size = x.size(x.dim() - nd + i)
+        s = stride[i]
+        total = max((size + s - 1) // s * s - s + (kernel_size[i] - 1) * dilation[i] + 1 - size, 0)
+        pads.append(total // 2)
+        pads.append(total - total // 2)
+    return F.pad(x, pads)
+
+
+class SamePadConv2d(nn.Conv2d):
+    """A dense ``Conv2d`` with dynamic "same" padding (:func:`pad_same`, then the conv with padding 0).
+
+    What :meth:`LowRankConv.to_dense` returns for a layer converted from timm's ``Conv2dSame``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation)), self.weight, self.bias)
+
+
+class SamePadConv3d(nn.Conv3d):
+    """:class:`SamePadConv2d` for 3-D kernels."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation)), self.weight, self.bias)
+
+
 def dense_conv_params(conv: nn.Module) -> int:
     """Parameter count of a dense conv (weight plus bias)."""
     return sum(p.numel() for p in (conv.weight, conv.bias) if p is not None)
@@ -38,7 +73,7 @@ def dense_conv_params(conv: nn.Module) -> int:
 class ConvGeometry:
     """The hyper-parameters of a dense conv that a low-rank replacement must keep."""
 
-    __slots__ = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "padding_mode", "bias", "ndim")
+    __slots__ = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "padding_mode", "bias", "ndim", "dynamic_same")
 
     def __init__(
         self,
@@ -50,6 +85,8 @@ class ConvGeometry:
         dilation: Sequence[int],
         padding_mode: str = "zeros",
         bias: bool = True,
+        *,
+        dynamic_same: bool = False,
     ) -> None:
         self.ndim = len(kernel_size)
         self.in_channels = int(in_channels)
@@ -60,9 +97,16 @@ class ConvGeometry:
         self.dilation = tuple(int(d) for d in dilation)
         self.padding_mode = padding_mode
         self.bias = bool(bias)
+        #: TF-style "same" padding from each input's size (:func:`pad_same`), applied before the conv.
+        self.dynamic_same = bool(dynamic_same)
+        if self.dynamic_same and (isinstance(self.padding, str) or any(self.padding) or padding_mode != "zeros"):
+            raise LowRankError(f"dynamic 'same' padding replaces the conv's own padding; got padding={padding!r}, padding_mode={padding_mode!r}")
 
     @classmethod
-    def of(cls, conv: nn.Module) -> "ConvGeometry":
+    def of(cls, conv: nn.Module, *, dynamic_same: bool | None = None) -> "ConvGeometry":
+        """The geometry of a dense conv; ``dynamic_same`` defaults to whether it is a :class:`SamePadConv2d`/``3d``."""
+        if dynamic_same is None:
+            dynamic_same = isinstance(conv, (SamePadConv2d, SamePadConv3d))
         if getattr(conv, "groups", 1) != 1:
             raise LowRankError(
                 f"cannot factorise a grouped conv (groups={conv.groups}); low-rank formats need groups=1, "
@@ -70,7 +114,7 @@ class ConvGeometry:
             )
         return cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.padding_mode, conv.bias is not None,
+            conv.dilation, conv.padding_mode, conv.bias is not None, dynamic_same=dynamic_same,
         )
 
     @property
@@ -87,17 +131,32 @@ class ConvGeometry:
     def spatial_kwargs(self) -> dict[str, Any]:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, padding_mode=self.padding_mode)
 
+    def dense_class(self) -> type[nn.Module]:
+        """The dense conv class computing this geometry (a :class:`SamePadConv2d` for dynamic "same")."""
+        if self.dynamic_same:
+            return {2: SamePadConv2d, 3: SamePadConv3d}[self.ndim]
+        return conv_class(self.ndim)
+
 
 class LowRankConv(nn.Module):
-    """Base class of the factorised convolutions.
+    """Base class of the factorised convolutions: a drop-in for the dense conv they replace.
+
+    A layer keeps the dense conv's face: ``in_channels``, ``out_channels``, ``kernel_size``, ``stride``,
+    ``padding``, ``dilation``, ``groups`` (1), ``padding_mode``, ``transposed`` and ``output_padding``
+    are plain attributes with ``nn.Conv2d``'s types, ``bias`` is the bias parameter (or ``None``), and
+    ``weight`` is the dense kernel *computed* from the factors on each access (read-only: assigning to
+    it raises). Code written for ``nn.Conv2d`` that reads these keeps working, and the layer compiles
+    with ``torch.jit.script``.
 
     Subclasses set ``format_name`` and implement ``_build``, ``_init_random``, ``_init_decompose``,
-    ``dense_weight`` and ``factors``.
+    ``dense_weight``, ``factors`` and ``_chain`` (the factor convs, input side first).
     """
 
     format_name: ClassVar[str] = ""
     #: Number of rank values the format takes (Tucker-2: (r_in, r_out); SVD and CP: (r,)).
     num_ranks: ClassVar[int] = 1
+    #: Computed on access in Python; TorchScript must not compile them.
+    __jit_unused_properties__ = ["weight", "bias", "compression"]
 
     def __init__(self, geometry: ConvGeometry, ranks: Sequence[int], *, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
@@ -109,7 +168,39 @@ class LowRankConv(nn.Module):
             )
         self.geometry = geometry
         self.ranks = ranks
-        self._build(geometry, ranks, dict(device=device, dtype=dtype))
+        # nn.Conv2d's face (what timm, Hugging Face and user code read off a conv).
+        self.in_channels = geometry.in_channels
+        self.out_channels = geometry.out_channels
+        self.kernel_size = geometry.kernel_size
+        self.stride = geometry.stride
+        self.padding = geometry.padding
+        self.dilation = geometry.dilation
+        self.groups = 1
+        self.padding_mode = geometry.padding_mode
+        self.transposed = False
+        self.output_padding = (0,) * geometry.ndim
+        self.dynamic_same = geometry.dynamic_same
+        self._same_args: List[List[int]] = [list(geometry.kernel_size), list(geometry.stride), list(geometry.dilation)]
+        #: Variance of the dense kernel the random init matches (see reset_parameters).
+        self._init_var = 1.0
+        inner = geometry
+        if geometry.dynamic_same:  # the pad happens in front of the chain; the inner convs pad nothing
+            inner = ConvGeometry(geometry.in_channels, geometry.out_channels, geometry.kernel_size, geometry.stride,
+                                 (0,) * geometry.ndim, geometry.dilation, "zeros", geometry.bias)
+        self._build(inner, ranks, dict(device=device, dtype=dtype))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("weight", "bias") and "_modules" in self.__dict__:
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is computed from the factor convs ({', '.join(self._modules)}); "
+                f"assign to their weights/bias instead, or merge with to_dense() for a dense conv"
+            )
+        super().__setattr__(name, value)
+
+    def _pad(self, x: Tensor) -> Tensor:
+        if self.dynamic_same:
+            return pad_same(x, self._same_args[0], self._same_args[1], self._same_args[2])
+        return x
 
     # -- to be implemented by formats -------------------------------------------------------------
     def _build(self, g: ConvGeometry, ranks: tuple[int, ...], factory: dict[str, Any]) -> None:
@@ -134,6 +225,15 @@ class LowRankConv(nn.Module):
 
     # -- shared API ---------------------------------------------------------------------------------
     @property
+    def weight(self) -> Tensor:
+        """The dense kernel (C_out, C_in, *k), reconstructed from the factors on every access.
+
+        Read-only; differentiable (gradients flow into the factors). For a standing dense conv use
+        :meth:`to_dense`.
+        """
+        return self.dense_weight()
+
+    @property
     def bias(self) -> Tensor | None:
         return self._bias_holder().bias
 
@@ -145,7 +245,9 @@ class LowRankConv(nn.Module):
         return cls(geometry, ranks, **factory)
 
     @classmethod
-    def from_dense(cls, conv: nn.Module, ranks: Sequence[int] | int, init: Init = "random") -> "LowRankConv":
+    def from_dense(
+        cls, conv: nn.Module, ranks: Sequence[int] | int, init: Init = "random", *, geometry: ConvGeometry | None = None,
+    ) -> "LowRankConv":
         """Build the low-rank replacement of a dense conv.
 
         Args:
@@ -157,7 +259,11 @@ class LowRankConv(nn.Module):
                 1×1 factors and a core scaled so that the merged kernel has the dense kernel's
                 energy (activations keep the dense network's scale); ``"decompose"`` fits the factors
                 to ``conv``'s weights (truncated HOSVD / SVD / CP via tensorly); ``"none"`` leaves them
-                uninitialised memory (for loading weights right after).
+                uninitialised memory (for loading weights right after). A conv on the ``meta`` device
+                gives a layer on ``meta``: materialise it with ``to_empty`` and call
+                :meth:`reset_parameters`.
+            geometry: what the layer must compute (default ``ConvGeometry.of(conv)``); the converter
+                passes the geometry its conv-class handler read, e.g. with ``dynamic_same=True``.
 
         Example:
             >>> conv = torch.nn.Conv2d(64, 128, 3, padding=1)
@@ -167,27 +273,47 @@ class LowRankConv(nn.Module):
         """
         if init not in _INITS:
             raise LowRankError(f"init={init!r} is not known; allowed: {', '.join(_INITS)}")
-        geometry = ConvGeometry.of(conv)
+        geometry = ConvGeometry.of(conv) if geometry is None else geometry
         if isinstance(ranks, int):
             ranks = (ranks,) * cls.num_ranks
+        on_meta = conv.weight.is_meta
+        if on_meta and init == "decompose":
+            raise LowRankError(
+                "init='decompose' needs real weights, but the model is on the meta device; materialise it "
+                "(model.to_empty(device=...)) and load its weights first, or use init='random'"
+            )
         # Built on the meta device and given storage afterwards: nn.Conv2d's own default init would be
         # overwritten below anyway (1.4 s of wasted random draws on regnet_y_128gf). With init="none" the
         # values are uninitialised memory, for loading weights right after.
         layer = cls(geometry, ranks, device="meta", dtype=conv.weight.dtype).to_empty(device=conv.weight.device)
+        if on_meta:  # PyTorch's default conv init, kaiming_uniform(a=sqrt(5)): variance 1 / (3 fan_in)
+            layer._init_var = 1.0 / (3.0 * geometry.in_channels * geometry.kernel_numel)
+        elif conv.weight.numel() > 1:
+            layer._init_var = float(conv.weight.detach().float().var())
+        if on_meta:
+            return layer
         with torch.no_grad():
             if init == "random":
-                layer._init_random(float(conv.weight.detach().float().var()) if conv.weight.numel() > 1 else 1.0)
+                layer._init_random(layer._init_var)
             elif init == "decompose":
                 layer._init_decompose(conv.weight.detach())
             if geometry.bias and init != "none":
                 layer._bias_holder().bias.copy_(conv.bias.detach())
         return layer
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw the random (ELRT) init again, matched to the dense kernel's variance recorded at build time.
+
+        The torch idiom after ``model.to_empty(device=...)`` for a model converted on the meta device.
+        """
+        self._init_random(self._init_var)
+
     def to_dense(self) -> nn.Module:
         """Merge the factors back into one dense conv computing the same function."""
         g = self.geometry
         ref = self.dense_weight()
-        conv = conv_class(g.ndim)(
+        conv = g.dense_class()(
             g.in_channels, g.out_channels, g.kernel_size, bias=g.bias, device=ref.device, dtype=ref.dtype,
             **g.spatial_kwargs(),
         )
@@ -209,7 +335,8 @@ class LowRankConv(nn.Module):
         g = self.geometry
         k = "x".join(map(str, g.kernel_size))
         ranks = ", ".join(map(str, self.ranks))
-        return f"{g.in_channels}->{g.out_channels}, kernel={k}, stride={g.stride}, ranks=({ranks}), compression={self.compression:.2f}x"
+        same = ", padding=dynamic same" if g.dynamic_same else ""
+        return f"{g.in_channels}->{g.out_channels}, kernel={k}, stride={g.stride}{same}, ranks=({ranks}), compression={self.compression:.2f}x"
 
 
 def orthonormal_(weight: Tensor, gain: float = 1.0) -> Tensor:

@@ -49,7 +49,7 @@ class CPConv2d(LowRankConv):
         self.out_proj = nn.Conv2d(r, g.out_channels, 1, bias=g.bias, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_proj(self.horizontal(self.vertical(self.in_proj(x))))
+        return self.out_proj(self.horizontal(self.vertical(self.in_proj(self._pad(x)))))
 
     def _bias_holder(self) -> nn.Module:
         return self.out_proj

@@ -41,7 +41,7 @@ class SVDConv2d(LowRankConv):
         self.out_proj = conv(r, g.out_channels, 1, bias=g.bias, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_proj(self.core(x))
+        return self.out_proj(self.core(self._pad(x)))
 
     def _bias_holder(self) -> nn.Module:
         return self.out_proj

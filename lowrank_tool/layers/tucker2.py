@@ -47,7 +47,7 @@ class Tucker2Conv2d(LowRankConv):
         self.out_proj = conv(r_out, g.out_channels, 1, bias=g.bias, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_proj(self.core(self.in_proj(x)))
+        return self.out_proj(self.core(self.in_proj(self._pad(x))))
 
     def _bias_holder(self) -> nn.Module:
         return self.out_proj
