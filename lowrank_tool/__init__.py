@@ -10,7 +10,10 @@ Example:
 """
 
 from ._version import __version__
-from .convert import ConversionPlan, ConvertOptions, LayerPlan, convert, parse_input_size, plan, summary
+from .convert import (
+    ConversionPlan, ConvertOptions, LayerPlan, convert, dynamic_same_conv, parse_input_size, plain_conv, plan, register_conv_handler,
+    summary,
+)
 from .errors import LowRankError, LowRankWarning, VerificationError
 from .export import export_onnx, merge_factors, plan_from_onnx, read_metadata, verify_onnx
 from .analysis.bench import bench
@@ -28,6 +31,7 @@ __all__ = [
     "__version__",
     "convert", "plan", "summary", "save", "load",
     "ConversionPlan", "LayerPlan", "ConvertOptions", "parse_input_size",
+    "register_conv_handler", "plain_conv", "dynamic_same_conv",
     "LowRankConv", "Tucker2Conv2d", "Tucker2Conv3d", "SVDConv2d", "SVDConv3d", "CPConv2d",
     "list_formats", "register_format",
     "build_model", "list_models", "register_model",

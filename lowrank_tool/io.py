@@ -21,7 +21,7 @@ from .convert.api import PLAN_ATTR, summary
 from .convert.apply import apply_plan
 from .convert.plan import PLAN_FILE, ConversionPlan
 from .errors import LowRankError
-from .models import build_model
+from .models import build_from_spec
 
 __all__ = ["save", "load", "WEIGHTS_FILE", "PLAN_FILE", "atomic_directory"]
 
@@ -100,14 +100,24 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
     return Path(directory)
 
 
-def load(directory: str | os.PathLike[str], model: nn.Module | None = None, *, map_location: str | torch.device = "cpu") -> nn.Module:
+def load(
+    directory: str | os.PathLike[str], model: nn.Module | None = None, *, map_location: str | torch.device = "cpu",
+    trust_code: bool = False,
+) -> nn.Module:
     """Rebuild a converted model from a directory written by :func:`save` / ``lowrank convert -o``.
+
+    The directory is data, never code: the base model is rebuilt only from a registered name
+    (torchvision, the zoo, :func:`~lowrank_tool.register_model`, ``timm/NAME``) with the plan's plain
+    arguments, nothing is downloaded, and the weights are safetensors. A plan naming
+    ``package.module:factory`` needs ``model=`` or ``trust_code=True``.
 
     Args:
         directory: the artifact directory.
-        model: for a custom model, a freshly built dense instance of the same class and arguments; for
-            models given by name it is rebuilt from the plan.
+        model: a freshly built dense instance of the same class and arguments (required for a custom
+            model; for a model given by name it is rebuilt from the plan).
         map_location: device for the weights.
+        trust_code: import the ``package.module:factory`` the plan names (only for files you trust;
+            the CLI's ``--trust-code``).
 
     Example:
         >>> model = lowrank_tool.load("runs/r18")  # doctest: +SKIP
@@ -124,13 +134,10 @@ def load(directory: str | os.PathLike[str], model: nn.Module | None = None, *, m
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise LowRankError(f"{weights} does not exist; the artifact is incomplete, re-create it with `lowrank convert -o DIR`")
-    spec = plan.base_model
     if model is None:
-        if spec.get("source") == "custom" or not spec.get("name"):
-            raise LowRankError(
-                f"{directory / PLAN_FILE} describes a custom model ({spec.get('class', '?')}); pass a dense instance: load(DIR, model=MyNet())"
-            )
-        model = build_model(spec["name"], **dict(spec.get("kwargs") or {}))
+        model = build_from_spec(plan.base_model, where=str(directory / PLAN_FILE), trust_code=trust_code)
+    elif not isinstance(model, nn.Module):
+        raise LowRankError(f"load(DIR, model=...) takes a dense nn.Module, got {type(model).__name__}")
     elif getattr(model, PLAN_ATTR, None) is not None:
         raise LowRankError("load(DIR, model=...) needs the dense model, not an already converted one")
     apply_plan(model, plan, init="none")

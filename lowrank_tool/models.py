@@ -1,9 +1,16 @@
-"""Names a user can pass to ``lowrank convert``: torchvision's models plus the toolkit's own.
+"""Model sources: the names a user can pass to ``lowrank convert``, and what a file may name.
+
+Sources: torchvision's models, the toolkit's zoo and names registered in-process with
+:func:`register_model`, timm's architectures as ``timm/NAME`` (when timm is installed), and — typed by
+the user, never read from a file without consent — ``package.module:factory``.
 
 ``build_model`` builds a model by name with random weights (ELRT trains from scratch; users with
-internet can still pass ``weights=...`` through kwargs); ``example_input`` knows what each task's forward
-takes (an image batch, a list of images for detection, a clip for video, two frames for optical flow);
-``default_input_size`` follows the model family's standard evaluation resolution.
+internet can still pass ``weights=...`` / ``pretrained=True``); :func:`build_from_spec` rebuilds the
+base model that a plan, ONNX metadata or a recipe names, which is *data*: only registered names, plain
+JSON arguments, no download, and no import of code unless the caller trusts the file.
+``example_input`` knows what each task's forward takes (an image batch, a list of images for detection,
+a clip for video, two frames for optical flow); ``default_input_size`` follows the model family's
+standard evaluation resolution.
 """
 
 from __future__ import annotations
@@ -19,9 +26,16 @@ from torch import nn
 from .errors import LowRankError
 
 __all__ = [
-    "ModelEntry", "register_model", "list_models", "get_entry", "build_model", "default_input_size",
-    "example_input", "TASKS",
+    "ModelEntry", "register_model", "list_models", "get_entry", "build_model", "build_from_spec", "default_input_size",
+    "example_input", "TASKS", "SOURCES", "TIMM_PREFIX", "DOWNLOAD_KWARGS", "check_file_kwargs",
 ]
+
+#: Where model names come from (``lowrank models --source``).
+SOURCES = ("torchvision", "lowrank_tool", "timm")
+#: timm architectures are spelled ``timm/NAME``, the way the Hugging Face Hub names timm's models.
+TIMM_PREFIX = "timm/"
+#: Builder arguments that fetch weights from the network: never taken from a file.
+DOWNLOAD_KWARGS = ("weights", "weights_backbone", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
 
 #: Task name → the torchvision module whose ``list_models`` enumerates it.
 TASKS: dict[str, Any] = {
@@ -38,7 +52,7 @@ TASKS: dict[str, Any] = {
 class ModelEntry:
     name: str
     task: str
-    source: str  # "torchvision" or "lowrank_tool"
+    source: str  # "torchvision", "lowrank_tool", "timm" or "import"
     builder: Callable[..., nn.Module] | None = None
     input_size: tuple[int, ...] | None = None
 
@@ -64,9 +78,46 @@ def _torchvision_names() -> dict[str, str]:
     return _TV_CACHE
 
 
-def list_models(task: str | None = None) -> list[ModelEntry]:
-    """Every model name ``lowrank convert`` accepts, optionally for one task."""
-    entries = [ModelEntry(n, t, "torchvision") for n, t in _torchvision_names().items()] + list(_EXTRA.values())
+def _timm() -> Any:
+    try:
+        import timm
+    except ImportError:
+        raise LowRankError("timm models need timm: pip install 'lowrank-tool[timm]'") from None
+    return timm
+
+
+def _timm_entry(name: str) -> ModelEntry:
+    arch = name[len(TIMM_PREFIX):]
+    try:
+        import timm
+    except ImportError:
+        raise LowRankError(f"{name} needs timm: pip install 'lowrank-tool[timm]'") from None
+    if not arch or not timm.is_model(arch.split(".")[0]):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(TIMM_PREFIX + c for c in close)}? " if close else ""
+        raise LowRankError(f"unknown timm model {name!r}; {hint}run `lowrank models --source timm` for the list")
+
+    def build(**kwargs: Any) -> nn.Module:
+        return timm.create_model(arch, pretrained=bool(kwargs.pop("pretrained", False)), **kwargs)
+
+    return ModelEntry(name, "classification", "timm", build)
+
+
+def list_models(task: str | None = None, source: str | None = None) -> list[ModelEntry]:
+    """Every model name ``lowrank convert`` accepts, optionally for one task and/or one source.
+
+    timm's names (``timm/NAME``) are listed only when ``source="timm"`` is asked for (there are over a
+    thousand, and timm is an optional extra).
+    """
+    if source is not None and source not in (*SOURCES, "all"):
+        raise LowRankError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}, all")
+    entries: list[ModelEntry] = []
+    if source in (None, "all", "torchvision"):
+        entries += [ModelEntry(n, t, "torchvision") for n, t in _torchvision_names().items()]
+    if source in (None, "all", "lowrank_tool"):
+        entries += list(_EXTRA.values())
+    if source in ("timm", "all"):
+        entries += [ModelEntry(TIMM_PREFIX + n, "classification", "timm") for n in _timm().list_models()]
     if task is not None:
         if task not in TASKS:
             raise LowRankError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -90,8 +141,17 @@ def _import_factory(spec: str) -> ModelEntry:
 
 
 def get_entry(name: str) -> ModelEntry:
+    """The entry of a model name (torchvision, zoo/registered, ``timm/NAME``, or ``package.module:factory``).
+
+    A ``module:factory`` spec is imported here: only call this with names the user typed. Names read
+    from a file go through :func:`build_from_spec`.
+    """
+    if not isinstance(name, str) or not name:
+        raise LowRankError(f"model name {name!r} must be a non-empty string; run `lowrank models` for the list")
     if ":" in name:
         return _import_factory(name)
+    if name.startswith(TIMM_PREFIX):
+        return _timm_entry(name)
     if name in _EXTRA:
         return _EXTRA[name]
     tv = _torchvision_names()
@@ -116,8 +176,10 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
     """
     entry = get_entry(name)
     if num_classes is not None:
-        if num_classes < 1:
-            raise LowRankError(f"num_classes must be a positive integer, got {num_classes}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise LowRankError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if kwargs.get("num_classes", num_classes) != num_classes:
+            raise LowRankError(f"num_classes={num_classes} and the model argument num_classes={kwargs['num_classes']!r} disagree; give it once")
         kwargs["num_classes"] = num_classes
     if entry.source == "torchvision":
         kwargs.setdefault("weights", None)
@@ -130,10 +192,71 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
         except TypeError as exc:
             raise LowRankError(f"cannot build {name!r} with arguments {kwargs}: {exc}") from None
     assert entry.builder is not None
-    model = entry.builder(**kwargs)
+    try:
+        model = entry.builder(**kwargs)
+    except TypeError as exc:  # an argument the builder does not take
+        raise LowRankError(f"cannot build {name!r} with arguments {kwargs}: {str(exc).splitlines()[0] if str(exc) else 'TypeError'}") from None
     if not isinstance(model, nn.Module):
         raise LowRankError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, list) and all(_plain(v) for v in value)
+
+
+def check_file_kwargs(kwargs: Any, where: str) -> dict[str, Any]:
+    """Model arguments read from a file: plain JSON values, and nothing that downloads."""
+    if not isinstance(kwargs, dict):
+        raise LowRankError(f"{where}: model kwargs must be a JSON object of plain values, got {type(kwargs).__name__}; re-create the file")
+    for key, value in kwargs.items():
+        if not _plain(value):
+            raise LowRankError(f"{where}: model argument {key}={value!r} is not a plain JSON value (null, bool, number, string or a list of them)")
+        if key in DOWNLOAD_KWARGS and value not in (None, False):
+            raise LowRankError(
+                f"{where}: model argument {key}={value!r} would download weights; loading never downloads "
+                f"(the weights come from the artifact): remove {key!r} from the file"
+            )
+    return dict(kwargs)
+
+
+def build_from_spec(spec: Any, *, where: str, trust_code: bool = False) -> nn.Module:
+    """Rebuild the base model that a file (plan.json, ONNX metadata, a recipe) names.
+
+    A file is data: only registered names (torchvision, the zoo, :func:`register_model`, ``timm/NAME``)
+    with plain JSON arguments are built, and nothing is downloaded. A ``package.module:factory`` is
+    imported only with ``trust_code=True`` (the CLI's ``--trust-code``); otherwise the error says how to
+    pass the model instead.
+
+    Args:
+        spec: the ``base_model`` record: ``{"source", "name", "task", "kwargs"}``.
+        where: the file, for messages.
+        trust_code: allow importing a ``module:factory`` the file names.
+    """
+    if not isinstance(spec, dict):
+        raise LowRankError(f"{where}: base_model must be a JSON object; the file is corrupt, re-create it")
+    name = spec.get("name")
+    if spec.get("source") == "custom" or not name:
+        raise LowRankError(
+            f"{where} describes a custom model ({spec.get('class', '?')}); pass a dense instance: load(DIR, model=MyNet())"
+        )
+    if not isinstance(name, str):
+        raise LowRankError(f"{where}: model name {name!r} must be a string; the file is corrupt, re-create it")
+    kwargs = check_file_kwargs(spec.get("kwargs") or {}, where)
+    if ":" in name and not trust_code:
+        raise LowRankError(
+            f"{where} names the factory {name!r} (code); loading never imports code named by a file: pass the model "
+            f"(load(DIR, model=...)) or, if you trust this file, --trust-code (load(DIR, trust_code=True))"
+        )
+    try:
+        return build_model(name, **kwargs)
+    except LowRankError as exc:
+        raise LowRankError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, AssertionError) as exc:  # a registered builder refusing the file's arguments
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise LowRankError(f"{where}: cannot build {name!r} with arguments {kwargs} ({first}); re-create the file") from None
 
 
 def default_input_size(name: str, kwargs: dict[str, Any] | None = None) -> tuple[int, ...]:
@@ -142,6 +265,13 @@ def default_input_size(name: str, kwargs: dict[str, Any] | None = None) -> tuple
     kwargs = kwargs or {}
     if entry.input_size is not None:
         return entry.input_size
+    if entry.source == "timm":
+        size = kwargs.get("img_size")
+        if isinstance(size, int):
+            return (int(kwargs.get("in_chans", 3)), size, size)
+        cfg = _timm().models.get_pretrained_cfg(name[len(TIMM_PREFIX):].split(".")[0])
+        shape = tuple(getattr(cfg, "input_size", None) or (3, 224, 224))
+        return (int(kwargs.get("in_chans", shape[0])), *shape[1:])
     if entry.task == "detection":
         return (3, 800, 800)
     if entry.task == "optical_flow":

@@ -32,3 +32,21 @@ class TinyNet(nn.Module):
 @pytest.fixture
 def tiny():
     return TinyNet().eval()
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the `lowrank` command in-process: ``code, out, err = cli("convert", "resnet18", ...)``."""
+    import sys
+
+    from lowrank_tool.cli import main
+
+    def run(*argv):
+        monkeypatch.setattr(sys, "argv", ["lowrank", *map(str, argv)])
+        with pytest.raises(SystemExit) as info:
+            main()
+            raise SystemExit(0)
+        out, err = capsys.readouterr()
+        return info.value.code or 0, out, err
+
+    return run

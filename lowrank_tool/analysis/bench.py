@@ -91,20 +91,20 @@ def _onnx_params(path: Path) -> int:
     return int(sum(int(np.prod(t.dims)) for t in proto.graph.initializer))
 
 
-def _dense_of(plan: Any) -> nn.Module:
-    from ..models import build_model
+def _dense_of(plan: Any, where: str, trust_code: bool) -> nn.Module:
+    from ..models import build_from_spec
 
     spec = plan.base_model
     if spec.get("source") == "custom" or not spec.get("name"):
         raise LowRankError(f"--vs-dense needs a model given by name; this one is a custom {spec.get('class', 'model')} "
                            "(benchmark your dense model's own ONNX file beside it instead)")
-    return build_model(spec["name"], **dict(spec.get("kwargs") or {}))
+    return build_from_spec(spec, where=where, trust_code=trust_code)
 
 
-def _lowrank_from_plan(plan: Any) -> nn.Module:
+def _lowrank_from_plan(plan: Any, where: str, trust_code: bool) -> nn.Module:
     from ..convert.apply import apply_plan
 
-    model = _dense_of(plan)
+    model = _dense_of(plan, where, trust_code)
     apply_plan(model, plan, init="random")
     return model
 
@@ -126,6 +126,7 @@ def bench(
     device: str = "cpu",
     merge: str = "none",
     progress: Callable[[str], None] | None = None,
+    trust_code: bool = False,
 ) -> BenchReport:
     """Measure latency of an artifact directory or an ONNX file (and of its dense counterpart).
 
@@ -141,6 +142,7 @@ def bench(
         device: ONNX Runtime device (``cpu``, ``cuda`` or ``auto``); PyTorch runs on the CPU unless ``cuda``.
         merge: ``none``, ``all`` or ``auto``: how the low-rank model is exported for ONNX Runtime.
         progress: called with a short message per measurement.
+        trust_code: rebuild a ``package.module:factory`` base model the artifact names (files you trust only).
 
     Returns:
         A :class:`BenchReport`; ``.comparisons()`` gives speedup and efficiency.
@@ -168,7 +170,7 @@ def bench(
         if target.is_dir():
             from .. import load
 
-            lowrank = load(target).eval()
+            lowrank = load(target, trust_code=trust_code).eval()
             plan = getattr(lowrank, PLAN_ATTR)
             onnx_file = None
         else:
@@ -180,7 +182,7 @@ def bench(
                 if plan is None or plan.base_model.get("source") == "custom":
                     report_notes.append("PyTorch eager not measured: the ONNX file does not name a torchvision/toolkit base model")
                 else:
-                    lowrank = _lowrank_from_plan(plan).eval()
+                    lowrank = _lowrank_from_plan(plan, str(target), trust_code).eval()
             if meta.get("precision", "fp32") != "fp32":
                 report_notes.append(f"{target.name} is {meta['precision']}; the dense model and PyTorch eager run in fp32")
             if input_size is None and meta.get("input_size"):
@@ -204,7 +206,7 @@ def bench(
         if vs_dense:
             if plan is None:
                 raise LowRankError(f"--vs-dense needs the conversion plan; {target} carries none (export it with `lowrank export`)")
-            dense = _dense_of(plan).eval()
+            dense = _dense_of(plan, str(target), trust_code).eval()
             note("exporting the dense model")
             dense_file = tmpdir / "dense.onnx"
             export_onnx(dense, dense_file, input_size=size, verify=False)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
-from typing import Iterable, NoReturn
+from typing import Any, Iterable, NoReturn
 
 from rich.console import Console
+
+from ..errors import LowRankError
 
 #: Human output; soft_wrap keeps an error message on one physical line however narrow the terminal.
 console = Console()
@@ -15,6 +17,37 @@ if not console.is_terminal:  # piped or redirected: do not squeeze tables into 8
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 EXIT_USAGE = 2
+
+TRUST_CODE_HELP = (
+    "Let the artifact (plan.json, ONNX metadata, recipe) name a 'package.module:factory' to import and call. "
+    "Only for files you trust: a file is otherwise data and never runs code."
+)
+
+
+MODEL_ARG_HELP = (
+    "A keyword argument for the model's builder (torchvision, timm/NAME, a factory), KEY=VALUE; the value is read as "
+    "JSON (num_classes=10, drop_rate=0.1, features_only=true, replace_stride_with_dilation=[false,true,true]), else as "
+    "a string (global_pool=avg). Repeatable; recorded in plan.json."
+)
+
+
+def parse_model_args(items: Iterable[str] | None) -> dict[str, Any]:
+    """``["num_classes=10", "global_pool=avg"]`` → ``{"num_classes": 10, "global_pool": "avg"}``."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise LowRankError(f"--model-arg {item!r} is not KEY=VALUE with KEY a Python identifier; write e.g. --model-arg num_classes=10")
+        if key in out:
+            raise LowRankError(f"--model-arg {key} is given twice; give each argument once")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

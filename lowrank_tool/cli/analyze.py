@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from ..errors import LowRankError
-from ._common import console, err_console, print_json
+from ._common import TRUST_CODE_HELP, console, err_console, print_json
 
 if TYPE_CHECKING:
     from ..analysis.spectrum import LayerSpectrum
@@ -40,6 +40,7 @@ def analyze(
     json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per layer.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a figure (.png, .svg or .pdf): effective vs chosen rank per layer, and normalised singular-value spectra.", show_default=False)] = None,
     input_size: Annotated[Optional[str], typer.Option(help="With a model name and --rank: the per-sample input CxHxW the converter's plan is traced at. [default: the model family's]")] = None,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
     """Per-layer rank analysis: effective rank, stable rank, energy kept at the chosen ranks, factor orthogonality.
 
@@ -53,7 +54,7 @@ def analyze(
     if plot is not None:
         _check_plot_path(plot)
     with err_console.status("analysing", spinner="dots"):
-        spectra, notes = _resolve(target, rank, input_size)
+        spectra, notes = _resolve(target, rank, input_size, trust_code)
     if not spectra:
         raise LowRankError(f"{target} has no convolution with groups=1 to analyse; analyze a CNN, its artifact directory or its .onnx file")
     if plot is not None:
@@ -71,7 +72,7 @@ def analyze(
 
 
 # -- targets ---------------------------------------------------------------------------------------------
-def _resolve(target: str, rank: str | None, input_size: str | None) -> tuple[list[LayerSpectrum], list[str]]:
+def _resolve(target: str, rank: str | None, input_size: str | None, trust_code: bool = False) -> tuple[list[LayerSpectrum], list[str]]:
     """The spectra of a model name, artifact directory or .onnx file, and notes about how they were read."""
     from ..analysis.spectrum import analyze as analyze_model
     from ..convert.rank import RankSpec
@@ -92,7 +93,7 @@ def _resolve(target: str, rank: str | None, input_size: str | None) -> tuple[lis
 
         if path.exists() and not path.is_dir():
             raise LowRankError(f"{target} is neither an artifact directory nor an .onnx file; point to a directory from `lowrank convert -o DIR` or a file from `lowrank export`")
-        return analyze_model(load(path), rank=spec), []
+        return analyze_model(load(path, trust_code=trust_code), rank=spec), []
     return _model_spectra(target, spec, input_size)
 
 

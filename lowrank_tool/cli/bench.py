@@ -11,7 +11,7 @@ from rich.table import Table
 from ..analysis.bench import ENGINES
 from ..export.merge import MERGE_MODES
 from ..export.runtime import DEVICES
-from ._common import choices, console, err_console, human, print_json
+from ._common import TRUST_CODE_HELP, choices, console, err_console, human, print_json
 
 Merge = choices("Merge", MERGE_MODES)
 Device = choices("Device", DEVICES)
@@ -29,6 +29,7 @@ def bench(
     merge: Annotated[Merge, typer.Option(help="How an artifact's low-rank model is exported for ONNX Runtime (see `lowrank export --merge`).")] = Merge.none,
     device: Annotated[Device, typer.Option(help="ONNX Runtime device (PyTorch follows: cuda or CPU).")] = Device.cpu,
     json: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON (for scripts).")] = False,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
     """Measure latency (median and p90 after warm-up) of a low-rank model, and of its dense counterpart with --vs-dense.
 
@@ -44,7 +45,7 @@ def bench(
     with err_console.status("benchmarking", spinner="dots") as status:
         report = run_bench(target, vs_dense=vs_dense, batches=batch, threads=threads, engines=engines, runs=runs, warmup=warmup,
                            input_size=input_size, device=device.value, merge=merge.value,
-                           progress=None if json else status.update)
+                           progress=None if json else status.update, trust_code=trust_code)
     if json:
         print_json(report.to_dict())
         return

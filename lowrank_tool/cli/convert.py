@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from ..convert.rank import DEFAULT_ROUND_TO, FORMAT_CHOICES
-from ._common import choices, console, err_console, print_json
+from ._common import MODEL_ARG_HELP, choices, console, err_console, parse_model_args, print_json
 from .render import print_plan
 
 
@@ -18,7 +18,7 @@ Policy = choices("Policy", ("rank", "latency"))
 
 
 def convert(
-    model: Annotated[str, typer.Argument(help="Model name (see `lowrank models`) or 'package.module:factory'.")],
+    model: Annotated[str, typer.Argument(help="Model name (see `lowrank models`), timm/NAME (timm installed; `lowrank models --source timm`) or 'package.module:factory'.")],
     rank: Annotated[Optional[str], typer.Option("--rank", "-r", help="Fraction of channels kept per factorised mode, in (0, 1] (0.3: r_in=ceil(0.3*C_in), r_out=ceil(0.3*C_out)), an integer absolute rank, or 'erank' (ceil of each mode's effective rank; needs --weights). Default 0.3.")] = None,
     energy: Annotated[Optional[float], typer.Option(help="Per mode, the smallest rank keeping this fraction of each kernel's Frobenius energy, e.g. 0.9 (needs trained --weights).")] = None,
     policy: Annotated[Policy, typer.Option(help="rank: ranks as requested; latency: each layer's form (dense, factorised, ranks rounded to multiples of 8/16) chosen by measuring it in ONNX Runtime on this machine (cached).")] = Policy.rank,
@@ -34,6 +34,7 @@ def convert(
     layer_rank: Annotated[Optional[List[str]], typer.Option("--layer-rank", "-l", help="Per-layer rank, NAME=R or 're:REGEX=R'; R may be 'dense' (repeatable).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="Per-sample input CxHxW (CxTxHxW for video); default from the model family.")] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Number of output classes of the model.")] = None,
+    model_arg: Annotated[Optional[List[str]], typer.Option("--model-arg", "-m", help=MODEL_ARG_HELP)] = None,
     allow_growth: Annotated[bool, typer.Option("--allow-growth", help="Convert layers even when the factorised form is not smaller (full-rank checks).")] = False,
     dense: Annotated[bool, typer.Option("--dense", help="Convert nothing: an artifact of the dense model, the baseline to train and compare.")] = False,
     init: Annotated[Init, typer.Option(help="random: ELRT training from scratch; decompose: fit the factors to the model's weights.")] = Init.random,
@@ -44,6 +45,7 @@ def convert(
     """Convert a model's convolutions into ELRT low-rank layers at initialisation and show the plan.
 
     Examples: lowrank convert resnet50 --rank 0.3 -o r50 ·
+    lowrank convert timm/convnext_atto --rank 0.5 --model-arg num_classes=10 -o cnx ·
     lowrank convert resnet18 --weights r18.pth --init decompose --energy 0.9 -o r18 (then `lowrank train r18` fine-tunes) ·
     lowrank convert resnet50 --policy latency --target-speedup 2 -o r50
     """
@@ -66,6 +68,7 @@ def convert(
         raise LowRankError("--weights are only used to decompose trained weights; add --init decompose (random init would discard them)")
     if rank is not None and (rank.strip().lower() == "erank" or rank.startswith("energy:")) and weights is None and init.value != "decompose":
         raise LowRankError(f"rank {rank} is computed from trained weights; add --weights FILE --init decompose")
+    kwargs = parse_model_args(model_arg)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -79,7 +82,7 @@ def convert(
         converted = do_convert(
             model, rank, format=format.value, target_params=target_params, target_macs=target_macs, round_to=round_to,
             exclude=exclude or (), layer_rank=layer_rank or None, input_size=input_size, num_classes=num_classes,
-            init=init.value, allow_growth=allow_growth, dense=dense, progress=progress, weights=weights,
+            init=init.value, allow_growth=allow_growth, dense=dense, progress=progress, weights=weights, model_kwargs=kwargs or None,
             policy=policy.value, target_speedup=target_speedup, latency_threads=threads, latency_batch=batch,
         )
         plan = summary(converted)

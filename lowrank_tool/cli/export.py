@@ -11,7 +11,7 @@ from ..export.merge import MERGE_MODES
 from ..export.onnx import DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET
 from ..export.runtime import DEVICES
 from ..export.verify import TOLERANCES
-from ._common import choices, console, err_console, human, print_json
+from ._common import TRUST_CODE_HELP, choices, console, err_console, human, print_json
 
 Merge = choices("Merge", MERGE_MODES)
 Exporter = choices("Exporter", EXPORTERS)
@@ -35,6 +35,7 @@ def export(
     device: Annotated[Device, typer.Option(help="ONNX Runtime device for verification: auto = CUDA when a GPU is present, else CPU.")] = Device.auto,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime threads for --merge auto timings. [default: all cores]")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
     """Export an artifact to ONNX for GPU or edge inference, verified with ONNX Runtime against PyTorch.
 
@@ -62,7 +63,7 @@ def export(
         from ..train.data import DataSpec
 
         DataSpec.parse(calib_data)
-    model = load(directory)
+    model = load(directory, trust_code=trust_code)
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     with err_console.status("exporting", spinner="dots") as status:
         result = export_onnx(

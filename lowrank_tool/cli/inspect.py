@@ -7,19 +7,20 @@ from typing import Annotated
 
 import typer
 
-from ._common import console, human, print_json
+from ._common import TRUST_CODE_HELP, console, human, print_json
 from .render import print_plan
 
 
 def inspect(
     directory: Annotated[Path, typer.Argument(help="A directory written by `lowrank convert -o DIR`.", show_default=False)],
     json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
     """Load a converted model from DIR (rebuilding it from plan.json, loading model.safetensors) and show its plan."""
     from .. import load, summary
     from ..io import WEIGHTS_FILE
 
-    model = load(directory)
+    model = load(directory, trust_code=trust_code)
     plan = summary(model)
     params = sum(p.numel() for p in model.parameters())
     if json:

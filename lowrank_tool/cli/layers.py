@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.table import Table
 
-from ._common import console, print_json
+from ._common import MODEL_ARG_HELP, console, parse_model_args, print_json
 
 
 def layers(
-    model: Annotated[str, typer.Argument(help="Model name (see `lowrank models`) or 'package.module:factory'.")],
+    model: Annotated[str, typer.Argument(help="Model name (see `lowrank models`), timm/NAME or 'package.module:factory'.")],
     input_size: Annotated[Optional[str], typer.Option(help="Per-sample input CxHxW (CxTxHxW for video).")] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Number of output classes of the model.")] = None,
+    model_arg: Annotated[Optional[List[str]], typer.Option("--model-arg", "-m", help=MODEL_ARG_HELP)] = None,
     json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List a model's convolutions by fully qualified name, with shapes and whether they are eligible.
@@ -22,7 +23,7 @@ def layers(
     """
     from .. import plan as make_plan
 
-    plan = make_plan(model, input_size=input_size, num_classes=num_classes)
+    plan = make_plan(model, input_size=input_size, num_classes=num_classes, model_kwargs=parse_model_args(model_arg) or None)
     if json:
         print_json([{k: getattr(l, k) for k in ("name", "kind", "in_channels", "out_channels", "kernel_size", "stride", "groups", "output_size")}
                     | {"eligible": l.converted, "reason": l.reason} for l in plan.layers])

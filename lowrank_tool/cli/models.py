@@ -5,22 +5,27 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ..models import TASKS, list_models
+from ..models import SOURCES, TASKS, list_models
 from ._common import console, print_json
 
 
 def models(
     task: Annotated[Optional[str], typer.Option(help=f"Only this task: {', '.join(TASKS)}.")] = None,
+    source: Annotated[Optional[str], typer.Option(help=f"Only this source: {', '.join(SOURCES)}, or all. [default: torchvision and lowrank_tool; timm's names only when asked]")] = None,
+    pattern: Annotated[Optional[str], typer.Argument(help="Only names containing this text (e.g. resnet).", show_default=False)] = None,
     json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """List the models that can be converted (torchvision's and the toolkit's own).
+    """List the models that can be converted (torchvision's, the toolkit's own, and timm's as timm/NAME).
 
     Any other nn.Module can be converted from Python (lowrank_tool.convert(model)) or from the CLI as
-    'package.module:factory'.
+    'package.module:factory'. Examples: lowrank models · lowrank models --source timm convnext
     """
-    entries = list_models(task)
+    entries = list_models(task, source=source)
+    if pattern:
+        entries = [e for e in entries if pattern.lower() in e.name.lower()]
     if json:
         print_json([{"name": e.name, "task": e.task, "source": e.source} for e in entries])
         return
@@ -31,6 +36,6 @@ def models(
     for e in entries:
         by_task.setdefault(e.task, []).append(e.name)
     for name, names in by_task.items():
-        table.add_row(f"{name} ({len(names)})", ", ".join(names))
+        table.add_row(f"{name} ({len(names)})", escape(", ".join(names)))
     console.print(table)
     console.print(f"{len(entries)} models; also any 'package.module:factory' that returns an nn.Module")

@@ -14,7 +14,7 @@ from ..errors import LowRankError
 from ..methods import DEEPTWIST_LOWERINGS
 from ..methods.elrt import ORTH_KINDS
 from ..train.config import AMP_MODES, DEVICES, MEMORY_FORMATS, OPTIMIZERS, SCHEDULES
-from ._common import choices, console, err_console, human
+from ._common import TRUST_CODE_HELP, choices, console, err_console, human
 
 
 Optim = choices("Optim", OPTIMIZERS)
@@ -67,6 +67,7 @@ def train(
     nproc: Annotated[int, typer.Option(help="Launch torchrun with N processes on this machine (DDP; gloo on CPU, nccl on GPU).")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-epoch lines; only the final summary.")] = False,
     json: Annotated[bool, typer.Option("--json", help="One JSON line per epoch and a final JSON summary on stdout.")] = False,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
     """Train a low-rank model from scratch (ELRT) or a dense baseline; results are written back into DIR.
 
@@ -102,7 +103,7 @@ def train(
         if not str(directory):
             raise LowRankError(f"{rec.source} has no 'output'; pass -o DIR")
         if not (resume and (directory / STATE_FILE).is_file()):
-            _convert_recipe(rec, directory, force=force, under_torchrun=under_torchrun)
+            _convert_recipe(rec, directory, force=force, under_torchrun=under_torchrun, trust_code=trust_code)
     elif not directory.is_dir():
         raise LowRankError(f"{directory} is not a directory; convert a model first: lowrank convert MODEL -o {directory}")
 
@@ -117,6 +118,7 @@ def train(
         argv = ["train", str(directory), *_flags(given)]
         argv += (["--recipe", str(recipe)] if recipe is not None else []) + (["--resume"] if resume else [])
         argv += (["--force"] if force and recipe is None else []) + (["--quiet"] if quiet else []) + (["--json"] if json else [])
+        argv += ["--trust-code"] if trust_code else []
         sys.exit(_launch(nproc, argv))
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -132,7 +134,7 @@ def train(
                           f"{record['epoch_seconds']:.1f}s  {record['images_per_s']:,.0f} img/s", highlight=False)
 
     try:
-        _, summary = train_artifact(directory, config, resume=resume, progress=not (quiet or json), on_epoch=on_epoch)
+        _, summary = train_artifact(directory, config, resume=resume, progress=not (quiet or json), on_epoch=on_epoch, trust_code=trust_code)
     except TrainingInterrupted as exc:
         if rank0:
             err_console.print(f"interrupted: {exc}; state saved in {directory}; continue with `lowrank train {directory} --resume`")
@@ -177,10 +179,15 @@ def _launch(nproc: int, argv: list[str]) -> int:
     return launch(nproc, argv)
 
 
-def _convert_recipe(rec: Any, directory: Path, *, force: bool, under_torchrun: bool) -> None:
+def _convert_recipe(rec: Any, directory: Path, *, force: bool, under_torchrun: bool, trust_code: bool) -> None:
     """Convert the recipe's model into DIR (rank 0 only under torchrun; the others wait)."""
     from .. import convert, save
 
+    if ":" in rec.model and not trust_code:  # a recipe is a file: its factory is code run only on consent
+        raise LowRankError(
+            f"{rec.source} names the factory {rec.model!r} (code); a recipe never imports code unless you trust it: "
+            "pass --trust-code, or convert the model yourself (lowrank convert ... -o DIR) and run `lowrank train DIR`"
+        )
     if directory.exists() and not force:
         raise LowRankError(f"{directory} already exists; continue its run with --resume, replace it with --force, or pass -o NEW_DIR")
     if under_torchrun:

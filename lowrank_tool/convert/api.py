@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import LowRankError
+from ..errors import LowRankError, LowRankWarning
 from ..layers.base import Init
-from ..models import build_model, default_input_size, example_input as make_example, get_entry
+from ..models import DOWNLOAD_KWARGS, build_model, default_input_size, example_input as make_example, get_entry
 from .apply import apply_plan
 from .plan import ConversionPlan
 from .planner import ConvertOptions, build_plan
 from .rank import DEFAULT_ROUND_TO
-from .trace import capture
+from .support import qualified_name
+from .trace import capture, check_forward
 
 __all__ = ["plan", "convert", "summary", "parse_input_size", "PLAN_ATTR"]
 
@@ -44,13 +47,26 @@ def parse_input_size(value: str | Sequence[int] | None) -> tuple[int, ...] | Non
 
 def _resolve(model: nn.Module | str, num_classes: int | None, model_kwargs: Mapping[str, Any] | None) -> tuple[nn.Module, dict[str, Any], str, str]:
     """(module, base-model spec, task, name hint for messages)."""
+    if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+        raise LowRankError(f"model_kwargs must be a mapping of argument names to values, got {type(model_kwargs).__name__}")
     kwargs = dict(model_kwargs or {})
     if isinstance(model, str):
         entry = get_entry(model)
+        recorded = _jsonable(kwargs)  # before building: a value plan.json cannot hold is refused first
+        if num_classes is not None and kwargs.get("num_classes", num_classes) != num_classes:
+            raise LowRankError(
+                f"num_classes={num_classes} and the model argument num_classes={kwargs['num_classes']!r} disagree; give it once"
+            )
+        num_classes = kwargs.pop("num_classes", num_classes)
         module = build_model(model, num_classes=num_classes, **kwargs)
         if num_classes is not None:
-            kwargs["num_classes"] = num_classes
-        spec = {"source": entry.source, "name": model, "task": entry.task, "kwargs": _jsonable(kwargs)}
+            recorded["num_classes"] = num_classes
+        # Weights fetched at build time are the user's doing; a file never asks for a download again
+        # (the artifact carries the weights), so those arguments are kept apart from the kwargs.
+        fetched = {k: recorded.pop(k) for k in DOWNLOAD_KWARGS if recorded.get(k) not in (None, False)}
+        spec = {"source": entry.source, "name": model, "task": entry.task, "kwargs": recorded}
+        if fetched:
+            spec["built_with"] = fetched
         return module, spec, entry.task, model
     if not isinstance(model, nn.Module):
         raise LowRankError(f"model must be a model name or a torch.nn.Module, got {type(model).__name__}")
@@ -60,6 +76,15 @@ def _resolve(model: nn.Module | str, num_classes: int | None, model_kwargs: Mapp
     task = _task_of_class(cls)
     spec = {"source": "custom", "name": None, "task": task, "class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": {}}
     return model, spec, task, "MODEL"
+
+
+def _size_of_module(module: nn.Module) -> tuple[int, ...]:
+    """A custom module's input size: timm models say theirs (``pretrained_cfg``); else 3x224x224."""
+    cfg = getattr(module, "pretrained_cfg", None)
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if isinstance(size, (tuple, list)) and len(size) == 3 and all(isinstance(d, int) and d > 0 for d in size):
+        return tuple(size)
+    return (3, 224, 224)
 
 
 def _task_of_class(cls: type) -> str:
@@ -72,17 +97,28 @@ def _task_of_class(cls: type) -> str:
 
 
 def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Model arguments as plan.json records them: plain JSON values (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        raise TypeError
+
     out = {}
     for key, value in kwargs.items():
-        if value is None or isinstance(value, (bool, int, float, str)):
-            out[key] = value
-        else:
-            raise LowRankError(f"model argument {key}={value!r} cannot be recorded in plan.json; pass plain values (numbers, strings)")
+        try:
+            out[str(key)] = plain(value)
+        except TypeError:
+            raise LowRankError(
+                f"model argument {key}={value!r} cannot be recorded in plan.json; pass plain values (numbers, strings, lists of them)"
+            ) from None
     return out
 
 
 def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_size: Any, example_input: Any,
-          model_kwargs: Mapping[str, Any] | None, weights: Any = None, **options: Any) -> tuple[nn.Module, ConversionPlan]:
+          model_kwargs: Mapping[str, Any] | None, weights: Any = None, **options: Any) -> "_Planned":
     opts = ConvertOptions(rank=rank, **options)
     module, spec, task, hint = _resolve(model, num_classes, model_kwargs)
     if weights is not None:
@@ -94,7 +130,7 @@ def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_s
         spec["weights"] = str(weights)
     size = parse_input_size(input_size)
     if size is None:
-        size = default_input_size(spec["name"], spec["kwargs"]) if spec["name"] else (3, 224, 224)
+        size = default_input_size(spec["name"], spec["kwargs"]) if spec["name"] else _size_of_module(module)
     if task == "video" and len(size) != 4:
         raise LowRankError(f"video models take CxTxHxW input, got input size {'x'.join(map(str, size))}; write e.g. 3x16x112x112")
     if task != "video" and len(size) != 3 and example_input is None:
@@ -115,7 +151,17 @@ def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_s
         raise LowRankError(
             f"the model does not run on input size {'x'.join(map(str, size))} ({msg}); pass the size it expects with --input-size"
         ) from None
-    plan = build_plan(module, cap, opts, base_model=spec, input_size=size, model_hint=hint)
+    plan = build_plan(module, cap, opts, base_model=spec, input_size=size, model_hint=hint, image_shape=_image_shape(example))
+    if device.type == "meta":
+        plan.notes.append(
+            "the model is on the meta device: its low-rank layers are too; materialise with model.to_empty(device=...) "
+            "and call reset_parameters() on each layer (init='random' draws)"
+        )
+    if _is_hugging_face(module):
+        plan.notes.append(
+            "Hugging Face model: save_pretrained/from_pretrained do not know low-rank layers (from_pretrained rebuilds dense convs); "
+            "use lowrank_tool.save(model, DIR) and lowrank_tool.load(DIR, model=<fresh dense model>)"
+        )
     if opts.policy == "latency":
         if task not in ("classification", "segmentation"):
             raise LowRankError(f"policy 'latency' measures models with one image input; this is a {task} model, use the rank policy")
@@ -123,7 +169,49 @@ def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_s
 
         apply_latency_policy(module, plan, target_speedup=opts.target_speedup, threads=opts.latency_threads,
                              batch=opts.latency_batch, format_request=opts.format)
-    return module, plan
+    return _Planned(module, plan, example, cap.meta or device.type == "meta")
+
+
+@dataclass
+class _Planned:
+    module: nn.Module  # the model the plan was made from (the user's, unless built by name or weights loaded)
+    plan: ConversionPlan
+    example: Any  # the input it was traced with
+    meta: bool  # whether a forward on meta stand-ins is enough to run it
+
+
+def _image_shape(example: Any) -> tuple[int, ...] | None:
+    """One sample of the image input (C, H, W / C, T, H, W): the first tensor of a batch, list or tuple."""
+    if isinstance(example, torch.Tensor):
+        return tuple(example.shape[1:]) if example.dim() >= 4 else None
+    if isinstance(example, list) and example and isinstance(example[0], torch.Tensor):  # detection: unbatched images
+        return tuple(example[0].shape)
+    if isinstance(example, tuple) and example:
+        return _image_shape(example[0])
+    return None
+
+
+def _is_hugging_face(module: nn.Module) -> bool:
+    return any(qualified_name(k) == "transformers.modeling_utils.PreTrainedModel" for k in type(module).__mro__)
+
+
+def _check_runs(model: nn.Module, planned: _Planned, hint: str) -> None:
+    """Run the converted model once; a model it cannot run is an error naming the failing layer."""
+    failure = check_forward(model, planned.example, meta=planned.meta)
+    if failure is not None and planned.meta and next(model.parameters(), torch.empty(0)).device.type != "meta":
+        failure = check_forward(model, planned.example, meta=False)  # meta stand-ins may fail where real tensors do not
+    if failure is None:
+        return
+    converted = [e.name for e in planned.plan.converted_layers]
+    inside = [n for n in converted if failure.module == "" or n == failure.module or n.startswith(failure.module + ".")]
+    where = failure.module or type(model).__name__
+    if inside and len(inside) <= 3:
+        fix = "keep " + ", ".join(inside) + " dense with --exclude (exclude=[...] in Python)"
+    elif inside:
+        fix = f"keep the converted layers under {where} dense with --exclude 're:{where}\\..*'"
+    else:
+        fix = f"keep the layers it reads dense with --exclude (list them with `lowrank layers {hint}`)"
+    raise LowRankError(f"the converted model fails at {where!r} ({failure.error}), which the dense model ran; {fix}")
 
 
 def _to(x: Any, device: torch.device, dtype: torch.dtype) -> Any:
@@ -166,7 +254,7 @@ def plan(
     return _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
                  exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
                  example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense, weights=weights,
-                 policy=policy, target_speedup=target_speedup, latency_threads=latency_threads, latency_batch=latency_batch)[1]
+                 policy=policy, target_speedup=target_speedup, latency_threads=latency_threads, latency_batch=latency_batch).plan
 
 
 def convert(
@@ -219,7 +307,11 @@ def convert(
         num_classes: output classes, for a model given by name.
         example_input: a ready input for the forward pass (instead of ``input_size``), for custom models
             with unusual signatures.
-        model_kwargs: extra keyword arguments for building a model given by name.
+        model_kwargs: keyword arguments for building a model given by name, e.g.
+            ``{"num_classes": 10, "drop_rate": 0.1}`` for ``"timm/resnet50"`` or ``{"width_per_group": 32}``
+            for a torchvision model (CLI: ``--model-arg KEY=VALUE``). Recorded in the plan (plain values
+            only) so that ``load(DIR)`` rebuilds the same model; download arguments (``weights``,
+            ``pretrained``) are used now but never replayed from the file.
         allow_growth: convert layers even where the factorised form is not smaller (e.g. full rank).
         dense: convert nothing; the model keeps a plan, so it can be saved and trained as a baseline.
         policy: ``"rank"`` (ranks as requested) or ``"latency"``: each layer's form (dense, the format at the
@@ -244,11 +336,14 @@ def convert(
     """
     if init not in ("random", "decompose"):
         raise LowRankError(f"init={init!r} is not known; allowed: random, decompose")
-    module, p = _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
-                      exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
-                      example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense, weights=weights,
-                      policy=policy, target_speedup=target_speedup, latency_threads=latency_threads, latency_batch=latency_batch)
+    planned = _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
+                    exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
+                    example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense, weights=weights,
+                    policy=policy, target_speedup=target_speedup, latency_threads=latency_threads, latency_batch=latency_batch)
+    module, p = planned.module, planned.plan
     p.policy["init"] = init
+    if _is_hugging_face(module):
+        warnings.warn(p.notes[-1] if p.notes else "Hugging Face model: save with lowrank_tool.save", LowRankWarning, stacklevel=2)
     source = module
     if isinstance(model, nn.Module) and not inplace:
         # Copy everything but the convs about to be replaced: their weights would be cloned for nothing
@@ -256,6 +351,15 @@ def convert(
         memo: dict[int, Any] = {id(source.get_submodule(e.name)): nn.Identity() for e in p.converted_layers}
         module = copy.deepcopy(source, memo)
     apply_plan(module, p, init=init, source=source, progress=progress)
+    if p.converted_layers:
+        try:
+            _check_runs(module, planned, hint=model if isinstance(model, str) else "MODEL")
+        except LowRankError:
+            if inplace and isinstance(model, nn.Module):
+                raise LowRankError(
+                    "the converted model does not run and inplace=True changed your model; rebuild it before retrying"
+                ) from None
+            raise
     setattr(module, PLAN_ATTR, p)
     return module
 

@@ -8,15 +8,16 @@ on a freshly built model, and lets detection models (which fx cannot trace whole
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
-from typing import Callable
-
 from ..errors import LowRankError
 from ..layers import get_format
-from ..layers.base import Init
+from ..layers.base import ConvGeometry, Init
 from .plan import ConversionPlan, LayerPlan
+from .support import conv_support
 
 __all__ = ["apply_plan", "set_submodule", "get_submodule"]
 
@@ -34,7 +35,8 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _check_matches(module: nn.Module, entry: LayerPlan) -> None:
+def _check_matches(module: nn.Module, entry: LayerPlan) -> ConvGeometry:
+    """The geometry to build ``entry``'s layer with, after checking that ``module`` is what the plan says."""
     expected = (entry.in_channels, entry.out_channels, tuple(entry.kernel_size), tuple(entry.stride), entry.groups)
     got = None
     if isinstance(module, (nn.Conv2d, nn.Conv3d)):
@@ -46,6 +48,17 @@ def _check_matches(module: nn.Module, entry: LayerPlan) -> None:
             f"(in={entry.in_channels}, out={entry.out_channels}, kernel={entry.kernel_size}, stride={entry.stride}, groups={entry.groups}); "
             "build the model with the same name and arguments the plan was made from"
         )
+    # The plan may come from a file: convert a layer only if this toolkit knows its forward, the way the
+    # plan says (a plan cannot make a weight-standardised conv plain, nor drop a "same" padding).
+    support = conv_support(module)
+    if isinstance(support, str):
+        raise LowRankError(f"the plan converts {entry.name!r}, but that layer stays dense here ({support}); re-create the plan with this model")
+    if support.dynamic_same != entry.dynamic_same:
+        raise LowRankError(
+            f"the plan does not match the model at {entry.name!r}: dynamic 'same' padding is {entry.dynamic_same} in the plan "
+            f"and {support.dynamic_same} in the model; re-create the plan with this model"
+        )
+    return support
 
 
 @torch.no_grad()
@@ -67,9 +80,9 @@ def apply_plan(
     todo = plan.converted_layers
     for done, entry in enumerate(todo, 1):
         module = get_submodule(source, entry.name)
-        _check_matches(module, entry)
+        geometry = _check_matches(module, entry)
         cls = get_format(entry.format, len(entry.kernel_size))
-        layer = cls.from_dense(module, tuple(entry.ranks or ()), init=init)
+        layer = cls.from_dense(module, tuple(entry.ranks or ()), init=init, geometry=geometry)
         if init == "decompose":
             ref = module.weight.detach().double()
             err = torch.linalg.vector_norm(layer.dense_weight().double() - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30)

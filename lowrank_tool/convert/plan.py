@@ -56,6 +56,8 @@ class LayerPlan:
     error: float | None = None  # relative Frobenius error of a decomposition (init="decompose")
     latency_ms: float | None = None  # measured ONNX Runtime latency of the chosen form (policy "latency")
     dense_latency_ms: float | None = None  # ... and of the dense conv, same input, threads and batch
+    conv_class: str | None = None  # qualified class name when it is not torch's own Conv2d/Conv3d
+    dynamic_same: bool = False  # TF-style "same" padding from each input's size (timm's Conv2dSame)
 
     @property
     def converted(self) -> bool:
@@ -65,7 +67,7 @@ class LayerPlan:
         return ConvGeometry(
             self.in_channels, self.out_channels, self.kernel_size, self.stride,
             self.padding if isinstance(self.padding, str) else tuple(self.padding),
-            self.dilation, self.padding_mode, self.bias,
+            self.dilation, self.padding_mode, self.bias, dynamic_same=self.dynamic_same,
         )
 
     @classmethod

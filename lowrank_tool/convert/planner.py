@@ -1,10 +1,11 @@
 """Build a :class:`ConversionPlan` from a model, its captured shapes and the user's options.
 
-Per layer, in order of precedence: grouped convs and convs no forward pass reaches stay dense;
-``exclude`` patterns keep a layer dense; ``layer_rank`` patterns give it its own rank; otherwise the stem
-conv that reads the image (≤ 4 input channels) stays dense and every other conv follows the global rank
-(or the ratio solved for a ``target_params``/``target_macs`` budget). A layer whose factorised form would
-not save both parameters and MACs stays dense, with the numbers in its ``reason``.
+Per layer, in order of precedence: grouped convs, conv classes whose forward the toolkit does not know
+(:mod:`.support`) and convs no forward pass reaches stay dense; ``exclude`` patterns keep a layer dense;
+``layer_rank`` patterns give it its own rank; otherwise the stem conv that reads the image stays dense and
+every other conv follows the global rank (or the ratio solved for a ``target_params``/``target_macs``
+budget). A layer whose factorised form would not save both parameters and MACs stays dense, with the
+numbers in its ``reason``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from ..layers.base import ConvGeometry
 from .plan import ConversionPlan, LayerPlan
 from .rank import DEFAULT_ROUND_TO, FORMAT_CHOICES, RankSpec, SpatialSizes, choose_format, dense_cost, layer_cost, ranks_for, solve_ratio
 from .select import FqnMatcher, parse_layer_rank
+from .support import conv_support, qualified_name
 from .trace import CONV_TYPES, Capture
 
 __all__ = ["ConvertOptions", "build_plan", "STEM_MAX_CHANNELS"]
 
-#: A conv with at most this many input channels reads the image (RGB, grey, RGBA) and stays dense.
+#: Without a known image shape, a conv with at most this many input channels is taken for the stem.
 STEM_MAX_CHANNELS = 4
 
 
@@ -161,13 +163,35 @@ def _candidates(model: nn.Module, capture: Capture) -> list[_Candidate]:
         plain = ConvGeometry(module.in_channels, module.out_channels, module.kernel_size, module.stride,
                              module.padding, module.dilation, module.padding_mode, module.bias is not None)
         dense = dense_cost(plain, sizes or SpatialSizes(0, 0, 0), groups)
-        cand = _Candidate(name, module, plain if groups == 1 else None, sizes, in_hw, out_hw, calls, dense)
+        support = conv_support(module) if groups == 1 else None
+        geometry = support if isinstance(support, ConvGeometry) else None
+        cand = _Candidate(name, module, geometry, sizes, in_hw, out_hw, calls, dense)
         if groups != 1:
             cand.reason = f"grouped conv (groups={groups})"
+        elif isinstance(support, str):
+            cand.reason = support
         elif sizes is None:
             cand.reason = "not reached by the forward pass"
         out.append(cand)
     return out
+
+
+def _stems(cands: list[_Candidate], capture: Capture, image_shape: Sequence[int] | None) -> set[str]:
+    """The convs that read the image (at most ``STEM_MAX_CHANNELS`` channels: RGB, grey, RGBA).
+
+    A stem takes the image's channel count at its spatial size (else: the first such conv that runs,
+    for models that resize their input). An SE conv that happens to have 4 inputs is no stem. Without
+    an image shape (an unusual example input), any conv with at most ``STEM_MAX_CHANNELS`` inputs.
+    """
+    if not image_shape:
+        return {c.name for c in cands if c.module.in_channels <= STEM_MAX_CHANNELS}
+    channels, spatial = image_shape[0], tuple(image_shape[1:])
+    if channels > STEM_MAX_CHANNELS:
+        return set()
+    by_name = {c.name: c for c in cands}
+    reading = [n for n in capture.shapes if n in by_name and by_name[n].module.in_channels == channels]
+    exact = {n for n in reading if tuple(capture.shapes[n].inputs[0][2:]) == spatial}
+    return exact or set(reading[:1])
 
 
 def _decide(c: _Candidate, fmt_request: str, spec: RankSpec, round_to: int, allow_growth: bool = False) -> tuple[str, tuple[int, ...] | None, tuple[int, int], str | None]:
@@ -194,9 +218,15 @@ def build_plan(
     base_model: dict[str, Any],
     input_size: Sequence[int],
     model_hint: str = "MODEL",
+    image_shape: Sequence[int] | None = None,
 ) -> ConversionPlan:
-    """Decide every candidate conv's format and ranks (no module is changed)."""
+    """Decide every candidate conv's format and ranks (no module is changed).
+
+    ``image_shape`` is one sample of the model's image input (C, H, W or C, T, H, W), used to find the
+    stem conv(s) that read it; default ``input_size``.
+    """
     cands = _candidates(model, capture)
+    stems = _stems(cands, capture, input_size if image_shape is None else image_shape)
     if any(isinstance(m, LowRankConv) for m in model.modules()):
         raise LowRankError("this model is already converted (it has low-rank layers); convert the dense model instead")
     exclude = FqnMatcher({p: True for p in options.exclude}, "--exclude")
@@ -212,7 +242,7 @@ def build_plan(
             c.spec, c.spec_source = spec, "layer_rank"
             if spec.kind == "dense":
                 c.reason = "dense (--layer-rank)"
-        elif c.module.in_channels <= STEM_MAX_CHANNELS:
+        elif c.name in stems:
             c.reason = f"stem: reads the image (C_in={c.module.in_channels})"
             c.spec = RankSpec("dense", 0)
     exclude.check_all_used(model_hint)
@@ -273,6 +303,8 @@ def build_plan(
             input_size=c.input_size, output_size=c.output_size, calls=c.calls,
             params_before=c.dense[0], params_after=cost[0], macs_before=c.dense[1], macs_after=cost[1],
             format=fmt, ranks=list(ranks) if ranks else None, rank_spec=source, reason=note,
+            conv_class=None if type(m) in CONV_TYPES else qualified_name(type(m)),
+            dynamic_same=bool(c.geometry is not None and c.geometry.dynamic_same),
         ))
 
     plan = ConversionPlan(

@@ -26,7 +26,7 @@ from torch.func import functional_call
 
 from ..layers import LowRankConv
 
-__all__ = ["Capture", "CallShapes", "capture", "CONV_TYPES"]
+__all__ = ["Capture", "CallShapes", "capture", "check_forward", "ForwardFailure", "CONV_TYPES"]
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Conv3d)
 _RECORDED = CONV_TYPES + (nn.Linear,)
@@ -80,10 +80,14 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 class _Tracer(fx.Tracer):
-    """Default leaves plus our own low-rank layers (tracing an already converted model)."""
+    """Default leaves plus every conv (subclasses from timm & co. included) and our low-rank layers.
+
+    A conv subclass outside ``torch.nn`` would otherwise be traced through, its module call replaced by
+    ``F.conv2d``, and the converter would never see its shapes.
+    """
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, LowRankConv) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, (LowRankConv, *CONV_TYPES)) or super().is_leaf_module(m, module_qualified_name)
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -251,3 +255,51 @@ def capture(model: nn.Module, example: Any, train_example: Any | None = None, ba
         model.train(was_training)
     return Capture(path=path, shapes=shapes, fx_error=fx_error, train_only=train_only, functional_convs=functional,
                    train_error=train_error, meta=on_meta)
+
+
+@dataclass
+class ForwardFailure:
+    """Where a forward pass failed: the innermost module that had started and not finished."""
+
+    module: str  # fully qualified name ("" for the model itself)
+    error: str
+
+
+def check_forward(model: nn.Module, example: Any, *, meta: bool) -> ForwardFailure | None:
+    """Run ``model`` once in eval mode (on meta stand-ins when ``meta``) and report where it fails.
+
+    Used after a conversion, so that a model the toolkit cannot run is an error at convert time rather
+    than a broken model handed back. The parameters, buffers and training flag are left as they were.
+    """
+    stack: list[str] = []
+    handles = []
+
+    def enter(name: str) -> Any:
+        def hook(mod: nn.Module, args: Any) -> None:
+            stack.append(name)
+        return hook
+
+    def leave(name: str) -> Any:
+        def hook(mod: nn.Module, args: Any, out: Any) -> None:
+            if stack and stack[-1] == name:
+                stack.pop()
+        return hook
+
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(enter(name)))
+        handles.append(module.register_forward_hook(leave(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if meta:
+                functional_call(model, _meta_state(model), _args(_to_meta(example)), tie_weights=False)
+            else:
+                model(*_args(example))
+    except Exception as exc:  # noqa: BLE001 - reported to the caller with the failing module
+        return ForwardFailure(stack[-1] if stack else "", _first_line(exc))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return None

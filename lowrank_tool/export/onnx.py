@@ -251,7 +251,13 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 def plan_from_onnx(path: str | os.PathLike[str]) -> ConversionPlan | None:
     """The conversion plan embedded in an exported file (``None`` for a model exported without one)."""
     text = read_metadata(path).get("plan")
-    return ConversionPlan.from_dict(json.loads(text), source=f"{path} metadata") if text else None
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise LowRankError(f"{path}: the embedded plan (metadata {META_PREFIX}plan) is not JSON; re-export the model with `lowrank export`") from None
+    return ConversionPlan.from_dict(data, source=f"{path} metadata")
 
 
 def _load_proto(path: str | os.PathLike[str], load_weights: bool = True) -> Any:

@@ -90,8 +90,12 @@ def train_artifact(
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     dist: DistInfo | None = None,
+    trust_code: bool = False,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train the artifact in ``directory`` in place; returns the result and the summary written."""
+    """Train the artifact in ``directory`` in place; returns the result and the summary written.
+
+    ``trust_code`` lets the artifact's plan name a ``package.module:factory`` (see :func:`lowrank_tool.load`).
+    """
     from .. import load, summary
     from .data import build_loaders
 
@@ -100,7 +104,7 @@ def train_artifact(
     dist = dist or setup(config.device)
     completed = False
     try:
-        model = load(directory)
+        model = load(directory, trust_code=trust_code)
         plan = summary(model)
         train_loader, val_loader, info = build_loaders(
             config.data, batch_size=config.batch_size, workers=config.workers, image_size=config.image_size,
