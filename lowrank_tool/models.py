@@ -131,6 +131,8 @@ def _import_factory(spec: str) -> ModelEntry:
     import importlib
 
     module_name, _, attr = spec.partition(":")
+    if module_name == "timm":
+        raise LowRankError(f"{spec!r}: timm's models are spelled timm/NAME, e.g. timm/resnet50 (list them with `lowrank models --source timm`)")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

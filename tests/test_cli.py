@@ -103,7 +103,9 @@ def test_user_model_by_import_path(tmp_path, capsys, monkeypatch):
     import lowrank_tool as lr
     import torch
 
-    model = lr.load(tmp_path / "m")
+    with pytest.raises(lr.LowRankError, match="names the factory 'mynets:small'"):  # a file never imports code by itself
+        lr.load(tmp_path / "m")
+    model = lr.load(tmp_path / "m", trust_code=True)
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 4)
     code, _, err = run(["convert", "mynets:nope"], capsys, monkeypatch)
     assert code == 2 and "cannot import 'mynets:nope'" in err

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowrank_tool import CPConv2d, LowRankError, SVDConv2d, SVDConv3d, Tucker2Conv2d, Tucker2Conv3d
-from lowrank_tool.layers.base import ConvGeometry, SamePadConv2d, pad_same
+from lowrank_tool.layers import ConvGeometry, SamePadConv2d, SamePadConv3d, pad_same
 
 ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode",
          "transposed", "output_padding")
@@ -19,6 +19,7 @@ CASES = [
     (Tucker2Conv2d, lambda: nn.Conv2d(8, 12, (3, 5), padding="same", dilation=2, padding_mode="reflect", bias=False)),
     (SVDConv2d, lambda: nn.Conv2d(8, 12, 1)),
     (SVDConv2d, lambda: nn.Conv2d(8, 12, 3, stride=(2, 1), padding=(1, 0))),
+    (SVDConv2d, lambda: nn.Conv2d(8, 12, 3, padding="valid", padding_mode="reflect")),
     (CPConv2d, lambda: nn.Conv2d(8, 12, 3, padding=1, padding_mode="circular")),
     (Tucker2Conv3d, lambda: nn.Conv3d(8, 12, 3, stride=(1, 2, 2), padding=1)),
     (SVDConv3d, lambda: nn.Conv3d(8, 12, (1, 3, 3), padding=(0, 1, 1))),
@@ -105,6 +106,42 @@ def test_dynamic_same_padding_keeps_the_function(cls, size, stride, dilation):
     assert layer.dynamic_same and layer.padding == (0, 0) and "dynamic same" in repr(layer)
 
 
+@pytest.mark.parametrize("size", [(7, 9), (8, 8)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_cp_dynamic_same_equals_its_merged_kernel_padded_the_same(size, stride):
+    # CP has no exact full rank; the factor chain must still equal its own merged kernel behind the pad.
+    conv = nn.Conv2d(6, 10, (3, 5), stride=stride, dilation=(2, 1)).double()
+    layer = CPConv2d.from_dense(conv, 5, geometry=ConvGeometry.of(conv, dynamic_same=True))
+    x = torch.randn(2, 6, *size, dtype=torch.float64)
+    ref = F.conv2d(pad_same(x, [3, 5], [stride, stride], [2, 1]), layer.weight, layer.bias, stride, 0, (2, 1))
+    torch.testing.assert_close(layer(x), ref, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(torch.jit.script(layer)(x), ref, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(layer.to_dense()(x), ref, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [Tucker2Conv3d, SVDConv3d])
+def test_dynamic_same_3d(cls):
+    conv = nn.Conv3d(4, 6, 3, stride=(1, 2, 2)).double()
+    layer = cls.from_dense(conv, _full(cls, conv), init="decompose", geometry=ConvGeometry.of(conv, dynamic_same=True))
+    x = torch.randn(1, 4, 5, 7, 8, dtype=torch.float64)
+    ref = F.conv3d(pad_same(x, [3, 3, 3], [1, 2, 2], [1, 1, 1]), conv.weight, conv.bias, (1, 2, 2))
+    assert layer(x).shape == (1, 6, 5, 4, 4)  # ceil(size / stride) per dim, as TF's SAME
+    torch.testing.assert_close(layer(x), ref, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(torch.jit.script(layer)(x), ref, rtol=1e-8, atol=1e-10)
+    merged = layer.to_dense()
+    assert isinstance(merged, SamePadConv3d)
+    torch.testing.assert_close(merged(x), ref, rtol=1e-8, atol=1e-10)
+
+
+def test_same_pad_conv_is_scriptable_and_round_trips_its_geometry():
+    conv = SamePadConv2d(4, 5, 3, stride=2)
+    x = torch.randn(1, 4, 7, 8)
+    torch.testing.assert_close(torch.jit.script(conv)(x), conv(x))
+    assert conv(x).shape == (1, 5, 4, 4)
+    assert ConvGeometry.of(conv).dynamic_same  # merged back and converted again: still dynamic "same"
+    assert not ConvGeometry.of(nn.Conv2d(4, 5, 3)).dynamic_same
+
+
 def test_pad_same_is_timms():
     timm = pytest.importorskip("timm")
     for stride in (1, 2, 3):
@@ -138,3 +175,24 @@ def test_decompose_on_meta_says_why():
         conv = nn.Conv2d(8, 8, 3)
     with pytest.raises(LowRankError, match="needs real weights.*meta device"):
         Tucker2Conv2d.from_dense(conv, 4, init="decompose")
+
+
+def test_meta_conv_with_init_none_stays_on_meta():
+    with torch.device("meta"):
+        conv = nn.Conv2d(8, 8, 3)
+    layer = SVDConv2d.from_dense(conv, 4, init="none")
+    assert all(p.is_meta for p in layer.parameters())
+
+
+def test_reset_parameters_uses_the_dense_kernels_variance():
+    conv = nn.Conv2d(32, 48, 3)
+    with torch.no_grad():
+        conv.weight.normal_(std=0.2)  # far from PyTorch's default init (variance 1/864)
+    layer = Tucker2Conv2d.from_dense(conv, 16)
+    layer.reset_parameters()
+    assert 0.5 * 0.04 < float(layer.weight.detach().var()) < 2.0 * 0.04
+    # Built from a geometry alone (latency probes, plans), the default conv init's scale.
+    bare = Tucker2Conv2d.from_geometry(ConvGeometry.of(conv), (16, 16))
+    bare.reset_parameters()
+    expected = 1.0 / (3 * 32 * 9)
+    assert 0.5 * expected < float(bare.weight.detach().var()) < 2.0 * expected

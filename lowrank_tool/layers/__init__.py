@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 
 from ..errors import LowRankError
-from .base import ConvGeometry, LowRankConv
+from .base import ConvGeometry, LowRankConv, SamePadConv2d, SamePadConv3d, pad_same
 from .cp import CPConv2d
 from .svd import SVDConv2d, SVDConv3d
 from .tucker2 import Tucker2Conv2d, Tucker2Conv3d
 
 __all__ = [
     "LowRankConv", "ConvGeometry", "Tucker2Conv2d", "Tucker2Conv3d", "SVDConv2d", "SVDConv3d", "CPConv2d",
+    "SamePadConv2d", "SamePadConv3d", "pad_same",
     "register_format", "get_format", "list_formats", "is_low_rank",
 ]
 

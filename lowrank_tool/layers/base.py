@@ -181,8 +181,9 @@ class LowRankConv(nn.Module):
         self.output_padding = (0,) * geometry.ndim
         self.dynamic_same = geometry.dynamic_same
         self._same_args: List[List[int]] = [list(geometry.kernel_size), list(geometry.stride), list(geometry.dilation)]
-        #: Variance of the dense kernel the random init matches (see reset_parameters).
-        self._init_var = 1.0
+        #: Variance of the dense kernel the random init matches (see reset_parameters). Until from_dense
+        #: records the source kernel's, PyTorch's default conv init: kaiming_uniform(a=sqrt(5)), 1 / (3 fan_in).
+        self._init_var = 1.0 / (3.0 * geometry.in_channels * geometry.kernel_numel)
         inner = geometry
         if geometry.dynamic_same:  # the pad happens in front of the chain; the inner convs pad nothing
             inner = ConvGeometry(geometry.in_channels, geometry.out_channels, geometry.kernel_size, geometry.stride,
@@ -286,9 +287,8 @@ class LowRankConv(nn.Module):
         # overwritten below anyway (1.4 s of wasted random draws on regnet_y_128gf). With init="none" the
         # values are uninitialised memory, for loading weights right after.
         layer = cls(geometry, ranks, device="meta", dtype=conv.weight.dtype).to_empty(device=conv.weight.device)
-        if on_meta:  # PyTorch's default conv init, kaiming_uniform(a=sqrt(5)): variance 1 / (3 fan_in)
-            layer._init_var = 1.0 / (3.0 * geometry.in_channels * geometry.kernel_numel)
-        elif conv.weight.numel() > 1:
+        # A meta conv has no values to measure: the layer keeps PyTorch's default-init variance.
+        if not on_meta and conv.weight.numel() > 1:
             layer._init_var = float(conv.weight.detach().float().var())
         if on_meta:
             return layer
