@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import lowrank_tool as lr
+from lowrank_tool.models import check_file_model
 from lowrank_tool.train.recipes import load_recipe
 from lowrank_tool.train.run import train_artifact
 
@@ -43,9 +44,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--distort-every", type=int, default=None, help="DeepTwist S_D (default: the recipe's or 200)")
     parser.add_argument("--out", default="benchmarks/results/compare_methods")
+    parser.add_argument("--trust-code", action="store_true", help="let the recipe name a package.module:factory")
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe)
+    check_file_model(recipe.model, where=recipe.source, trust_code=args.trust_code,
+                     instead="pass --trust-code if you trust this recipe")  # a recipe is a file: its factory is code
     key, fraction = args.budget.split(":")
     if key not in ("params", "macs"):
         parser.error("--budget must be params:F or macs:F")

@@ -6,8 +6,9 @@ the user, never read from a file without consent — ``package.module:factory``.
 
 ``build_model`` builds a model by name with random weights (ELRT trains from scratch; users with
 internet can still pass ``weights=...`` / ``pretrained=True``); :func:`build_from_spec` rebuilds the
-base model that a plan, ONNX metadata or a recipe names, which is *data*: only registered names, plain
-JSON arguments, no download, and no import of code unless the caller trusts the file.
+base model that a plan or ONNX metadata names, which is *data*: only registered names, plain JSON
+arguments, no download, and no import of code unless the caller trusts the file
+(:func:`check_file_model` is that name check alone, for a recipe's ``model:``).
 ``example_input`` knows what each task's forward takes (an image batch, a list of images for detection,
 a clip for video, two frames for optical flow); ``default_input_size`` follows the model family's
 standard evaluation resolution.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
 import torchvision
@@ -27,7 +28,7 @@ from .errors import LowRankError
 
 __all__ = [
     "ModelEntry", "register_model", "list_models", "get_entry", "build_model", "build_from_spec", "default_input_size",
-    "example_input", "TASKS", "SOURCES", "TIMM_PREFIX", "DOWNLOAD_KWARGS", "check_file_kwargs",
+    "example_input", "TASKS", "SOURCES", "TIMM_PREFIX", "DOWNLOAD_KWARGS", "check_file_kwargs", "check_file_model", "is_factory",
 ]
 
 #: Where model names come from (``lowrank models --source``).
@@ -88,6 +89,11 @@ def _timm() -> Any:
 
 def _timm_entry(name: str) -> ModelEntry:
     arch = name[len(TIMM_PREFIX):]
+    if ":" in arch:  # timm's hf-hub:/local-dir: names fetch or read a config: not a registered architecture
+        raise LowRankError(
+            f"{name!r}: timm's hf-hub:/local-dir: names are not a source here (they download or read files); "
+            f"name the architecture as timm/NAME, e.g. timm/resnet50 (list them with `lowrank models --source timm`)"
+        )
     try:
         import timm
     except ImportError:
@@ -150,10 +156,10 @@ def get_entry(name: str) -> ModelEntry:
     """
     if not isinstance(name, str) or not name:
         raise LowRankError(f"model name {name!r} must be a non-empty string; run `lowrank models` for the list")
-    if ":" in name:
-        return _import_factory(name)
     if name.startswith(TIMM_PREFIX):
         return _timm_entry(name)
+    if is_factory(name):
+        return _import_factory(name)
     if name in _EXTRA:
         return _EXTRA[name]
     tv = _torchvision_names()
@@ -165,16 +171,45 @@ def get_entry(name: str) -> ModelEntry:
     raise LowRankError(f"unknown model {name!r}; {hint}run `lowrank models` for the list")
 
 
+#: What builders raise for an argument they do not take or a value they reject.
+_BAD_ARGUMENT = (TypeError, ValueError, KeyError, AssertionError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, KeyError):  # its text is only the missing key
+        return f"unknown value {text[:200]}"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _fetch_failed(name: str, kwargs: dict[str, Any], exc: OSError) -> NoReturn:
+    """A download the user asked for (``weights=``, ``pretrained=True``) failed: one line, not a traceback."""
+    asked = {k: v for k, v in kwargs.items() if k in DOWNLOAD_KWARGS and v is not None and v is not False}
+    if not asked:
+        raise exc
+    raise LowRankError(
+        f"cannot fetch the weights for {name!r} ({', '.join(f'{k}={v!r}' for k, v in asked.items())}): {type(exc).__name__}: "
+        f"{_first_line(exc)}; check the internet connection, or drop {'/'.join(asked)} to start from random weights"
+    ) from None
+
+
 def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a model by name with random initial weights.
 
+    ``name`` is trusted (typed by the user): a ``package.module:factory`` is imported. For a name read
+    from a file use :func:`build_from_spec`.
+
     Args:
-        name: a torchvision model name (``torchvision.models.list_models()``) or a toolkit model.
-        num_classes: output classes (``None`` keeps the architecture's default).
-        **kwargs: forwarded to the builder (e.g. ``weights="DEFAULT"`` where you have internet).
+        name: a torchvision model name (``torchvision.models.list_models()``), a toolkit / registered model,
+            ``timm/NAME`` (``timm.create_model(NAME, pretrained=False, **kwargs)``) or ``package.module:factory``.
+        num_classes: output classes (``None`` keeps the architecture's default); may also come in ``kwargs``
+            (the same value twice is fine, two different values are an error).
+        **kwargs: forwarded to the builder (e.g. ``weights="DEFAULT"`` or, for timm, ``pretrained=True``
+            where you have internet).
 
     Example:
         >>> model = build_model("resnet18", num_classes=10)
+        >>> model = build_model("timm/resnet18", drop_rate=0.1)  # doctest: +SKIP
     """
     entry = get_entry(name)
     if num_classes is not None:
@@ -184,6 +219,7 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
             raise LowRankError(f"num_classes={num_classes} and the model argument num_classes={kwargs['num_classes']!r} disagree; give it once")
         kwargs["num_classes"] = num_classes
     if entry.source == "torchvision":
+        given = dict(kwargs)
         kwargs.setdefault("weights", None)
         if entry.task == "quantization":
             kwargs.setdefault("quantize", False)
@@ -191,16 +227,47 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
             kwargs.setdefault("weights_backbone", None)
         try:
             return torchvision.models.get_model(name, **kwargs)
-        except TypeError as exc:
-            raise LowRankError(f"cannot build {name!r} with arguments {kwargs}: {exc}") from None
+        except OSError as exc:
+            _fetch_failed(name, given, exc)
+        except _BAD_ARGUMENT as exc:
+            raise LowRankError(f"cannot build {name!r} with arguments {given}: {_first_line(exc)}") from None
     assert entry.builder is not None
+    # a registered builder (zoo, timm) says "bad argument" in several ways; a user's own factory's errors
+    # other than an unknown keyword are theirs to see in full
+    refusals = _BAD_ARGUMENT if entry.source != "import" else (TypeError,)
     try:
         model = entry.builder(**kwargs)
-    except TypeError as exc:  # an argument the builder does not take
-        raise LowRankError(f"cannot build {name!r} with arguments {kwargs}: {str(exc).splitlines()[0] if str(exc) else 'TypeError'}") from None
+    except OSError as exc:
+        if entry.source == "import":
+            raise
+        _fetch_failed(name, kwargs, exc)
+    except refusals as exc:
+        raise LowRankError(f"cannot build {name!r} with arguments {kwargs}: {_first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise LowRankError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def is_factory(name: str) -> bool:
+    """Whether a model name is a ``package.module:factory`` spec (code), not a registered name."""
+    return ":" in name and not name.startswith(TIMM_PREFIX)
+
+
+#: How to go on when a plan or ONNX metadata names a factory (the refusal names both ways).
+LOAD_INSTEAD = "pass the model (load(DIR, model=...)) or, if you trust this file, --trust-code (load(DIR, trust_code=True))"
+
+
+def check_file_model(name: Any, *, where: str, trust_code: bool = False, instead: str = LOAD_INSTEAD) -> str:
+    """The model name a file (plan.json, ONNX metadata, a recipe) gives, checked before anything is imported.
+
+    A ``package.module:factory`` is refused unless ``trust_code`` (importing the module already runs
+    its code); ``instead`` says how to go on. Returns the name.
+    """
+    if not isinstance(name, str) or not name:
+        raise LowRankError(f"{where}: model name {name!r} must be a non-empty string; the file is corrupt, re-create it")
+    if is_factory(name) and not trust_code:
+        raise LowRankError(f"{where} names the factory {name!r} (code); loading never imports code named by a file: {instead}")
+    return name
 
 
 def _plain(value: Any) -> bool:
@@ -216,49 +283,84 @@ def check_file_kwargs(kwargs: Any, where: str) -> dict[str, Any]:
     for key, value in kwargs.items():
         if not _plain(value):
             raise LowRankError(f"{where}: model argument {key}={value!r} is not a plain JSON value (null, bool, number, string or a list of them)")
-        if key in DOWNLOAD_KWARGS and value not in (None, False):
+        if key in DOWNLOAD_KWARGS and value is not None and value is not False:
             raise LowRankError(
                 f"{where}: model argument {key}={value!r} would download weights; loading never downloads "
-                f"(the weights come from the artifact): remove {key!r} from the file"
+                f"(the weights come from model.safetensors / the ONNX file): remove {key!r} from the file"
             )
     return dict(kwargs)
 
 
+def _named_parameters(fn: Callable[..., Any], var_keyword: bool) -> Callable[[str], bool]:
+    """Whether ``fn`` takes a keyword by name (or, with ``var_keyword``, through ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read: pass the argument as written
+        return lambda key: True
+    takes_any = var_keyword and any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return lambda key: takes_any or (key in params and params[key].kind is not params[key].VAR_KEYWORD)
+
+
+def _without_noop_downloads(entry: ModelEntry, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``weights: null`` / ``pretrained: false`` from a file mean "no download": pass them only to a builder
+    that names them (``weights=False`` as torchvision's ``None``), drop them elsewhere, so they never
+    fail a build. Every registered build is already download-free (:func:`build_model`)."""
+    noop = [k for k in DOWNLOAD_KWARGS if k in kwargs and (kwargs[k] is None or kwargs[k] is False)]
+    if not noop:
+        return kwargs
+    if entry.source == "torchvision":  # its **kwargs go to the model class, which takes none of these
+        takes = _named_parameters(torchvision.models.get_model_builder(entry.name), var_keyword=False)
+    elif entry.source == "timm":  # create_model names pretrained, pretrained_cfg(_overlay) and checkpoint_path
+        takes = _named_parameters(_timm().create_model, var_keyword=False)
+    else:
+        assert entry.builder is not None
+        takes = _named_parameters(entry.builder, var_keyword=True)
+    out = dict(kwargs)
+    for key in noop:
+        if not takes(key):
+            del out[key]
+        elif entry.source == "torchvision" and key in ("weights", "weights_backbone"):
+            out[key] = None
+    return out
+
+
 def build_from_spec(spec: Any, *, where: str, trust_code: bool = False) -> nn.Module:
-    """Rebuild the base model that a file (plan.json, ONNX metadata, a recipe) names.
+    """Rebuild the base model that a file (plan.json, ONNX metadata) names: the one resolver for files.
 
     A file is data: only registered names (torchvision, the zoo, :func:`register_model`, ``timm/NAME``)
-    with plain JSON arguments are built, and nothing is downloaded. A ``package.module:factory`` is
-    imported only with ``trust_code=True`` (the CLI's ``--trust-code``); otherwise the error says how to
-    pass the model instead.
+    with plain JSON arguments are built, and nothing is downloaded (``weights``, ``pretrained``, ... are
+    refused unless null/false). A ``package.module:factory`` is imported only with ``trust_code=True``
+    (the CLI's ``--trust-code``); otherwise the one-line error says how to pass the model instead. Every
+    failure is a :class:`~lowrank_tool.errors.LowRankError` naming ``where``.
 
     Args:
         spec: the ``base_model`` record: ``{"source", "name", "task", "kwargs"}``.
         where: the file, for messages.
         trust_code: allow importing a ``module:factory`` the file names.
+
+    Example:
+        >>> build_from_spec({"source": "torchvision", "name": "resnet18", "kwargs": {"num_classes": 10}}, where="plan.json")  # doctest: +SKIP
     """
     if not isinstance(spec, dict):
         raise LowRankError(f"{where}: base_model must be a JSON object; the file is corrupt, re-create it")
     name = spec.get("name")
-    if spec.get("source") == "custom" or not name:
+    if spec.get("source") == "custom" or name is None:
         raise LowRankError(
             f"{where} describes a custom model ({spec.get('class', '?')}); pass a dense instance: load(DIR, model=MyNet())"
         )
-    if not isinstance(name, str):
-        raise LowRankError(f"{where}: model name {name!r} must be a string; the file is corrupt, re-create it")
+    name = check_file_model(name, where=where, trust_code=trust_code)  # before importing anything
     kwargs = check_file_kwargs(spec.get("kwargs") or {}, where)
-    if ":" in name and not trust_code:
-        raise LowRankError(
-            f"{where} names the factory {name!r} (code); loading never imports code named by a file: pass the model "
-            f"(load(DIR, model=...)) or, if you trust this file, --trust-code (load(DIR, trust_code=True))"
-        )
     try:
+        entry = get_entry(name)
+        kwargs = _without_noop_downloads(entry, kwargs)
         return build_model(name, **kwargs)
     except LowRankError as exc:
         raise LowRankError(f"{where}: {exc}") from None
-    except (TypeError, ValueError, AssertionError) as exc:  # a registered builder refusing the file's arguments
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise LowRankError(f"{where}: cannot build {name!r} with arguments {kwargs} ({first}); re-create the file") from None
+    except Exception as exc:  # noqa: BLE001 - a builder refusing the file's arguments, however it says so
+        first = f"{type(exc).__name__}: {_first_line(exc)}"
+        raise LowRankError(f"{where}: cannot build {name!r} with arguments {kwargs} ({first}); fix or remove them, or re-create the file") from None
 
 
 def default_input_size(name: str, kwargs: dict[str, Any] | None = None) -> tuple[int, ...]:

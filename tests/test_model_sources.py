@@ -26,6 +26,41 @@ def test_timm_name_converts_saves_and_loads_without_model(tmp_path, cli):
         torch.testing.assert_close(model(x), again(x))
 
 
+def test_timm_model_loads_without_model_and_matches(tmp_path):
+    pytest.importorskip("timm")
+    model = lr.convert("timm/resnet18", rank=0.5, input_size=(3, 64, 64)).eval()
+    assert lr.summary(model).base_model == {"source": "timm", "name": "timm/resnet18", "task": "classification", "kwargs": {}}
+    assert model.fc.out_features == 1000  # timm's default head; --model-arg num_classes=7 changes it (above)
+    lr.save(model, tmp_path / "r18")
+    loaded = lr.load(tmp_path / "r18").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_timm_pretrained_from_python_is_the_users_call(monkeypatch):
+    timm = pytest.importorskip("timm")
+    seen = {}
+    create = timm.create_model
+
+    def fake_create(name, pretrained=False, **kwargs):
+        seen["pretrained"] = pretrained
+        return create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", fake_create)
+    plan = lr.plan("timm/resnet18", rank=0.5, input_size=(3, 32, 32), model_kwargs={"pretrained": True})
+    assert seen["pretrained"] is True
+    assert plan.base_model["kwargs"] == {} and plan.base_model["built_with"] == {"pretrained": True}
+    lr.plan("timm/resnet18", rank=0.5, input_size=(3, 32, 32))
+    assert seen["pretrained"] is False  # never pretrained unless asked
+
+
+def test_timm_hub_names_are_not_a_source():
+    pytest.importorskip("timm")
+    with pytest.raises(LowRankError, match=r"hf-hub:/local-dir: names are not a source here.*timm/NAME"):
+        get_entry("timm/hf-hub:timm/resnet18.a1_in1k")
+
+
 def test_timm_default_input_size_comes_from_its_pretrained_config():
     assert default_input_size("timm/resnet18") == (3, 224, 224)
     assert default_input_size("timm/tf_efficientnet_b3") == (3, 300, 300)
@@ -90,6 +125,29 @@ def test_num_classes_in_model_kwargs_and_conflicts():
         lr.plan("resnet18", rank=0.5, model_kwargs={"bogus": 1})
     with pytest.raises(LowRankError, match="cannot be recorded in plan.json"):
         lr.plan("resnet18", rank=0.5, model_kwargs={"norm_layer": torch.nn.Identity})
+    with pytest.raises(LowRankError, match="model_kwargs apply to a model given by name"):
+        lr.plan(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)), rank=0.5, input_size=(3, 8, 8), model_kwargs={"num_classes": 5})
+
+
+def test_num_classes_in_model_kwargs_from_the_cli(tmp_path, cli):
+    code, out, err = cli("convert", "resnet20", "--rank", "0.5", "--input-size", "3x16x16", "--num-classes", "5",
+                         "--model-arg", "num_classes=5", "--json")
+    assert code == 0, err
+    assert json.loads(out)["base_model"]["kwargs"] == {"num_classes": 5}
+    code, _, err = cli("convert", "resnet20", "--rank", "0.5", "--input-size", "3x16x16", "--num-classes", "5", "--model-arg", "num_classes=7")
+    assert code == 2 and "disagree" in err and len(err.strip().splitlines()) == 1
+
+
+def test_analyze_takes_model_args(cli):
+    code, out, err = cli("analyze", "resnet20", "--json")
+    assert code == 0, err
+    plain = {s["name"] for s in json.loads(out)}
+    code, out, err = cli("analyze", "resnet20", "--model-arg", "shortcut=B", "--json")
+    assert code == 0, err
+    shortcut_b = {s["name"] for s in json.loads(out)}
+    assert shortcut_b > plain  # option B adds 1x1 projection convs
+    code, _, err = cli("analyze", "resnet20", "--model-arg", "bogus=1")
+    assert code == 2 and "cannot build 'resnet20'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_list_kwargs_are_recorded_and_replayed(tmp_path):
@@ -97,6 +155,23 @@ def test_list_kwargs_are_recorded_and_replayed(tmp_path):
     assert lr.summary(model).base_model["kwargs"] == {"replace_stride_with_dilation": [False, True, True]}
     lr.save(model, tmp_path / "a")
     assert lr.load(tmp_path / "a").layer4[0].conv2.dilation == (2, 2)
+
+
+def test_weights_enum_is_used_now_and_recorded_as_text(monkeypatch):
+    import torchvision
+
+    seen = {}
+
+    def fake_get_model(name, **kwargs):
+        seen.update(kwargs)
+        kwargs.pop("weights")
+        return torchvision.models.resnet18(**kwargs)
+
+    monkeypatch.setattr(torchvision.models, "get_model", fake_get_model)
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    plan = lr.plan("resnet18", rank=0.5, input_size=(3, 32, 32), model_kwargs={"weights": weights})
+    assert seen["weights"] is weights
+    assert "weights" not in plan.base_model["kwargs"] and plan.base_model["built_with"] == {"weights": str(weights)}
 
 
 def test_download_arguments_are_used_now_but_never_replayed(monkeypatch):
@@ -119,7 +194,7 @@ def test_build_from_spec_registered_names_only():
     assert isinstance(build_from_spec({"source": "lowrank_tool", "name": "resnet20", "kwargs": {"num_classes": 3}}, where="x"), torch.nn.Module)
     with pytest.raises(LowRankError, match="x: unknown model 'nope'"):
         build_from_spec({"source": "torchvision", "name": "nope", "kwargs": {}}, where="x")
-    with pytest.raises(LowRankError, match="x: model name 3 must be a string"):
+    with pytest.raises(LowRankError, match="x: model name 3 must be a non-empty string"):
         build_from_spec({"name": 3}, where="x")
     with pytest.raises(LowRankError, match="custom model"):
         build_from_spec({"source": "custom", "name": None, "class": "a.B"}, where="x")

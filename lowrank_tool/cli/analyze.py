@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, List, Optional, Sequence
 
 import typer
 from rich.table import Table
 
 from ..errors import LowRankError
-from ._common import TRUST_CODE_HELP, console, err_console, print_json
+from ._common import MODEL_ARG_HELP, TRUST_CODE_HELP, console, err_console, parse_model_args, print_json
 
 if TYPE_CHECKING:
     from ..analysis.spectrum import LayerSpectrum
@@ -40,6 +40,7 @@ def analyze(
     json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per layer.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a figure (.png, .svg or .pdf): effective vs chosen rank per layer, and normalised singular-value spectra.", show_default=False)] = None,
     input_size: Annotated[Optional[str], typer.Option(help="With a model name and --rank: the per-sample input CxHxW the converter's plan is traced at. [default: the model family's]")] = None,
+    model_arg: Annotated[Optional[List[str]], typer.Option("--model-arg", "-m", help="With a model name: " + MODEL_ARG_HELP)] = None,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
     """Per-layer rank analysis: effective rank, stable rank, energy kept at the chosen ranks, factor orthogonality.
@@ -54,7 +55,7 @@ def analyze(
     if plot is not None:
         _check_plot_path(plot)
     with err_console.status("analysing", spinner="dots"):
-        spectra, notes = _resolve(target, rank, input_size, trust_code)
+        spectra, notes = _resolve(target, rank, input_size, trust_code, parse_model_args(model_arg))
     if not spectra:
         raise LowRankError(f"{target} has no convolution with groups=1 to analyse; analyze a CNN, its artifact directory or its .onnx file")
     if plot is not None:
@@ -72,7 +73,8 @@ def analyze(
 
 
 # -- targets ---------------------------------------------------------------------------------------------
-def _resolve(target: str, rank: str | None, input_size: str | None, trust_code: bool = False) -> tuple[list[LayerSpectrum], list[str]]:
+def _resolve(target: str, rank: str | None, input_size: str | None, trust_code: bool = False,
+             model_kwargs: dict[str, Any] | None = None) -> tuple[list[LayerSpectrum], list[str]]:
     """The spectra of a model name, artifact directory or .onnx file, and notes about how they were read."""
     from ..analysis.spectrum import analyze as analyze_model
     from ..convert.rank import RankSpec
@@ -84,6 +86,8 @@ def _resolve(target: str, rank: str | None, input_size: str | None, trust_code: 
     is_path = path.suffix.lower() == ".onnx" or path.exists() or os.sep in target or target.startswith(".")
     if is_path and input_size is not None:
         raise LowRankError(f"--input-size applies to a model name with --rank, not to {target}; drop --input-size")
+    if is_path and model_kwargs:
+        raise LowRankError(f"--model-arg applies to a model name, not to {target} (its plan records the model's arguments); drop --model-arg")
     if input_size is not None and spec is None:
         raise LowRankError("--input-size only sets where the converter's plan is traced, which --rank asks for; add --rank 0.3 or drop --input-size")
     if path.suffix.lower() == ".onnx":
@@ -94,10 +98,10 @@ def _resolve(target: str, rank: str | None, input_size: str | None, trust_code: 
         if path.exists() and not path.is_dir():
             raise LowRankError(f"{target} is neither an artifact directory nor an .onnx file; point to a directory from `lowrank convert -o DIR` or a file from `lowrank export`")
         return analyze_model(load(path, trust_code=trust_code), rank=spec), []
-    return _model_spectra(target, spec, input_size)
+    return _model_spectra(target, spec, input_size, model_kwargs or {})
 
 
-def _model_spectra(name: str, spec: RankSpec | None, input_size: str | None) -> tuple[list[LayerSpectrum], list[str]]:
+def _model_spectra(name: str, spec: RankSpec | None, input_size: str | None, model_kwargs: dict[str, Any]) -> tuple[list[LayerSpectrum], list[str]]:
     """A model by name, with random weights; with a rank, the converter's plan gives the ranks."""
     from .. import build_model, plan
     from ..analysis.spectrum import analyze as analyze_model
@@ -108,11 +112,11 @@ def _model_spectra(name: str, spec: RankSpec | None, input_size: str | None) -> 
         get_entry(name)
     except LowRankError as exc:
         raise LowRankError(f"{exc}; no artifact directory or .onnx file named {name!r} exists either") from None
-    model = build_model(name)
+    model = build_model(name, **model_kwargs)
     notes = ["random weights (the model is built untrained): spectra show initialisation, not a trained model"]
     if spec is None:
         return analyze_model(model), notes
-    setattr(model, PLAN_ATTR, plan(model, rank=spec.to_json(), input_size=input_size or default_input_size(name)))
+    setattr(model, PLAN_ATTR, plan(model, rank=spec.to_json(), input_size=input_size or default_input_size(name, model_kwargs)))
     notes.append(f"ranks are those `lowrank convert {name} --rank {spec}` would choose; layers it keeps dense have none")
     return analyze_model(model), notes
 

@@ -183,11 +183,12 @@ def _convert_recipe(rec: Any, directory: Path, *, force: bool, under_torchrun: b
     """Convert the recipe's model into DIR (rank 0 only under torchrun; the others wait)."""
     from .. import convert, save
 
-    if ":" in rec.model and not trust_code:  # a recipe is a file: its factory is code run only on consent
-        raise LowRankError(
-            f"{rec.source} names the factory {rec.model!r} (code); a recipe never imports code unless you trust it: "
-            "pass --trust-code, or convert the model yourself (lowrank convert ... -o DIR) and run `lowrank train DIR`"
-        )
+    from ..models import check_file_model
+
+    # a recipe is a file: its factory is code, imported only on consent
+    check_file_model(rec.model, where=rec.source, trust_code=trust_code, instead=(
+        "convert the model yourself (lowrank convert MODULE:FACTORY -o DIR, then lowrank train DIR) or, "
+        "if you trust this file, --trust-code"))
     if directory.exists() and not force:
         raise LowRankError(f"{directory} already exists; continue its run with --resume, replace it with --force, or pass -o NEW_DIR")
     if under_torchrun:

@@ -52,7 +52,11 @@ def _resolve(model: nn.Module | str, num_classes: int | None, model_kwargs: Mapp
     kwargs = dict(model_kwargs or {})
     if isinstance(model, str):
         entry = get_entry(model)
-        recorded = _jsonable(kwargs)  # before building: a value plan.json cannot hold is refused first
+        # Weights fetched at build time are the user's doing; a file never asks for a download again
+        # (the artifact carries the weights), so those arguments are kept apart from the kwargs.
+        fetched = {k: kwargs[k] for k in DOWNLOAD_KWARGS if k in kwargs and kwargs[k] is not None and kwargs[k] is not False}
+        # before building: a value plan.json cannot hold is refused first
+        recorded = _jsonable({k: v for k, v in kwargs.items() if k not in fetched})
         if num_classes is not None and kwargs.get("num_classes", num_classes) != num_classes:
             raise LowRankError(
                 f"num_classes={num_classes} and the model argument num_classes={kwargs['num_classes']!r} disagree; give it once"
@@ -61,17 +65,22 @@ def _resolve(model: nn.Module | str, num_classes: int | None, model_kwargs: Mapp
         module = build_model(model, num_classes=num_classes, **kwargs)
         if num_classes is not None:
             recorded["num_classes"] = num_classes
-        # Weights fetched at build time are the user's doing; a file never asks for a download again
-        # (the artifact carries the weights), so those arguments are kept apart from the kwargs.
-        fetched = {k: recorded.pop(k) for k in DOWNLOAD_KWARGS if recorded.get(k) not in (None, False)}
         spec = {"source": entry.source, "name": model, "task": entry.task, "kwargs": recorded}
-        if fetched:
-            spec["built_with"] = fetched
+        if fetched:  # for the record only; never read back
+            built_with = {}
+            for key, value in fetched.items():
+                try:
+                    built_with.update(_jsonable({key: value}))
+                except LowRankError:  # e.g. a torchvision Weights enum
+                    built_with[key] = str(value)
+            spec["built_with"] = built_with
         return module, spec, entry.task, model
     if not isinstance(model, nn.Module):
         raise LowRankError(f"model must be a model name or a torch.nn.Module, got {type(model).__name__}")
     if num_classes is not None:
         raise LowRankError("num_classes applies to a model given by name; build your module with the classes you want")
+    if kwargs:
+        raise LowRankError("model_kwargs apply to a model given by name; build your module with the arguments you want")
     cls = type(model)
     task = _task_of_class(cls)
     spec = {"source": "custom", "name": None, "task": task, "class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": {}}
@@ -97,7 +106,8 @@ def _task_of_class(cls: type) -> str:
 
 
 def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Model arguments as plan.json records them: plain JSON values (tuples become lists)."""
+    """Model arguments as plan.json records them: plain JSON values (tuples become lists), the values
+    :func:`lowrank_tool.models.build_from_spec` accepts back from a file."""
 
     def plain(value: Any) -> Any:
         if value is None or isinstance(value, (bool, int, float, str)):
@@ -246,6 +256,11 @@ def plan(
 ) -> ConversionPlan:
     """Decide what :func:`convert` would do, without changing anything. Same arguments as ``convert``.
 
+    ``model_kwargs`` are the builder's keyword arguments for a model given by name (``--model-arg`` on
+    the CLI), e.g. ``plan("timm/resnet50", model_kwargs={"num_classes": 10, "drop_rate": 0.1})``; they
+    are recorded in ``plan.base_model["kwargs"]`` (plain values only). ``num_classes`` may be given
+    there or as ``num_classes=`` (the same value in both is fine; different values are an error).
+
     Example:
         >>> p = plan("resnet18", rank=0.3)
         >>> round(p.totals()["params_ratio"], 2) < 1
@@ -308,10 +323,13 @@ def convert(
         example_input: a ready input for the forward pass (instead of ``input_size``), for custom models
             with unusual signatures.
         model_kwargs: keyword arguments for building a model given by name, e.g.
-            ``{"num_classes": 10, "drop_rate": 0.1}`` for ``"timm/resnet50"`` or ``{"width_per_group": 32}``
-            for a torchvision model (CLI: ``--model-arg KEY=VALUE``). Recorded in the plan (plain values
-            only) so that ``load(DIR)`` rebuilds the same model; download arguments (``weights``,
-            ``pretrained``) are used now but never replayed from the file.
+            ``{"num_classes": 10, "drop_rate": 0.1}`` for ``"timm/resnet50"``, ``{"width_per_group": 32}``
+            for a torchvision model, or a factory's own arguments for ``"pkg.mod:make_net"`` (CLI:
+            ``--model-arg KEY=VALUE``). ``num_classes`` may be given here instead of ``num_classes=``
+            (both with different values is an error). Recorded in the plan (plain values only: numbers,
+            strings, bools, None, lists/tuples of them) so that ``load(DIR)`` rebuilds the same model;
+            download arguments (``weights``, ``pretrained``, ...) are used now but never replayed from
+            the file. Not allowed with an ``nn.Module``.
         allow_growth: convert layers even where the factorised form is not smaller (e.g. full rank).
         dense: convert nothing; the model keeps a plan, so it can be saved and trained as a baseline.
         policy: ``"rank"`` (ranks as requested) or ``"latency"``: each layer's form (dense, the format at the
