@@ -157,7 +157,8 @@ def test_list_kwargs_are_recorded_and_replayed(tmp_path):
     assert lr.load(tmp_path / "a").layer4[0].conv2.dilation == (2, 2)
 
 
-def test_weights_enum_is_used_now_and_recorded_as_text(monkeypatch):
+@pytest.mark.parametrize("enum", [True, False], ids=["weights-enum", "weights-string"])
+def test_download_arguments_are_used_now_but_never_replayed(enum, monkeypatch):
     import torchvision
 
     seen = {}
@@ -168,26 +169,11 @@ def test_weights_enum_is_used_now_and_recorded_as_text(monkeypatch):
         return torchvision.models.resnet18(**kwargs)
 
     monkeypatch.setattr(torchvision.models, "get_model", fake_get_model)
-    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    weights = torchvision.models.ResNet18_Weights.DEFAULT if enum else "DEFAULT"
     plan = lr.plan("resnet18", rank=0.5, input_size=(3, 32, 32), model_kwargs={"weights": weights})
     assert seen["weights"] is weights
+    # recorded for information only (an enum as its text), never in the kwargs a load replays
     assert "weights" not in plan.base_model["kwargs"] and plan.base_model["built_with"] == {"weights": str(weights)}
-
-
-def test_download_arguments_are_used_now_but_never_replayed(monkeypatch):
-    import torchvision
-
-    seen = {}
-
-    def fake_get_model(name, **kwargs):
-        seen.update(kwargs)
-        kwargs.pop("weights")
-        return torchvision.models.resnet18(**kwargs)
-
-    monkeypatch.setattr(torchvision.models, "get_model", fake_get_model)
-    plan = lr.plan("resnet18", rank=0.5, input_size=(3, 32, 32), model_kwargs={"weights": "DEFAULT"})
-    assert seen["weights"] == "DEFAULT"
-    assert "weights" not in plan.base_model["kwargs"] and plan.base_model["built_with"] == {"weights": "DEFAULT"}
 
 
 def test_build_from_spec_registered_names_only():
