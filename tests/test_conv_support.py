@@ -123,6 +123,7 @@ def test_dynamic_same_flag_must_match_between_plan_and_model(tmp_path):
     timm = pytest.importorskip("timm")
     same = lr.convert(Net(timm.layers.Conv2dSame), rank=0.5, input_size=(3, 16, 16))
     assert lr.summary(same).layer("a").dynamic_same
+    assert "Conv2dSame: dynamic 'same' padding kept" in lr.summary(same).layer("a").reason
     lr.save(same, tmp_path / "art")
     data = json.loads((tmp_path / "art" / "plan.json").read_text())
     assert next(e for e in data["layers"] if e["name"] == "a")["dynamic_same"] is True

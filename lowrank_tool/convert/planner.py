@@ -293,6 +293,8 @@ def build_plan(
             spec = c.spec if c.spec is not None else global_spec
             fmt, ranks, cost, note = _decide(c, options.format, spec, options.round_to, options.allow_growth)
             source = str(spec) if c.spec is not None or budget is None else f"budget:{spec.value:.4f}"
+            if fmt != "dense" and c.geometry is not None and c.geometry.dynamic_same:
+                note = "; ".join(filter(None, [note, f"{type(m).__name__}: dynamic 'same' padding kept (pad, then the factors)"]))
         else:
             fmt, ranks, cost, note, source = "dense", None, c.dense, c.reason, None
         layers.append(LayerPlan(
