@@ -270,7 +270,14 @@ def check_forward(model: nn.Module, example: Any, *, meta: bool) -> ForwardFailu
 
     Used after a conversion, so that a model the toolkit cannot run is an error at convert time rather
     than a broken model handed back. The parameters, buffers and training flag are left as they were.
+    The common case (it runs) costs one plain forward; only a failure runs again with hooks on every
+    module to find the innermost one that had started and not finished.
     """
+    try:
+        _forward(model, example, meta)
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported to the caller with the failing module
+        error = _first_line(exc)
     stack: list[str] = []
     handles = []
 
@@ -288,6 +295,17 @@ def check_forward(model: nn.Module, example: Any, *, meta: bool) -> ForwardFailu
     for name, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(enter(name)))
         handles.append(module.register_forward_hook(leave(name)))
+    try:
+        _forward(model, example, meta)
+    except Exception:  # noqa: BLE001 - the same failure, now located
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return ForwardFailure(stack[-1] if stack else "", error)
+
+
+def _forward(model: nn.Module, example: Any, meta: bool) -> None:
     was_training = model.training
     model.eval()
     try:
@@ -296,10 +314,5 @@ def check_forward(model: nn.Module, example: Any, *, meta: bool) -> ForwardFailu
                 functional_call(model, _meta_state(model), _args(_to_meta(example)), tie_weights=False)
             else:
                 model(*_args(example))
-    except Exception as exc:  # noqa: BLE001 - reported to the caller with the failing module
-        return ForwardFailure(stack[-1] if stack else "", _first_line(exc))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    return None
