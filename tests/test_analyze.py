@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import sys
 
 import pytest
 import torch
@@ -13,20 +12,14 @@ from lowrank_tool import LowRankError
 from lowrank_tool.analysis.spectrum import (
     LayerSpectrum, analyze, effective_rank, energy_kept, orthogonality_error, rank_for_energy, singular_values, stable_rank, unfold,
 )
-from lowrank_tool.cli import main
+from helpers import run_cli
 from lowrank_tool.convert.rank import RankSpec, ranks_for
 from lowrank_tool.layers.base import ConvGeometry
 
 EXACT = 1e-9  # float64 math on exact inputs
 
 
-def run(argv, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lowrank", *argv])
-    with pytest.raises(SystemExit) as info:
-        main()
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return info.value.code or 0, out, err
+run = run_cli  # (argv, capsys, monkeypatch) -> (code, out, err)
 
 
 def rank_r(rows: int, cols: int, r: int, seed: int = 0) -> torch.Tensor:

@@ -1,21 +1,13 @@
 """The `lowrank` command: tables, JSON, files on disk, and one-line errors with exit code 2."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from lowrank_tool.cli import main
+from helpers import lowrank, run_cli
 
 
-def run(argv, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lowrank", *argv])
-    with pytest.raises(SystemExit) as info:
-        main()
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return info.value.code or 0, out, err
+run = run_cli  # (argv, capsys, monkeypatch) -> (code, out, err)
 
 
 def test_convert_writes_artifact_and_prints_table(tmp_path, capsys, monkeypatch):
@@ -82,11 +74,10 @@ def test_unknown_option_is_a_usage_error(capsys, monkeypatch):
 
 def test_console_script_end_to_end(tmp_path):
     """The installed `lowrank` script, as a user runs it."""
-    exe = [sys.executable, "-m", "lowrank_tool"]
-    ok = subprocess.run([*exe, "convert", "resnet18", "--input-size", "3x32x32", "-o", str(tmp_path / "m"), "--json"], capture_output=True, text=True)
+    ok = lowrank("convert", "resnet18", "--input-size", "3x32x32", "-o", tmp_path / "m", "--json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["output"] == str(tmp_path / "m")
-    bad = subprocess.run([*exe, "convert", "resnet18", "--rank", "7.5"], capture_output=True, text=True)
+    bad = lowrank("convert", "resnet18", "--rank", "7.5")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 

@@ -1,20 +1,17 @@
 """Decomposing trained weights: weight files, energy / effective-rank rules, exactness at full rank, errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import lowrank_tool as lr
+from helpers import lowrank
 from lowrank_tool.convert.rank import RankSpec
 from lowrank_tool.errors import LowRankError
 
 
-def lowrank(cli_args, **kw):
-    return subprocess.run([sys.executable, "-m", "lowrank_tool", *cli_args], capture_output=True, text=True, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -96,21 +93,21 @@ def test_weight_file_errors(trained, tmp_path):
 
 def test_cli_decompose_a_trained_dense_artifact_then_fine_tune(tmp_path):
     dense = tmp_path / "dense"
-    assert lowrank(["convert", "resnet20", "--dense", "--num-classes", "10", "--input-size", "3x16x16", "-o", str(dense)]).returncode == 0
-    res = lowrank(["train", str(dense), "--method", "dense", "--data", "digits", "--image-size", "16", "--epochs", "2", "--lr", "0.05", "-q"])
+    assert lowrank("convert", "resnet20", "--dense", "--num-classes", "10", "--input-size", "3x16x16", "-o", str(dense)).returncode == 0
+    res = lowrank("train", str(dense), "--method", "dense", "--data", "digits", "--image-size", "16", "--epochs", "2", "--lr", "0.05", "-q")
     assert res.returncode == 0, res.stderr
     out = tmp_path / "dec"
-    res = lowrank(["convert", "resnet20", "--num-classes", "10", "--input-size", "3x16x16", "--weights", str(dense), "--init", "decompose",
-                   "--energy", "0.7", "-o", str(out), "--json"])
+    res = lowrank("convert", "resnet20", "--num-classes", "10", "--input-size", "3x16x16", "--weights", str(dense), "--init", "decompose",
+                   "--energy", "0.7", "-o", str(out), "--json")
     assert res.returncode == 0, res.stderr
     plan = json.loads(res.stdout)
     layers = [layer for layer in plan["layers"] if layer["format"] != "dense"]
     assert layers and all(layer["rank_spec"] == "energy:0.7" and 0 < layer["error"] < 0.75 for layer in layers)
-    res = lowrank(["train", str(out), "--data", "digits", "--image-size", "16", "--epochs", "2", "--lr", "0.05", "--json", "-q"])
+    res = lowrank("train", str(out), "--data", "digits", "--image-size", "16", "--epochs", "2", "--lr", "0.05", "--json", "-q")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1])["last_top1"] > 50
     # a low-rank artifact is not a source of dense weights
-    res = lowrank(["convert", "resnet20", "--num-classes", "10", "--weights", str(out), "--init", "decompose", "--rank", "0.5"])
+    res = lowrank("convert", "resnet20", "--num-classes", "10", "--weights", str(out), "--init", "decompose", "--rank", "0.5")
     assert res.returncode == 2 and "holds a low-rank model" in res.stderr
 
 
@@ -121,5 +118,5 @@ def test_cli_decompose_a_trained_dense_artifact_then_fine_tune(tmp_path):
     (["convert", "resnet20", "--rank", "energy:2", "--init", "decompose"], "the energy must be a fraction in (0, 1]"),
 ])
 def test_cli_decompose_errors(argv, message):
-    res = lowrank(argv)
+    res = lowrank(*argv)
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -1,7 +1,6 @@
 """ONNX export: verified against PyTorch across the zoo, dynamic batch, fp16, int8, merging, metadata, errors."""
 
 import json
-import sys
 
 import numpy as np
 import onnx
@@ -10,7 +9,7 @@ import torch
 from torch import nn
 
 import lowrank_tool as lr
-from lowrank_tool.cli import main
+from helpers import run_cli
 from lowrank_tool.errors import LowRankError, VerificationError
 from lowrank_tool.export import export_onnx, make_session, merge_factors, plan_from_onnx, providers_for, read_metadata, verify_onnx
 from lowrank_tool.export.verify import _compare_detection
@@ -20,13 +19,7 @@ from lowrank_tool.layers import LowRankConv
 FP32 = 1e-4  # the issue's fp32 bound on max|onnx - torch| / max|torch|
 
 
-def run(argv, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lowrank", *argv])
-    with pytest.raises(SystemExit) as info:
-        main()
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return info.value.code or 0, out, err
+run = run_cli  # (argv, capsys, monkeypatch) -> (code, out, err)
 
 
 def onnx_ops(path):

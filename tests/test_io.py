@@ -9,7 +9,7 @@ import lowrank_tool as lr
 from lowrank_tool import LowRankError
 from lowrank_tool.convert.plan import SCHEMA_VERSION
 
-from conftest import TinyNet
+from helpers import TinyNet
 
 
 @pytest.fixture(scope="module")

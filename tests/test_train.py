@@ -1,8 +1,10 @@
 """The trainer: records, checkpoints, exact resume, signals, divergence, recipes, the CLI and DDP."""
 
 import json
+import math
 import os
 import signal
+from pathlib import Path
 import subprocess
 import sys
 
@@ -17,7 +19,9 @@ from lowrank_tool.train.config import TrainConfig
 from lowrank_tool.train.recipes import load_recipe
 from lowrank_tool.train.trainer import Trainer, TrainingDiverged, TrainingInterrupted, lr_factor
 
-from conftest import TinyNet
+from helpers import TinyNet, lowrank
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def loaders(n=96, classes=10, size=16, seed=0):
@@ -145,21 +149,20 @@ def test_config_validation(kwargs, message):
 
 
 def test_recipes_are_valid_and_typos_are_caught(tmp_path):
-    from pathlib import Path
-
-    for path in sorted(Path("recipes").glob("*.yaml")):
+    paths = sorted(RECIPES.glob("*.yaml"))
+    assert len(paths) >= 5, paths  # the shipped recipes, wherever pytest runs from
+    for path in paths:
         recipe = load_recipe(path)
         assert recipe.model and recipe.output and recipe.config().epochs >= 1
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: resnet20\nepochz: 3\n")
     with pytest.raises(LowRankError, match="unknown key 'epochz' \\(did you mean 'epochs'\\?\\)"):
         load_recipe(bad)
-    ok = load_recipe("recipes/quickstart_digits.yaml")
+    ok = load_recipe(RECIPES / "quickstart_digits.yaml")
     assert ok.config({"epochs": 2, "lr": None}).epochs == 2 and ok.config({}).epochs == 8
 
 
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "lowrank_tool", *args], capture_output=True, text=True, timeout=timeout)
+cli = lowrank  # a subprocess: signals, torchrun and the console script need a real process
 
 
 @pytest.fixture(scope="module")
@@ -207,10 +210,12 @@ def test_cli_sigterm_then_resume(r20, tmp_path):
 
 
 def test_cli_recipe_with_overrides(tmp_path):
-    res = cli("train", "--recipe", "recipes/quickstart_digits.yaml", "-o", str(tmp_path / "q"), "--epochs", "1", "--quiet")
+    res = cli("train", "--recipe", RECIPES / "quickstart_digits.yaml", "-o", str(tmp_path / "q"), "--epochs", "1", "--quiet")
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
-    assert summary["epochs"] == 1 and summary["data"] == "digits" and 0 <= summary["best_top1"] <= 100
+    metrics = [json.loads(x) for x in (tmp_path / "q" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["epochs"] == 1 and summary["data"] == "digits" and len(metrics) == 1
+    assert summary["best_top1"] == summary["last_top1"] == metrics[0]["val_top1"]
 
 
 def test_cli_ddp_two_cpu_processes(r20, tmp_path):
@@ -222,7 +227,8 @@ def test_cli_ddp_two_cpu_processes(r20, tmp_path):
     a, b = summary["rank_checksums"]
     assert a == b
     metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [0, 1] and all(m["val_top1"] == m["val_top1"] for m in metrics)
+    assert [m["epoch"] for m in metrics] == [0, 1]
+    assert all(math.isfinite(m["val_top1"]) and math.isfinite(m["train_loss"]) for m in metrics), metrics
 
 
 def test_cli_demo(tmp_path):
@@ -231,7 +237,7 @@ def test_cli_demo(tmp_path):
     data = json.loads(res.stdout)
     dense, low = data["results"]
     assert low["params"] < 0.5 * dense["params"] and low["macs"] < dense["macs"]
-    assert 0 <= low["last_top1"] <= 100
+    assert math.isfinite(low["last_top1"]) and low["best_top1"] >= low["last_top1"] and dense["best_top1"] >= dense["last_top1"]
     # the ONNX step: both exports verified within the fp32 tolerance, both timed
     assert dense["onnx_max_rel_error"] < 1e-4 and low["onnx_max_rel_error"] < 1e-4
     assert dense["onnx_ms"] > 0 and low["onnx_ms"] > 0 and dense["onnx_file"] is None
@@ -248,7 +254,7 @@ def test_cli_demo_keeps_onnx_files(tmp_path):
 def test_bf16_autocast_on_cpu():
     train, val = loaders()
     result = lr.fit(make_model(), train, val, epochs=1, lr=0.05, amp="bf16", progress=False)
-    assert result.history[0]["train_loss"] == result.history[0]["train_loss"]  # finite, not NaN
+    assert math.isfinite(result.history[0]["train_loss"])
     with pytest.raises(LowRankError, match="fp16' needs a CUDA device"):
         lr.fit(make_model(), train, val, epochs=1, amp="fp16", device="cpu", progress=False)
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import lowrank_tool as lr
+from helpers import lowrank
 from lowrank_tool.errors import LowRankError
 
 FACTORY_MODULE = textwrap.dedent('''
@@ -284,11 +285,9 @@ def test_recipe_factory_with_trust_code(factory_module, tmp_path, cli):
 
 def test_console_entry_point_refuses_in_one_line(artifact, tmp_path):
     """The real `lowrank` process (not the in-process runner): exit 2, one stderr line, nothing run."""
-    import subprocess
-
     marker = tmp_path / "PWNED"
     d = _hostile_dir(artifact / "good", tmp_path / "h", _system(marker))
-    proc = subprocess.run([sys.executable, "-m", "lowrank_tool", "inspect", str(d)], capture_output=True, text=True, timeout=300)
+    proc = lowrank("inspect", d, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert "os:system" in proc.stderr and "--trust-code" in proc.stderr
