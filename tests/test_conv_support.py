@@ -187,3 +187,19 @@ def test_meta_device_model_converts_and_decompose_says_why_not():
     assert torch.isfinite(converted.a.weight).all() and converted.a.weight.abs().sum() > 0
     with pytest.raises(LowRankError, match="meta"):
         lr.convert(model, rank=0.5, input_size=(3, 16, 16), init="decompose")
+
+
+def test_a_failure_in_the_models_own_forward_points_to_lowrank_layers():
+    class Deep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 32, 3, padding=1)
+            self.blocks = nn.Sequential(*[nn.Conv2d(32, 32, 3, padding=1) for _ in range(4)])
+            self.last = nn.Conv2d(32, 32, 3, padding=1)
+
+        def forward(self, x):
+            assert isinstance(self.last.weight, nn.Parameter), "needs a Parameter"  # a computed weight is not one
+            return self.last(self.blocks(self.stem(x)))
+
+    with pytest.raises(LowRankError, match=r"fails at 'Deep'.*needs a Parameter.*list them with `lowrank layers MODEL`"):
+        lr.convert(Deep(), rank=0.5, input_size=(3, 16, 16))

@@ -217,7 +217,7 @@ def _check_runs(model: nn.Module, planned: _Planned, hint: str) -> None:
     where = failure.module or type(model).__name__
     if inside and len(inside) <= 3:
         fix = "keep " + ", ".join(inside) + " dense with --exclude (exclude=[...] in Python)"
-    elif inside:
+    elif inside and failure.module:
         fix = f"keep the converted layers under {where} dense with --exclude 're:{where}\\..*'"
     else:
         fix = f"keep the layers it reads dense with --exclude (list them with `lowrank layers {hint}`)"
