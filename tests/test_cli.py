@@ -124,3 +124,11 @@ def test_inspect_bad_artifacts(damage, message, tmp_path, capsys, monkeypatch):
     damage(tmp_path / "m")
     code, _, err = run(["inspect", str(tmp_path / "m")], capsys, monkeypatch)
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["hp[/lr]/run", "exp[lr=0.1]", "ün[bold]ï"])
+def test_errors_print_user_values_verbatim(name, tmp_path, capsys, monkeypatch):
+    """Brackets and unicode in a path are text, not rich markup: one line, the path as given."""
+    target = tmp_path / name
+    code, _, err = run(["inspect", str(target)], capsys, monkeypatch)
+    assert code == 2 and str(target) in err and len(err.strip().splitlines()) == 1

@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Any, Iterable, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import LowRankError
 
@@ -51,7 +52,8 @@ def parse_model_args(items: Iterable[str] | None) -> dict[str, Any]:
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err_console.print(f"[bold red]error:[/bold red] {message}")
+    # The message carries user values (paths, patterns): printed as text, never read as rich markup.
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}")
     sys.exit(code)
 
 
