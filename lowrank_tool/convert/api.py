@@ -25,6 +25,10 @@ __all__ = ["plan", "convert", "summary", "parse_input_size", "PLAN_ATTR"]
 
 #: Attribute under which a converted model carries its plan.
 PLAN_ATTR = "_lowrank_plan"
+_HF_NOTE = (
+    "Hugging Face model: save_pretrained/from_pretrained do not know low-rank layers (from_pretrained rebuilds dense convs); "
+    "use lowrank_tool.save(model, DIR) and lowrank_tool.load(DIR, model=<fresh dense model>)"
+)
 
 
 def parse_input_size(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
@@ -168,10 +172,7 @@ def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_s
             "and call reset_parameters() on each layer (init='random' draws)"
         )
     if _is_hugging_face(module):
-        plan.notes.append(
-            "Hugging Face model: save_pretrained/from_pretrained do not know low-rank layers (from_pretrained rebuilds dense convs); "
-            "use lowrank_tool.save(model, DIR) and lowrank_tool.load(DIR, model=<fresh dense model>)"
-        )
+        plan.notes.append(_HF_NOTE)
     if opts.policy == "latency":
         if task not in ("classification", "segmentation"):
             raise LowRankError(f"policy 'latency' measures models with one image input; this is a {task} model, use the rank policy")
@@ -361,7 +362,7 @@ def convert(
     module, p = planned.module, planned.plan
     p.policy["init"] = init
     if _is_hugging_face(module):
-        warnings.warn(p.notes[-1] if p.notes else "Hugging Face model: save with lowrank_tool.save", LowRankWarning, stacklevel=2)
+        warnings.warn(_HF_NOTE, LowRankWarning, stacklevel=2)
     source = module
     if isinstance(model, nn.Module) and not inplace:
         # Copy everything but the convs about to be replaced: their weights would be cloned for nothing
