@@ -7,7 +7,7 @@ prints that line to stderr and exits with code 2; Python callers can catch it as
 
 from __future__ import annotations
 
-__all__ = ["LowRankError", "LowRankWarning", "VerificationError"]
+__all__ = ["LowRankError", "LowRankWarning", "VerificationError", "first_line"]
 
 
 class LowRankError(ValueError):
@@ -23,3 +23,13 @@ class VerificationError(RuntimeError):
 
     Not a usage error: the CLI prints the one-line message and exits with code 1.
     """
+
+
+def first_line(exc: BaseException, *, with_type: bool = True, limit: int = 200) -> str:
+    """An exception in one line for a message: ``"TypeError: text"`` (or just the text, ``with_type=False``)."""
+    text = str(exc).strip()
+    if with_type:
+        return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:limit]
+    if isinstance(exc, KeyError):  # its text is only the missing key
+        return f"unknown value {text}"[:limit]
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

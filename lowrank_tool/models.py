@@ -24,7 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import LowRankError
+from .errors import LowRankError, first_line
 
 __all__ = [
     "ModelEntry", "register_model", "list_models", "get_entry", "build_model", "build_from_spec", "default_input_size",
@@ -175,13 +175,6 @@ def get_entry(name: str) -> ModelEntry:
 _BAD_ARGUMENT = (TypeError, ValueError, KeyError, AssertionError)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if isinstance(exc, KeyError):  # its text is only the missing key
-        return f"unknown value {text[:200]}"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _fetch_failed(name: str, kwargs: dict[str, Any], exc: OSError) -> NoReturn:
     """A download the user asked for (``weights=``, ``pretrained=True``) failed: one line, not a traceback."""
     asked = {k: v for k, v in kwargs.items() if k in DOWNLOAD_KWARGS and v is not None and v is not False}
@@ -189,7 +182,7 @@ def _fetch_failed(name: str, kwargs: dict[str, Any], exc: OSError) -> NoReturn:
         raise exc
     raise LowRankError(
         f"cannot fetch the weights for {name!r} ({', '.join(f'{k}={v!r}' for k, v in asked.items())}): {type(exc).__name__}: "
-        f"{_first_line(exc)}; check the internet connection, or drop {'/'.join(asked)} to start from random weights"
+        f"{first_line(exc, with_type=False)}; check the internet connection, or drop {'/'.join(asked)} to start from random weights"
     ) from None
 
 
@@ -230,7 +223,7 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
         except OSError as exc:
             _fetch_failed(name, given, exc)
         except _BAD_ARGUMENT as exc:
-            raise LowRankError(f"cannot build {name!r} with arguments {given}: {_first_line(exc)}") from None
+            raise LowRankError(f"cannot build {name!r} with arguments {given}: {first_line(exc, with_type=False)}") from None
     assert entry.builder is not None
     # a registered builder (zoo, timm) says "bad argument" in several ways; a user's own factory's errors
     # other than an unknown keyword are theirs to see in full
@@ -242,7 +235,7 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
             raise
         _fetch_failed(name, kwargs, exc)
     except refusals as exc:
-        raise LowRankError(f"cannot build {name!r} with arguments {kwargs}: {_first_line(exc)}") from None
+        raise LowRankError(f"cannot build {name!r} with arguments {kwargs}: {first_line(exc, with_type=False)}") from None
     if not isinstance(model, nn.Module):
         raise LowRankError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -359,7 +352,7 @@ def build_from_spec(spec: Any, *, where: str, trust_code: bool = False) -> nn.Mo
     except LowRankError as exc:
         raise LowRankError(f"{where}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a builder refusing the file's arguments, however it says so
-        first = f"{type(exc).__name__}: {_first_line(exc)}"
+        first = f"{type(exc).__name__}: {first_line(exc, with_type=False)}"
         raise LowRankError(f"{where}: cannot build {name!r} with arguments {kwargs} ({first}); fix or remove them, or re-create the file") from None
 
 

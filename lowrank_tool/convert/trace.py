@@ -24,6 +24,7 @@ import torch
 from torch import fx, nn
 from torch.func import functional_call
 
+from ..errors import first_line
 from ..layers import LowRankConv
 
 __all__ = ["Capture", "CallShapes", "capture", "check_forward", "ForwardFailure", "CONV_TYPES"]
@@ -104,11 +105,6 @@ class _ShapeRecorder(fx.Interpreter):
             rec.inputs.append(tuple(args[0].shape))
             rec.outputs.append(tuple(out.shape))
         return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
 
 
 def _install_hooks(model: nn.Module, shapes: dict[str, CallShapes], batch: int, only: set[str] | None) -> list[Any]:
@@ -235,7 +231,7 @@ def capture(model: nn.Module, example: Any, train_example: Any | None = None, ba
             shapes, on_meta = _fx_shapes(gm, example, batch)
             path: Literal["fx", "hooks"] = "fx"
         except Exception as exc:  # noqa: BLE001 - any trace failure means: use the eager fallback
-            fx_error = _first_line(exc)
+            fx_error = first_line(exc)
             functional = 0
             shapes, on_meta = _hook_pass(model, example, batch), False
             path = "hooks"
@@ -248,7 +244,7 @@ def capture(model: nn.Module, example: Any, train_example: Any | None = None, ba
                 extra = _train_mode_pass(model, train_example, 2, missing)
                 on_meta = False
             except Exception as exc:  # noqa: BLE001 - a model that cannot run in train mode keeps them unreached
-                extra, train_error = {}, _first_line(exc)
+                extra, train_error = {}, first_line(exc)
             shapes.update(extra)
             train_only = sorted(extra)
     finally:
@@ -277,7 +273,7 @@ def check_forward(model: nn.Module, example: Any, *, meta: bool) -> ForwardFailu
         _forward(model, example, meta)
         return None
     except Exception as exc:  # noqa: BLE001 - reported to the caller with the failing module
-        error = _first_line(exc)
+        error = first_line(exc)
     stack: list[str] = []
     handles = []
 
