@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import lowrank_tool as lr
-from lowrank_tool.train.data import build_loaders
+from lowrank_tool.data import build_loaders
 
 
 def run(model_name: str, rank: float | None, weight: float, seed: int, args: argparse.Namespace) -> float:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import lowrank_tool as lr
-from lowrank_tool.train.data import build_loaders
+from lowrank_tool.data import build_loaders
 
 torch.manual_seed(0)
 train_loader, val_loader, info = build_loaders("digits", batch_size=64, image_size=16)

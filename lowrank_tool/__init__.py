@@ -9,23 +9,46 @@ Example:
     True
 """
 
+from . import zoo as _zoo  # noqa: E402,F401 - registers the CIFAR networks (resnet20, ..., vgg16_cifar)
 from ._version import __version__
+from .analysis.bench import bench
+from .analysis.spectrum import analyze
 from .convert import (
-    ConversionPlan, ConvertOptions, LayerPlan, convert, dynamic_same_conv, parse_input_size, plain_conv, plan, register_conv_handler,
+    ConversionPlan,
+    ConvertOptions,
+    LayerPlan,
+    convert,
+    dynamic_same_conv,
+    parse_input_size,
+    plain_conv,
+    plan,
+    register_conv_handler,
     summary,
 )
 from .errors import LowRankError, LowRankWarning, VerificationError
-from .export import export_onnx, merge_factors, plan_from_onnx, read_metadata, verify_onnx
-from .analysis.bench import bench
-from .analysis.spectrum import analyze
+from .export import (
+    export_onnx,
+    merge_factors,
+    plan_from_onnx,
+    read_metadata,
+    verify_onnx,
+)
 from .io import load, save
-from .layers import CPConv2d, LowRankConv, SVDConv2d, SVDConv3d, Tucker2Conv2d, Tucker2Conv3d, list_formats, register_format
+from .layers import (
+    CPConv2d,
+    LowRankConv,
+    SVDConv2d,
+    SVDConv3d,
+    Tucker2Conv2d,
+    Tucker2Conv3d,
+    list_formats,
+    register_format,
+)
 from .methods import get_method, list_methods, orthogonality_penalty, register_method
 from .models import build_model, list_models, register_model
 from .train.config import TrainConfig
 from .train.run import fit
 from .train.trainer import Trainer, TrainResult
-from . import zoo as _zoo  # noqa: E402,F401 - registers the CIFAR networks (resnet20, ..., vgg16_cifar)
 
 __all__ = [
     "__version__",

@@ -7,6 +7,8 @@ prints that line to stderr and exits with code 2; Python callers can catch it as
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["LowRankError", "LowRankWarning", "VerificationError", "first_line"]
 
 
@@ -25,11 +27,19 @@ class VerificationError(RuntimeError):
     """
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def first_line(exc: BaseException, *, with_type: bool = True, limit: int = 200) -> str:
-    """An exception in one line for a message: ``"TypeError: text"`` (or just the text, ``with_type=False``)."""
-    text = str(exc).strip()
+    """An exception in one line for a message: ``"TypeError: text"`` (or just the text, ``with_type=False``).
+
+    The line is the first of the message that is not a quoted traceback (some libraries, such as the ONNX
+    exporters, put one in the message), with terminal colour codes removed.
+    """
+    text = _ANSI.sub("", str(exc)).strip()
+    line = next((s.strip() for s in text.splitlines() if s.strip() and not s.strip().startswith(("Traceback", "File "))), "")
     if with_type:
-        return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:limit]
+        return f"{type(exc).__name__}: {line}"[:limit]
     if isinstance(exc, KeyError):  # its text is only the missing key
         return f"unknown value {text}"[:limit]
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+    return (line or type(exc).__name__)[:limit]

@@ -17,22 +17,26 @@ standard evaluation resolution.
 from __future__ import annotations
 
 import difflib
+import importlib
+import inspect
+import re
 from dataclasses import dataclass
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, NoReturn, Sequence
 
 import torch
 import torchvision
 from torch import nn
 
+from .choices import SOURCES
 from .errors import LowRankError, first_line
+from .zoo.cifar import CIFAR_MODELS
 
 __all__ = [
     "ModelEntry", "register_model", "list_models", "get_entry", "build_model", "build_from_spec", "default_input_size",
-    "example_input", "TASKS", "SOURCES", "TIMM_PREFIX", "DOWNLOAD_KWARGS", "check_file_kwargs", "check_file_model", "is_factory",
+    "example_input", "parse_input_size", "TASKS", "SOURCES", "TIMM_PREFIX", "DOWNLOAD_KWARGS", "check_file_kwargs", "check_file_model", "is_factory",
 ]
 
 #: Where model names come from (``lowrank models --source``).
-SOURCES = ("torchvision", "lowrank_tool", "timm")
 #: timm architectures are spelled ``timm/NAME``, the way the Hugging Face Hub names timm's models.
 TIMM_PREFIX = "timm/"
 #: Builder arguments that fetch weights from the network: never taken from a file.
@@ -134,8 +138,6 @@ def list_models(task: str | None = None, source: str | None = None) -> list[Mode
 
 def _import_factory(spec: str) -> ModelEntry:
     """``package.module:factory`` → an entry that calls ``factory(**kwargs)`` (the user's own code)."""
-    import importlib
-
     module_name, _, attr = spec.partition(":")
     if module_name == "timm":
         raise LowRankError(f"{spec!r}: timm's models are spelled timm/NAME, e.g. timm/resnet50 (list them with `lowrank models --source timm`)")
@@ -286,8 +288,6 @@ def check_file_kwargs(kwargs: Any, where: str) -> dict[str, Any]:
 
 def _named_parameters(fn: Callable[..., Any], var_keyword: bool) -> Callable[[str], bool]:
     """Whether ``fn`` takes a keyword by name (or, with ``var_keyword``, through ``**kwargs``)."""
-    import inspect
-
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # no signature to read: pass the argument as written
@@ -391,6 +391,24 @@ def default_input_size(name: str, kwargs: dict[str, Any] | None = None) -> tuple
     return (3, size, size)
 
 
+def parse_input_size(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``"3x224x224"`` or ``(3, 224, 224)`` → ``(3, 224, 224)``; C×H×W, or C×T×H×W for video."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower().replace("×", "x")
+        if not re.fullmatch(r"\d+(x\d+){2,3}", text):
+            raise LowRankError(f"input size {value!r} is malformed; write CxHxW such as 3x224x224 (or CxTxHxW for video, e.g. 3x16x112x112)")
+        dims = tuple(int(d) for d in text.split("x"))
+    else:
+        dims = tuple(int(d) for d in value)
+        if len(dims) not in (3, 4):
+            raise LowRankError(f"input size {tuple(value)} must have 3 (C, H, W) or 4 (C, T, H, W) dimensions")
+    if any(d < 1 for d in dims):
+        raise LowRankError(f"input size {value!r} has a zero dimension; every dimension must be >= 1")
+    return dims
+
+
 def example_input(task: str, input_size: tuple[int, ...], batch: int = 1, seed: int = 0) -> Any:
     """A random input of the right structure for a task's forward."""
     gen = torch.Generator().manual_seed(seed)
@@ -399,3 +417,7 @@ def example_input(task: str, input_size: tuple[int, ...], batch: int = 1, seed: 
     if task == "optical_flow":
         return (torch.rand(batch, *input_size, generator=gen), torch.rand(batch, *input_size, generator=gen))
     return torch.randn(batch, *input_size, generator=gen)
+
+
+for _name, _builder in CIFAR_MODELS.items():  # the toolkit's own networks, beside torchvision's names
+    register_model(_name, _builder, task="classification", input_size=(3, 32, 32))

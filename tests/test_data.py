@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lowrank_tool import LowRankError
-from lowrank_tool.train.data import DATASETS, DataInfo, DataSpec, SyntheticDataset, build_datasets, build_loaders
+from lowrank_tool.data import DATASETS, DataInfo, DataSpec, SyntheticDataset, build_datasets, build_loaders
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

@@ -351,7 +351,7 @@ def test_bench_custom_model_vs_dense_is_a_clear_error(tiny, tmp_path):
 
 
 def test_measure_counts_runs_and_orders_percentiles():
-    from lowrank_tool.analysis.latency import measure
+    from lowrank_tool.runtime import measure
 
     calls = []
     lat = measure(lambda: calls.append(1), runs=7, warmup=3)

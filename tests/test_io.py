@@ -7,7 +7,7 @@ import torch
 
 import lowrank_tool as lr
 from lowrank_tool import LowRankError
-from lowrank_tool.convert.plan import SCHEMA_VERSION
+from lowrank_tool.conversion_plan import SCHEMA_VERSION
 
 from helpers import TinyNet
 

@@ -167,7 +167,7 @@ def test_each_method_trains_on_digits_and_exports(method, convert_kwargs, option
     metrics = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2
     # the accuracy recorded for the last epoch is the saved (low-rank) model's
-    from lowrank_tool.train.data import build_loaders
+    from lowrank_tool.data import build_loaders
 
     _, val, _ = build_loaders("digits", batch_size=256, image_size=16, augment=False)
     model.eval()

@@ -1,5 +1,5 @@
 """Measurements of models: latency in ONNX Runtime and PyTorch, and the benchmark behind `lowrank bench`."""
 
-from .latency import Latency, measure, time_onnx, time_torch
+from ..runtime import Latency, measure, time_onnx, time_torch
 
 __all__ = ["Latency", "measure", "time_onnx", "time_torch"]

@@ -23,12 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..choices import ENGINES
+from ..convert.api import summary
 from ..errors import LowRankError
-from .latency import time_onnx, time_torch
+from ..export.onnx import export_onnx, plan_from_onnx, read_metadata
+from ..io import load, rebuild
+from ..models import build_from_spec, parse_input_size
+from ..runtime import make_session, provider_name, time_onnx, time_torch
 
 __all__ = ["BenchRow", "BenchReport", "bench", "ENGINES"]
 
-ENGINES = ("onnxruntime", "torch")
 
 
 @dataclass
@@ -92,8 +96,6 @@ def _onnx_params(path: Path) -> int:
 
 
 def _dense_of(plan: Any, where: str, trust_code: bool) -> nn.Module:
-    from ..models import build_from_spec
-
     spec = plan.base_model
     if spec.get("source") == "custom" or not spec.get("name"):
         raise LowRankError(f"--vs-dense needs a model given by name; this one is a custom {spec.get('class', 'model')} "
@@ -102,11 +104,7 @@ def _dense_of(plan: Any, where: str, trust_code: bool) -> nn.Module:
 
 
 def _lowrank_from_plan(plan: Any, where: str, trust_code: bool) -> nn.Module:
-    from ..convert.apply import apply_plan
-
-    model = _dense_of(plan, where, trust_code)
-    apply_plan(model, plan, init="random")
-    return model
+    return rebuild(plan, _dense_of(plan, where, trust_code), init="random")
 
 
 def _input_batch(size: Sequence[int], batch: int) -> torch.Tensor:
@@ -147,10 +145,6 @@ def bench(
     Returns:
         A :class:`BenchReport`; ``.comparisons()`` gives speedup and efficiency.
     """
-    from ..convert.api import PLAN_ATTR, parse_input_size
-    from ..export.onnx import export_onnx, plan_from_onnx, read_metadata
-    from ..export.runtime import make_session, provider_name
-
     note = progress or (lambda message: None)
     batch_list = _parse_list(batches, "batch")
     thread_list = _parse_list(threads, "threads") if threads is not None else [os.cpu_count() or 1]
@@ -168,10 +162,8 @@ def bench(
     with tempfile.TemporaryDirectory(prefix="lowrank-bench-") as tmp:
         tmpdir = Path(tmp)
         if target.is_dir():
-            from .. import load
-
             lowrank = load(target, trust_code=trust_code).eval()
-            plan = getattr(lowrank, PLAN_ATTR)
+            plan = summary(lowrank)
             onnx_file = None
         else:
             onnx_file = target

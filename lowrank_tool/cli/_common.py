@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from enum import Enum
 from typing import Any, Iterable, NoReturn
@@ -34,7 +35,6 @@ MODEL_ARG_HELP = (
 
 def parse_model_args(items: Iterable[str] | None) -> dict[str, Any]:
     """``["num_classes=10", "global_pool=avg"]`` → ``{"num_classes": 10, "global_pool": "avg"}``."""
-    import json
 
     out: dict[str, Any] = {}
     for item in items or ():
@@ -66,7 +66,6 @@ def human(n: float, unit: str = "") -> str:
 
 
 def print_json(data: object) -> None:
-    import json
 
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 

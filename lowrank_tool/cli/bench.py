@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..analysis.bench import ENGINES
 from ..export.merge import MERGE_MODES
-from ..export.runtime import DEVICES
+from ..runtime import DEVICES
 from ._common import TRUST_CODE_HELP, choices, console, err_console, human, print_json
 
 Merge = choices("Merge", MERGE_MODES)

@@ -8,9 +8,15 @@ from typing import Annotated, List, Optional
 import typer
 
 from ..convert.rank import DEFAULT_ROUND_TO, FORMAT_CHOICES
-from ._common import MODEL_ARG_HELP, choices, console, err_console, parse_model_args, print_json
+from ._common import (
+    MODEL_ARG_HELP,
+    choices,
+    console,
+    err_console,
+    parse_model_args,
+    print_json,
+)
 from .render import print_plan
-
 
 Format = choices("Format", FORMAT_CHOICES)
 Init = choices("Init", ("random", "decompose"))
@@ -51,7 +57,6 @@ def convert(
     """
     from .. import convert as do_convert
     from .. import save, summary
-
     from ..errors import LowRankError
 
     if output is not None and output.exists() and not force:
@@ -69,7 +74,13 @@ def convert(
     if rank is not None and (rank.strip().lower() == "erank" or rank.startswith("energy:")) and weights is None and init.value != "decompose":
         raise LowRankError(f"rank {rank} is computed from trained weights; add --weights FILE --init decompose")
     kwargs = parse_model_args(model_arg)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("[dim]{task.fields[layer]}"), console=err_console, transient=True, disable=json or not err_console.is_terminal)

@@ -32,9 +32,9 @@ def demo(
 ) -> None:
     """Train a dense network and its ELRT low-rank version from scratch on digits, export both to ONNX, compare them."""
     from .. import convert, load, save
-    from ..analysis.latency import time_onnx
-    from ..export import export_onnx, make_session
     from ..errors import LowRankError
+    from ..export import export_onnx, make_session
+    from ..runtime import time_onnx
     from ..train.config import TrainConfig
     from ..train.run import train_artifact
 

@@ -9,8 +9,8 @@ import typer
 
 from ..export.merge import MERGE_MODES
 from ..export.onnx import DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET
-from ..export.runtime import DEVICES
 from ..export.verify import TOLERANCES
+from ..runtime import DEVICES
 from ._common import TRUST_CODE_HELP, choices, console, err_console, human, print_json
 
 Merge = choices("Merge", MERGE_MODES)
@@ -60,7 +60,7 @@ def export(
     parse_batch(batch)
     check_output_path(onnx)
     if calib_data is not None:
-        from ..train.data import DataSpec
+        from ..data import DataSpec
 
         DataSpec.parse(calib_data)
     model = load(directory, trust_code=trust_code)

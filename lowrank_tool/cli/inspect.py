@@ -18,7 +18,7 @@ def inspect(
 ) -> None:
     """Load a converted model from DIR (rebuilding it from plan.json, loading model.safetensors) and show its plan."""
     from .. import load, summary
-    from ..io import WEIGHTS_FILE
+    from ..artifact import WEIGHTS_FILE
 
     model = load(directory, trust_code=trust_code)
     plan = summary(model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from ..convert.plan import ConversionPlan
+from ..conversion_plan import ConversionPlan
 from ._common import console, human
 
 

@@ -16,7 +16,6 @@ from ..methods.elrt import ORTH_KINDS
 from ..train.config import AMP_MODES, DEVICES, MEMORY_FORMATS, OPTIMIZERS, SCHEDULES
 from ._common import TRUST_CODE_HELP, choices, console, err_console, human
 
-
 Optim = choices("Optim", OPTIMIZERS)
 Schedule = choices("Schedule", SCHEDULES)
 Amp = choices("Amp", AMP_MODES)
@@ -78,7 +77,8 @@ def train(
     lowrank train --recipe recipes/resnet20_cifar10_elrt.yaml --data cifar10:~/data ·
     lowrank train r20 --data synthetic --nproc 2
     """
-    from ..train.checkpoint import STATE_FILE, load_train_state
+    from ..artifact import STATE_FILE
+    from ..train.checkpoint import load_train_state
     from ..train.config import TrainConfig
     from ..train.recipes import load_recipe
     from ..train.run import train_artifact
@@ -182,7 +182,6 @@ def _launch(nproc: int, argv: list[str]) -> int:
 def _convert_recipe(rec: Any, directory: Path, *, force: bool, under_torchrun: bool, trust_code: bool) -> None:
     """Convert the recipe's model into DIR (rank 0 only under torchrun; the others wait)."""
     from .. import convert, save
-
     from ..models import check_file_model
 
     # a recipe is a file: its factory is code, imported only on consent

@@ -1,11 +1,33 @@
-"""trace → plan → apply: turning a model's convolutions into low-rank layers."""
+"""trace → options → rank → planner → latency → apply: turning a model's convolutions into low-rank layers.
 
-from .api import PLAN_ATTR, convert, parse_input_size, plan, summary
-from .plan import ConversionPlan, LayerPlan
-from .planner import ConvertOptions
-from .support import conv_support, dynamic_same_conv, list_conv_handlers, plain_conv, register_conv_handler
+The names below are loaded on first use, so that ``lowrank_tool.convert.options`` (imported by the CLI
+to print ``--help``) does not import torch.
+"""
 
-__all__ = [
-    "convert", "plan", "summary", "parse_input_size", "ConversionPlan", "LayerPlan", "ConvertOptions", "PLAN_ATTR",
-    "register_conv_handler", "conv_support", "plain_conv", "dynamic_same_conv", "list_conv_handlers",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "convert": ".api", "plan": ".api", "summary": ".api",
+    "ConvertOptions": ".options", "RankSpec": ".options", "option_help": ".options",
+    "register_conv_handler": ".support", "conv_support": ".support", "plain_conv": ".support",
+    "dynamic_same_conv": ".support", "list_conv_handlers": ".support",
+    "parse_input_size": "..models",
+    "ConversionPlan": "..conversion_plan", "LayerPlan": "..conversion_plan", "PLAN_ATTR": "..conversion_plan", "plan_of": "..conversion_plan", "attach_plan": "..conversion_plan",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,50 +3,37 @@
 from __future__ import annotations
 
 import copy
-import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from ..errors import LowRankError, LowRankWarning
-from ..layers.base import Init
-from ..models import DOWNLOAD_KWARGS, build_model, default_input_size, example_input as make_example, get_entry
+from ..conversion_plan import PLAN_ATTR, ConversionPlan, attach_plan, plan_of
+from ..errors import LowRankError, LowRankWarning, first_line
+from ..models import (
+    DOWNLOAD_KWARGS,
+    build_model,
+    default_input_size,
+    get_entry,
+    parse_input_size,
+)
+from ..models import example_input as make_example
 from .apply import apply_plan
-from .plan import ConversionPlan
-from .planner import ConvertOptions, build_plan
-from .rank import DEFAULT_ROUND_TO
+from .latency import apply_latency_policy
+from .options import ConvertOptions
+from .planner import build_plan
 from .support import qualified_name
 from .trace import capture, check_forward
+from .weights import load_weights
 
 __all__ = ["plan", "convert", "summary", "parse_input_size", "PLAN_ATTR"]
 
-#: Attribute under which a converted model carries its plan.
-PLAN_ATTR = "_lowrank_plan"
 _HF_NOTE = (
     "Hugging Face model: save_pretrained/from_pretrained do not know low-rank layers (from_pretrained rebuilds dense convs); "
     "use lowrank_tool.save(model, DIR) and lowrank_tool.load(DIR, model=<fresh dense model>)"
 )
-
-
-def parse_input_size(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """``"3x224x224"`` or ``(3, 224, 224)`` → ``(3, 224, 224)``; C×H×W, or C×T×H×W for video."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip().lower().replace("×", "x")
-        if not re.fullmatch(r"\d+(x\d+){2,3}", text):
-            raise LowRankError(f"input size {value!r} is malformed; write CxHxW such as 3x224x224 (or CxTxHxW for video, e.g. 3x16x112x112)")
-        dims = tuple(int(d) for d in text.split("x"))
-    else:
-        dims = tuple(int(d) for d in value)
-        if len(dims) not in (3, 4):
-            raise LowRankError(f"input size {tuple(value)} must have 3 (C, H, W) or 4 (C, T, H, W) dimensions")
-    if any(d < 1 for d in dims):
-        raise LowRankError(f"input size {value!r} has a zero dimension; every dimension must be >= 1")
-    return dims
 
 
 def _resolve(model: nn.Module | str, num_classes: int | None, model_kwargs: Mapping[str, Any] | None) -> tuple[nn.Module, dict[str, Any], str, str]:
@@ -131,18 +118,15 @@ def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_size: Any, example_input: Any,
-          model_kwargs: Mapping[str, Any] | None, weights: Any = None, **options: Any) -> "_Planned":
-    opts = ConvertOptions(rank=rank, **options)
-    module, spec, task, hint = _resolve(model, num_classes, model_kwargs)
+def _plan(model: nn.Module | str, opts: ConvertOptions, example_input: Any = None) -> "_Planned":
+    module, spec, task, hint = _resolve(model, opts.num_classes, opts.model_kwargs)
+    weights = opts.weights
     if weights is not None:
-        from ..weights import load_weights
-
         if module is model:  # never change the caller's module
             module = copy.deepcopy(module)
         load_weights(module, weights)
         spec["weights"] = str(weights)
-    size = parse_input_size(input_size)
+    size = parse_input_size(opts.input_size)
     if size is None:
         size = default_input_size(spec["name"], spec["kwargs"]) if spec["name"] else _size_of_module(module)
     if task == "video" and len(size) != 4:
@@ -161,7 +145,7 @@ def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_s
     except LowRankError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's input does not fit the model
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc, with_type=False)
         raise LowRankError(
             f"the model does not run on input size {'x'.join(map(str, size))} ({msg}); pass the size it expects with --input-size"
         ) from None
@@ -176,10 +160,7 @@ def _plan(model: nn.Module | str, rank: Any, *, num_classes: int | None, input_s
     if opts.policy == "latency":
         if task not in ("classification", "segmentation"):
             raise LowRankError(f"policy 'latency' measures models with one image input; this is a {task} model, use the rank policy")
-        from .latency import apply_latency_policy
-
-        apply_latency_policy(module, plan, target_speedup=opts.target_speedup, threads=opts.latency_threads,
-                             batch=opts.latency_batch, format_request=opts.format)
+        apply_latency_policy(module, plan, opts)
     return _Planned(module, plan, example, cap.meta or device.type == "meta")
 
 
@@ -233,28 +214,8 @@ def _to(x: Any, device: torch.device, dtype: torch.dtype) -> Any:
     return x
 
 
-def plan(
-    model: nn.Module | str,
-    rank: float | int | str | None = None,
-    *,
-    format: str = "auto",
-    target_params: float | None = None,
-    target_macs: float | None = None,
-    round_to: int = DEFAULT_ROUND_TO,
-    exclude: Sequence[str] = (),
-    layer_rank: Mapping[str, Any] | Sequence[str] | None = None,
-    input_size: str | Sequence[int] | None = None,
-    num_classes: int | None = None,
-    example_input: Any = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    allow_growth: bool = False,
-    dense: bool = False,
-    weights: str | None = None,
-    policy: str = "rank",
-    target_speedup: float | None = None,
-    latency_threads: int | None = None,
-    latency_batch: int = 1,
-) -> ConversionPlan:
+def plan(model: nn.Module | str, rank: float | int | str | None = None, *, options: ConvertOptions | None = None,
+         example_input: Any = None, **kwargs: Any) -> ConversionPlan:
     """Decide what :func:`convert` would do, without changing anything. Same arguments as ``convert``.
 
     ``model_kwargs`` are the builder's keyword arguments for a model given by name (``--model-arg`` on
@@ -267,36 +228,24 @@ def plan(
         >>> round(p.totals()["params_ratio"], 2) < 1
         True
     """
-    return _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
-                 exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
-                 example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense, weights=weights,
-                 policy=policy, target_speedup=target_speedup, latency_threads=latency_threads, latency_batch=latency_batch).plan
+    return _plan(model, _options(options, rank, kwargs), example_input).plan
+
+
+def _options(options: ConvertOptions | None, rank: Any, kwargs: dict[str, Any]) -> ConvertOptions:
+    if rank is not None:
+        kwargs = {"rank": rank, **kwargs}
+    return ConvertOptions.from_kwargs(options, **kwargs)
 
 
 def convert(
     model: nn.Module | str,
     rank: float | int | str | None = None,
     *,
-    format: str = "auto",
-    target_params: float | None = None,
-    target_macs: float | None = None,
-    round_to: int = DEFAULT_ROUND_TO,
-    exclude: Sequence[str] = (),
-    layer_rank: Mapping[str, Any] | Sequence[str] | None = None,
-    input_size: str | Sequence[int] | None = None,
-    init: Init = "random",
-    num_classes: int | None = None,
+    options: ConvertOptions | None = None,
     example_input: Any = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    allow_growth: bool = False,
-    dense: bool = False,
-    weights: str | None = None,
-    policy: str = "rank",
-    target_speedup: float | None = None,
-    latency_threads: int | None = None,
-    latency_batch: int = 1,
     inplace: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
     """Convert a model's convolutions into low-rank layers (ELRT: Tucker-2 at initialisation).
 
@@ -307,42 +256,17 @@ def convert(
     Args:
         model: an ``nn.Module`` or a model name (``lowrank models`` lists them; built with random weights).
         rank: fraction of channels kept in each factorised mode, in (0, 1] (Tucker-2: r_in = ⌈rank·C_in⌉,
-            r_out = ⌈rank·C_out⌉), an integer absolute rank, ``"energy:0.9"`` (per mode, the smallest rank
-            keeping 90% of the kernel's Frobenius energy) or ``"erank"`` (⌈effective rank⌉ per mode); the
-            last two read the weights, so use them with trained weights. Default 0.3 when no budget is given.
-        format: ``"auto"`` (SVD for 1×1 convs, Tucker-2 otherwise), ``"tucker2"``, ``"svd"`` or ``"cp"``.
-        target_params: keep this fraction of the dense model's parameters (ranks solved across layers).
-        target_macs: keep this fraction of the dense model's MACs (ranks solved across layers).
-        round_to: round ranks up to a multiple of this (default 8: hardware-friendly channel counts; 1 = exact).
-        exclude: layer names or ``"re:<regex>"`` patterns to keep dense.
-        layer_rank: per-layer ranks, ``{"re:layer4\\..*": 0.5, "layer1.0.conv1": 16}`` or
-            ``["re:layer4\\..*=0.5"]``; the value ``"dense"`` keeps a layer dense.
-        input_size: per-sample input, ``"3x224x224"`` (``CxTxHxW`` for video); default from the model family.
-        init: ``"random"`` (train from scratch, ELRT) or ``"decompose"`` (fit the factors to the
-            model's current weights).
-        num_classes: output classes, for a model given by name.
+            r_out = ⌈rank·C_out⌉), an integer absolute rank, ``"energy:0.9"`` or ``"erank"``; see
+            :class:`ConvertOptions` and docs/ranks.md. Default 0.3 when no budget is given.
+        options: a :class:`ConvertOptions`; keyword arguments override its fields.
         example_input: a ready input for the forward pass (instead of ``input_size``), for custom models
             with unusual signatures.
-        model_kwargs: keyword arguments for building a model given by name, e.g.
-            ``{"num_classes": 10, "drop_rate": 0.1}`` for ``"timm/resnet50"``, ``{"width_per_group": 32}``
-            for a torchvision model, or a factory's own arguments for ``"pkg.mod:make_net"`` (CLI:
-            ``--model-arg KEY=VALUE``). ``num_classes`` may be given here instead of ``num_classes=``
-            (both with different values is an error). Recorded in the plan (plain values only: numbers,
-            strings, bools, None, lists/tuples of them) so that ``load(DIR)`` rebuilds the same model;
-            download arguments (``weights``, ``pretrained``, ...) are used now but never replayed from
-            the file. Not allowed with an ``nn.Module``.
-        allow_growth: convert layers even where the factorised form is not smaller (e.g. full rank).
-        dense: convert nothing; the model keeps a plan, so it can be saved and trained as a baseline.
-        policy: ``"rank"`` (ranks as requested) or ``"latency"``: each layer's form (dense, the format at the
-            requested ranks, or those ranks rounded to multiples of 8/16) chosen by measuring it in ONNX
-            Runtime on this machine (cached); see :mod:`lowrank_tool.convert.latency`.
-        target_speedup: with ``policy="latency"``, lower ranks until the model is predicted this many times
-            faster than dense (instead of ``rank``).
-        latency_threads, latency_batch: ONNX Runtime threads and batch of the measurements.
-        weights: trained dense weights to load first (``.safetensors``, a weights-only ``.pt``/``.pth``
-            state dict, or a dense artifact directory); with ``init="decompose"`` the factors fit them.
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is untouched.
         progress: called as ``progress(done, total, layer_name)`` after each layer is swapped.
+        **kwargs: any :class:`ConvertOptions` field — ``format``, ``target_params``, ``target_macs``,
+            ``round_to``, ``exclude``, ``layer_rank``, ``allow_growth``, ``dense``, ``policy``,
+            ``target_speedup``, ``latency_threads``, ``latency_batch``, ``input_size``, ``num_classes``,
+            ``model_kwargs``, ``weights``, ``init`` — each documented there (``option_help(name)``).
 
     Returns:
         The converted model.
@@ -353,13 +277,10 @@ def convert(
         >>> lr.summary(model).totals()["converted"]
         19
     """
-    if init not in ("random", "decompose"):
-        raise LowRankError(f"init={init!r} is not known; allowed: random, decompose")
-    planned = _plan(model, rank, format=format, target_params=target_params, target_macs=target_macs, round_to=round_to,
-                    exclude=exclude, layer_rank=layer_rank, input_size=input_size, num_classes=num_classes,
-                    example_input=example_input, model_kwargs=model_kwargs, allow_growth=allow_growth, dense=dense, weights=weights,
-                    policy=policy, target_speedup=target_speedup, latency_threads=latency_threads, latency_batch=latency_batch)
+    opts = _options(options, rank, kwargs)
+    planned = _plan(model, opts, example_input)
     module, p = planned.module, planned.plan
+    init = opts.init
     p.policy["init"] = init
     if _is_hugging_face(module):
         warnings.warn(_HF_NOTE, LowRankWarning, stacklevel=2)
@@ -379,8 +300,7 @@ def convert(
                     "the converted model does not run and inplace=True changed your model; rebuild it before retrying"
                 ) from None
             raise
-    setattr(module, PLAN_ATTR, p)
-    return module
+    return attach_plan(module, p)
 
 
 def summary(model: nn.Module) -> ConversionPlan:
@@ -391,7 +311,7 @@ def summary(model: nn.Module) -> ConversionPlan:
         >>> plan.totals()["compression"] > 1
         True
     """
-    p = getattr(model, PLAN_ATTR, None)
-    if not isinstance(p, ConversionPlan):
+    p = plan_of(model)
+    if p is None:
         raise LowRankError("this model carries no conversion plan; convert it with lowrank_tool.convert (or load it with lowrank_tool.load)")
     return p

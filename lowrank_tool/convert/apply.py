@@ -13,10 +13,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..conversion_plan import ConversionPlan, LayerPlan
 from ..errors import LowRankError
 from ..layers import get_format
 from ..layers.base import ConvGeometry, Init
-from .plan import ConversionPlan, LayerPlan
 from .support import conv_support
 
 __all__ = ["apply_plan", "set_submodule", "get_submodule"]

@@ -25,13 +25,12 @@ the layer's geometry, ranks, input shape, batch and threads. The plan records th
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import io
 import json
 import math
 import os
 import platform
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,16 +38,20 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..artifact import atomic_write_text
+from ..choices import POLICIES
+from ..conversion_plan import ConversionPlan, LayerPlan
 from ..errors import LowRankError
 from ..layers import get_format
 from ..layers.base import ConvGeometry, conv_class
+from ..runtime import time_module
 from .apply import set_submodule
-from .plan import ConversionPlan, LayerPlan, atomic_write_text
-from .rank import RankSpec, SpatialSizes, choose_format, layer_cost, ranks_for
+from .options import ConvertOptions, RankSpec
+from .rank import SpatialSizes, choose_format, layer_cost, ranks_for
+from .select import FqnMatcher
 
 __all__ = ["POLICIES", "ROUND", "LatencyCache", "apply_latency_policy", "measure_form"]
 
-POLICIES = ("rank", "latency")
 #: Ranks are rounded up to multiples of this for the hardware-friendly candidates (AVX-512 NCHWc block).
 ROUND = 16
 #: Rank fractions tried by ``target_speedup``.
@@ -116,17 +119,7 @@ def _module(g: ConvGeometry, fmt: str, ranks: tuple[int, ...] | None) -> nn.Modu
 def measure_form(g: ConvGeometry, fmt: str, ranks: tuple[int, ...] | None, input_shape: tuple[int, ...], *,
                  threads: int | None, runs: int = 20, warmup: int = 5) -> float:
     """Median ONNX Runtime latency (ms) of one layer form on ``input_shape`` (batch, C, *spatial)."""
-    from ..analysis.latency import time_onnx
-    from ..export.runtime import make_session
-
-    module = _module(g, fmt, ranks).eval()
-    x = torch.randn(input_shape)
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
-    session = make_session(buf.getvalue(), device="cpu", threads=threads)
-    return time_onnx(session, {"x": x.numpy()}, runs=runs, warmup=warmup).median_ms
+    return time_module(_module(g, fmt, ranks).eval(), input_shape, device="cpu", threads=threads, runs=runs, warmup=warmup)
 
 
 @dataclass
@@ -147,15 +140,14 @@ def _round_up(ranks: tuple[int, ...], fmt: str, g: ConvGeometry, multiple: int) 
     return tuple(min(math.ceil(r / multiple) * multiple, full) for r, full in zip(ranks, _full(fmt, g), strict=True))
 
 
-def _requested(entry: LayerPlan, fmt: str, g: ConvGeometry, plan: ConversionPlan) -> tuple[str, tuple[int, ...]]:
+def _requested(entry: LayerPlan, fmt: str, g: ConvGeometry, plan: ConversionPlan, options: ConvertOptions) -> tuple[str, tuple[int, ...]]:
     """The format and ranks the rank/budget request gives this layer (also for layers it left dense)."""
     if entry.converted:
         return entry.format, tuple(entry.ranks or ())
-    text = entry.rank_spec or plan.policy.get("rank") or 0.3
-    try:
-        spec = RankSpec.parse(text)
-    except LowRankError:  # "budget:0.4123"
-        spec = RankSpec("ratio", float(str(text).split(":")[1]))
+    pinned, spec = FqnMatcher(options.layer_specs, "--layer-rank").lookup(entry.name)
+    if not pinned:
+        solved = plan.policy.get("solved_ratio")
+        spec = RankSpec("ratio", float(solved)) if options.budget is not None and solved else options.rank_spec
     return fmt, ranks_for(fmt, g, spec)
 
 
@@ -170,18 +162,18 @@ def _keep(fmt: str, g: ConvGeometry, ranks: tuple[int, ...]) -> float:
 def apply_latency_policy(
     model: nn.Module,
     plan: ConversionPlan,
+    options: ConvertOptions,
     *,
-    target_speedup: float | None = None,
-    threads: int | None = None,
-    batch: int = 1,
-    format_request: str = "auto",
     cache: LatencyCache | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> ConversionPlan:
-    """Re-decide the plan's layers by measured latency (see the module docstring); returns the plan, changed in place."""
-    if target_speedup is not None and not (isinstance(target_speedup, (int, float)) and target_speedup > 1):
-        raise LowRankError(f"target_speedup {target_speedup!r} must be a number above 1, e.g. 2 (twice as fast as dense)")
-    threads = threads or (os.cpu_count() or 1)
+    """Re-decide the plan's layers by measured latency (see the module docstring); returns the plan, changed in place.
+
+    ``options`` gives the request (rank, budget or ``target_speedup``), the format and the measurements'
+    threads and batch.
+    """
+    target_speedup, batch = options.target_speedup, options.latency_batch
+    threads = options.latency_threads or (os.cpu_count() or 1)
     cache = cache or LatencyCache()
     eligible = [e for e in plan.layers if e.input_size and (e.converted or (e.reason or "").startswith("no saving"))]
     if not eligible:
@@ -197,14 +189,14 @@ def apply_latency_policy(
             cache.put(key, value)
         return value
 
-    options: dict[str, list[_Option]] = {}
+    candidates: dict[str, list[_Option]] = {}
     for done, entry in enumerate(eligible, 1):
         g = entry.geometry()
-        fmt, _ = choose_format(format_request, g)
+        fmt, _ = choose_format(options.format, g)
         dense_ms = timed(entry, g, "dense", None)
         opts = [_Option("dense", None, dense_ms, 1.0)]
         if target_speedup is None:
-            fmt, requested = _requested(entry, fmt, g, plan)
+            fmt, requested = _requested(entry, fmt, g, plan, options)
             forms = {requested, _round_up(requested, fmt, g, 8), _round_up(requested, fmt, g, ROUND)}
         else:
             forms = {_round_up(ranks_for(fmt, g, RankSpec("ratio", rho)), fmt, g, ROUND) for rho in GRID}
@@ -212,7 +204,7 @@ def apply_latency_policy(
             if ranks == _full(fmt, g) and fmt != "cp":
                 continue  # full rank is never faster than dense
             opts.append(_Option(fmt, ranks, timed(entry, g, fmt, ranks), _keep(fmt, g, ranks)))
-        options[entry.name] = opts
+        candidates[entry.name] = opts
         if progress is not None:
             progress(done, len(eligible), entry.name)
     cache.save()
@@ -220,19 +212,19 @@ def apply_latency_policy(
     chosen: dict[str, _Option] = {}
     note = ""
     if target_speedup is None:
-        for name, opts in options.items():
+        for name, opts in candidates.items():
             chosen[name] = min(opts, key=lambda o: o.ms)
     else:
         dense_total = _model_ms(model, plan, batch, threads)
-        layers_dense = sum(opts[0].ms for opts in options.values())
+        layers_dense = sum(opts[0].ms for opts in candidates.values())
         rest = max(dense_total - layers_dense, 0.0)
-        chosen = {name: opts[0] for name, opts in options.items()}
+        chosen = {name: opts[0] for name, opts in candidates.items()}
         current = rest + layers_dense
         aim = target_speedup * SAFETY
         goal = dense_total / aim
         measured = dense_total
         for _ in range(MAX_ROUNDS):
-            current = _lower_until(options, chosen, current, goal)
+            current = _lower_until(candidates, chosen, current, goal)
             # Layers timed alone do not add up exactly to the model (fusion, caches): check the whole model.
             measured = _model_ms(_with_forms(model, plan, chosen), plan, batch, threads)
             if dense_total / measured >= aim:
@@ -249,7 +241,7 @@ def apply_latency_policy(
     for entry in eligible:
         g = entry.geometry()
         pick = chosen[entry.name]
-        dense_ms = options[entry.name][0].ms
+        dense_ms = candidates[entry.name][0].ms
         entry.dense_latency_ms, entry.latency_ms = dense_ms, pick.ms
         if pick.format == "dense":
             entry.format, entry.ranks = "dense", None
@@ -286,8 +278,6 @@ def _lower_until(options: dict[str, list[_Option]], chosen: dict[str, _Option], 
 
 def _with_forms(model: nn.Module, plan: ConversionPlan, chosen: dict[str, _Option]) -> nn.Module:
     """A copy of the dense ``model`` with the chosen forms (random factors: only its speed matters)."""
-    import copy
-
     out = copy.deepcopy(model)
     for name, option in chosen.items():
         if option.format != "dense":
@@ -298,15 +288,4 @@ def _with_forms(model: nn.Module, plan: ConversionPlan, chosen: dict[str, _Optio
 
 def _model_ms(model: nn.Module, plan: ConversionPlan, batch: int, threads: int) -> float:
     """Latency of a whole model in ONNX Runtime (the dense baseline, or a candidate low-rank model)."""
-    import tempfile
-
-    from ..analysis.latency import time_onnx
-    from ..export.onnx import export_onnx
-    from ..export.runtime import make_session
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "dense.onnx"
-        export_onnx(model, path, input_size=plan.input_size, batch=batch, verify=False)
-        session = make_session(path, device="cpu", threads=threads)
-        x = torch.randn(batch, *plan.input_size).numpy()
-        return time_onnx(session, {session.get_inputs()[0].name: x}, runs=30, warmup=5).median_ms
+    return time_module(model, (batch, *plan.input_size), device="cpu", threads=threads, runs=30, warmup=5)

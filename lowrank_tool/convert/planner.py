@@ -10,119 +10,32 @@ numbers in its ``reason``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 from torch import nn
 
+from ..conversion_plan import ConversionPlan, LayerPlan
 from ..errors import LowRankError
 from ..layers import LowRankConv
 from ..layers.base import ConvGeometry
-from .plan import ConversionPlan, LayerPlan
-from .rank import DEFAULT_ROUND_TO, FORMAT_CHOICES, RankSpec, SpatialSizes, choose_format, dense_cost, layer_cost, ranks_for, solve_ratio
-from .select import FqnMatcher, parse_layer_rank
+from .options import ConvertOptions, RankSpec
+from .rank import (
+    SpatialSizes,
+    choose_format,
+    dense_cost,
+    layer_cost,
+    ranks_for,
+    solve_ratio,
+)
+from .select import FqnMatcher
 from .support import conv_support, qualified_name
 from .trace import CONV_TYPES, Capture
 
-__all__ = ["ConvertOptions", "build_plan", "STEM_MAX_CHANNELS"]
+__all__ = ["build_plan", "STEM_MAX_CHANNELS"]
 
 #: Without a known image shape, a conv with at most this many input channels is taken for the stem.
 STEM_MAX_CHANNELS = 4
-
-
-@dataclass
-class ConvertOptions:
-    """How to convert: the Python API's keyword arguments and the CLI's options, validated once.
-
-    Attributes:
-        rank: fraction of channels kept per mode in (0, 1], or an integer absolute rank. Default 0.3
-            when no budget is given.
-        format: ``auto`` (SVD for 1×1 convs, Tucker-2 otherwise), ``tucker2``, ``svd`` or ``cp``.
-        target_params: fraction of the dense model's parameters to keep; the ranks are solved.
-        target_macs: fraction of the dense model's MACs to keep; the ranks are solved.
-        round_to: round every rank up to a multiple of this (hardware-friendly channel counts).
-        exclude: layer names or ``re:`` regexes to keep dense.
-        layer_rank: ``{name-or-re:pattern: rank}`` (or ``["pattern=rank", ...]``); rank may be ``"dense"``.
-        allow_growth: convert a layer even when its factorised form is not smaller than the dense conv
-            (full-rank numerical checks, experiments); by default such a layer stays dense.
-        dense: convert nothing: a plan (and artifact) of the dense model, the baseline of a comparison.
-        policy: ``rank`` (ranks from the request, the default) or ``latency`` (each layer's form chosen by
-            measuring it in ONNX Runtime on this machine; see :mod:`lowrank_tool.convert.latency`).
-        target_speedup: with ``policy="latency"``: lower ranks until the model is predicted this many
-            times faster than dense (instead of a rank or budget).
-        latency_threads: ONNX Runtime threads for the measurements (default: every core).
-        latency_batch: batch size for the measurements.
-    """
-
-    rank: float | int | str | None = None
-    format: str = "auto"
-    target_params: float | None = None
-    target_macs: float | None = None
-    round_to: int = DEFAULT_ROUND_TO
-    exclude: Sequence[str] = ()
-    layer_rank: Mapping[str, Any] | Sequence[str] | None = None
-    allow_growth: bool = False
-    dense: bool = False
-    policy: str = "rank"
-    target_speedup: float | None = None
-    latency_threads: int | None = None
-    latency_batch: int = 1
-    rank_spec: RankSpec = field(init=False)
-    layer_specs: dict[str, RankSpec] = field(init=False)
-
-    def __post_init__(self) -> None:
-        budgets = [b for b in ("target_params", "target_macs") if getattr(self, b) is not None]
-        if len(budgets) > 1:
-            raise LowRankError("give at most one of target_params and target_macs (--target-params / --target-macs)")
-        if budgets and self.rank is not None:
-            raise LowRankError(f"give either rank or {budgets[0]} (--rank or --{budgets[0].replace('_', '-')}), not both")
-        for b in budgets:
-            value = getattr(self, b)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise LowRankError(f"{b} {value!r} must be a fraction in (0, 1) of the dense model, e.g. 0.4")
-        self.rank_spec = RankSpec.parse(0.3 if self.rank is None else self.rank)
-        if self.policy not in ("rank", "latency"):
-            raise LowRankError(f"policy {self.policy!r} is not known; use 'rank' (ranks as requested) or 'latency' (measured per layer)")
-        if self.target_speedup is not None:
-            if self.policy != "latency":
-                raise LowRankError("target_speedup needs policy 'latency' (CLI: --policy latency --target-speedup S)")
-            if budgets or self.rank is not None:
-                raise LowRankError("give either a target speedup or a rank/budget with --policy latency, not both")
-        for name in ("latency_threads", "latency_batch"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise LowRankError(f"{name} {value!r} must be a positive integer")
-        if self.format not in FORMAT_CHOICES:
-            raise LowRankError(f"unknown format {self.format!r}; expected one of {', '.join(FORMAT_CHOICES)}")
-        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
-            raise LowRankError(f"round_to {self.round_to!r} must be a positive integer (1 = no rounding), e.g. 8")
-        if isinstance(self.exclude, str):
-            self.exclude = [self.exclude]
-        self.exclude = list(self.exclude)
-        self.layer_rank = parse_layer_rank(self.layer_rank)
-        self.layer_specs = {k: RankSpec.parse(v, what=f"rank for {k!r}") for k, v in self.layer_rank.items()}
-
-    @property
-    def budget(self) -> tuple[str, float] | None:
-        if self.target_params is not None:
-            return "params", float(self.target_params)
-        if self.target_macs is not None:
-            return "macs", float(self.target_macs)
-        return None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank_spec.to_json() if self.budget is None else None,
-            "format": self.format,
-            "target_params": self.target_params,
-            "target_macs": self.target_macs,
-            "round_to": self.round_to,
-            "exclude": list(self.exclude),
-            "layer_rank": {k: v.to_json() for k, v in self.layer_specs.items()},
-            "allow_growth": self.allow_growth,
-            "dense": self.dense,
-            "policy": self.policy,
-        }
 
 
 @dataclass(eq=False)
@@ -317,6 +230,7 @@ def build_plan(
     )
     if budget_note:
         plan.notes.append(budget_note)
+        plan.policy["solved_ratio"] = global_spec.value
     elif budget is not None:
         plan.notes.append(f"target_{budget[0]} was not applied: no layer follows the global rank (all are pinned or dense)")
     if capture.train_error:

@@ -18,84 +18,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
+from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES
 from ..errors import LowRankError
 from ..layers import supports
 from ..layers.base import ConvGeometry
+from ..linalg import effective_rank, rank_for_energy, singular_values
+from .options import RankSpec
 
 __all__ = ["DEFAULT_ROUND_TO", "RankSpec", "choose_format", "ranks_for", "layer_cost", "dense_cost", "solve_ratio", "FORMAT_CHOICES"]
 
-FORMAT_CHOICES = ("auto", "tucker2", "svd", "cp")
-#: Ranks are rounded up to a multiple of 8 by default: ONNX Runtime's blocked (NCHWc) CPU convolutions and
-#: GPU tensor cores want channel counts in multiples of 8. Measured on ResNet-50 at rank 0.3, 2 CPU
-#: threads, batch 1: 2.59x faster than dense with rounding to 8 against 2.10x without (README,
-#: "Fast by construction"); ``round_to=1`` gives the exact ``⌈ρ·C⌉`` ranks.
-DEFAULT_ROUND_TO = 8
-
-
-@dataclass(frozen=True)
-class RankSpec:
-    """A rank request for one layer: a ratio, an absolute rank, or "keep dense"."""
-
-    kind: Literal["ratio", "absolute", "dense", "energy", "erank"]
-    value: float
-
-    @property
-    def needs_weights(self) -> bool:
-        return self.kind in ("energy", "erank")
-
-    @classmethod
-    def parse(cls, value: "RankSpec | float | int | str", what: str = "rank") -> "RankSpec":
-        """Accept ``0.3`` / ``"0.3"`` (ratio), ``16`` / ``"16"`` (absolute), ``"dense"``, ``"energy:0.9"`` or ``"erank"``."""
-        if isinstance(value, RankSpec):
-            return value
-        if isinstance(value, str):
-            text = value.strip().lower()
-            if text == "dense":
-                return cls("dense", 0)
-            if text == "erank":
-                return cls("erank", 0)
-            if text.startswith("energy:"):
-                try:
-                    energy = float(text.split(":", 1)[1])
-                except ValueError:
-                    energy = float("nan")
-                if not (0 < energy <= 1):
-                    raise LowRankError(f"{what} {value!r}: the energy must be a fraction in (0, 1], e.g. energy:0.9")
-                return cls("energy", energy)
-            try:
-                value = int(text) if text.lstrip("+-").isdigit() else float(text)
-            except ValueError:
-                raise LowRankError(
-                    f"{what} {value!r} is not a number; use a fraction in (0, 1] (e.g. 0.3), an integer rank (e.g. 16), "
-                    "energy:0.9, erank or 'dense'"
-                ) from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LowRankError(f"{what} must be a number, got {value!r}; use e.g. 0.3 or 16")
-        if isinstance(value, int):
-            if value < 1:
-                raise LowRankError(f"{what} {value} is not positive; use a fraction in (0, 1] (e.g. 0.3) or an integer rank >= 1")
-            return cls("absolute", value)
-        if not math.isfinite(value) or value <= 0:
-            raise LowRankError(f"{what} {value} is not positive; use a fraction in (0, 1] (e.g. 0.3) or an integer rank >= 1")
-        if value > 1:
-            raise LowRankError(
-                f"{what} {value} is a fraction above 1; use a fraction in (0, 1] (e.g. 0.3) or an integer rank written without a decimal point (e.g. {int(value)})"
-            )
-        return cls("ratio", float(value))
-
-    def __str__(self) -> str:
-        if self.kind in ("dense", "erank"):
-            return self.kind
-        if self.kind == "energy":
-            return f"energy:{self.value:g}"
-        return f"{int(self.value)}" if self.kind == "absolute" else f"{self.value:g}"
-
-    def to_json(self) -> float | int | str:
-        if self.kind in ("dense", "erank", "energy"):
-            return str(self)
-        return int(self.value) if self.kind == "absolute" else float(self.value)
 
 
 def choose_format(requested: str, g: ConvGeometry) -> tuple[str, str | None]:
@@ -143,8 +76,6 @@ def ranks_for(fmt: str, g: ConvGeometry, spec: RankSpec, round_to: int = 1, weig
 
 
 def _spectral_ranks(fmt: str, weight: Any, spec: RankSpec) -> list[int]:
-    from ..analysis.spectrum import effective_rank, rank_for_energy, singular_values
-
     def one(mode: str) -> int:
         s = singular_values(weight, mode)
         s = s[s > s[0] * 1e-6] if s.numel() and s[0] > 0 else s  # float32 round-off is not rank

@@ -7,10 +7,18 @@ Example:
     >>> print(result.verification.line())                 # doctest: +SKIP
 """
 
+from ..runtime import DEVICES, make_session, providers_for
 from .merge import MERGE_MODES, MergeDecision, merge_factors
-from .onnx import DEFAULT_OPSET, EXPORTERS, PRECISIONS, ExportResult, export_onnx, plan_from_onnx, read_metadata
+from .onnx import (
+    DEFAULT_OPSET,
+    EXPORTERS,
+    PRECISIONS,
+    ExportResult,
+    export_onnx,
+    plan_from_onnx,
+    read_metadata,
+)
 from .quantize import QuantizeReport, quantize_file
-from .runtime import DEVICES, make_session, providers_for
 from .verify import TOLERANCES, VerificationError, VerifyReport, verify_onnx
 
 __all__ = [

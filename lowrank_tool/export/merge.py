@@ -11,23 +11,19 @@ threads, and keeps whichever is faster. Identical layers (same geometry, ranks a
 from __future__ import annotations
 
 import copy
-import io
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
+from ..choices import MERGE_MODES
+from ..conversion_plan import ConversionPlan, plan_of
 from ..convert.apply import set_submodule
-from ..convert.plan import ConversionPlan
 from ..errors import LowRankError
 from ..layers.base import LowRankConv
+from ..runtime import time_module
 
 __all__ = ["MERGE_MODES", "MergeDecision", "merge_factors"]
-
-MERGE_MODES = ("none", "all", "auto")
-
 
 @dataclass
 class MergeDecision:
@@ -41,23 +37,6 @@ class MergeDecision:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _layer_onnx(module: nn.Module, shape: tuple[int, ...]) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(shape),), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
-    return buf.getvalue()
-
-
-def _time_layer(module: nn.Module, shape: tuple[int, ...], *, device: str, threads: int | None, runs: int, warmup: int) -> float:
-    from ..analysis.latency import time_onnx
-    from .runtime import make_session
-
-    session = make_session(_layer_onnx(module, shape), device=device, threads=threads)
-    feed = {"x": torch.randn(shape).numpy()}
-    return time_onnx(session, feed, runs=runs, warmup=warmup).median_ms
 
 
 def merge_factors(
@@ -98,9 +77,7 @@ def merge_factors(
     if mode not in MERGE_MODES:
         raise LowRankError(f"merge mode {mode!r} is not known; use one of: {', '.join(MERGE_MODES)}")
     if plan is None:
-        from ..convert.api import PLAN_ATTR
-
-        plan = getattr(model, PLAN_ATTR, None)
+        plan = plan_of(model)
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LowRankConv)]
     decisions: list[MergeDecision] = []
     cache: dict[tuple[Any, ...], tuple[float, float]] = {}
@@ -121,8 +98,8 @@ def merge_factors(
                     factorised = copy.deepcopy(layer).float().eval()
                     dense = factorised.to_dense()
                     cache[key] = (
-                        _time_layer(factorised, shape, device=device, threads=threads, runs=runs, warmup=warmup),
-                        _time_layer(dense, shape, device=device, threads=threads, runs=runs, warmup=warmup),
+                        time_module(factorised, shape, device=device, threads=threads, runs=runs, warmup=warmup),
+                        time_module(dense, shape, device=device, threads=threads, runs=runs, warmup=warmup),
                     )
                 fact_ms, dense_ms = cache[key]
                 merged = dense_ms < fact_ms

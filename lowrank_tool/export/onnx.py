@@ -25,8 +25,6 @@ import copy
 import io
 import json
 import os
-import re
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -37,21 +35,28 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..convert.plan import ConversionPlan
-from ..errors import LowRankError
-from .merge import MERGE_MODES, MergeDecision, merge_factors
+from ..artifact import atomic_file
+from ..choices import (
+    DEFAULT_OPSET,
+    EXPORTERS,
+    MAX_OPSET,
+    MERGE_MODES,
+    MIN_OPSET,
+    PRECISIONS,
+)
+from ..conversion_plan import ConversionPlan, plan_of
+from ..convert.api import parse_input_size
+from ..errors import LowRankError, first_line
+from ..models import example_input
+from .merge import MergeDecision, merge_factors
+from .quantize import quantize_file
+from .verify import verify_onnx
 
 __all__ = [
-    "export_onnx", "ExportResult", "read_metadata", "plan_from_onnx",
+    "export_onnx", "ExportResult", "read_metadata", "plan_from_onnx", "load_onnx",
     "EXPORTERS", "PRECISIONS", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "META_PREFIX",
 ]
 
-EXPORTERS = ("auto", "torchscript", "dynamo")
-PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_OPSET = 17
-#: Opsets the export accepts: from the first with every op torchvision's models need, to the newest the
-#: TorchScript exporter writes (the dynamo exporter writes at least 18 whatever is asked).
-MIN_OPSET, MAX_OPSET = 13, 20
 META_PREFIX = "lowrank_tool."
 
 
@@ -93,8 +98,6 @@ def _task_of(model: nn.Module, plan: ConversionPlan | None) -> str:
 
 
 def _default_example(task: str, input_size: Sequence[int], batch: int) -> Any:
-    from ..models import example_input
-
     return example_input(task, tuple(input_size), batch=1 if task == "detection" else batch, seed=0)
 
 
@@ -165,18 +168,6 @@ def _export_dynamo(model: nn.Module, args: tuple[Any, ...], path: str, opset: in
         program.save(path)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("Traceback", "File ")):
-            return f"{type(exc).__name__}: {line[:240]}"
-    return type(exc).__name__
-
-
 def _run_exporters(model: nn.Module, args: tuple[Any, ...], path: str, opset: int, names: dict[str, Any], exporter: str) -> str:
     order = {"auto": ("torchscript", "dynamo"), "torchscript": ("torchscript",), "dynamo": ("dynamo",)}[exporter]
     failures = []
@@ -187,7 +178,7 @@ def _run_exporters(model: nn.Module, args: tuple[Any, ...], path: str, opset: in
         except LowRankError as exc:
             failures.append(f"{which}: {exc}")
         except Exception as exc:  # noqa: BLE001 - exporters raise anything; report the first line of each
-            failures.append(f"{which}: {_first_line(exc)}")
+            failures.append(f"{which}: {first_line(exc, limit=260)}")
     raise LowRankError(f"ONNX export failed ({'; '.join(failures)}); try another --opset or --input-size, or report the model")
 
 
@@ -221,13 +212,6 @@ def _ranks(plan: ConversionPlan) -> dict[str, list[int]]:
     return {layer.name: list(layer.ranks or []) for layer in plan.converted_layers}
 
 
-def plan_summary(plan: ConversionPlan) -> str:
-    t = plan.totals()
-    name = plan.base_model.get("name") or plan.base_model.get("class") or "model"
-    return (f"{name}: {t['converted']}/{t['layers']} convs low-rank, params {100 * t['params_ratio']:.1f}%, "
-            f"MACs {100 * t['macs_ratio']:.1f}% of dense")
-
-
 def _metadata(plan: ConversionPlan | None, task: str, input_size: Sequence[int] | None, precision: str, merged: list[str],
               exporter: str, extra: dict[str, str] | None) -> dict[str, str]:
     meta = {
@@ -235,7 +219,7 @@ def _metadata(plan: ConversionPlan | None, task: str, input_size: Sequence[int] 
         "input_size": "x".join(map(str, input_size)) if input_size else "", "merged": json.dumps(merged),
     }
     if plan is not None:
-        meta["summary"] = plan_summary(plan)
+        meta["summary"] = plan.summary_line()
         meta["ranks"] = json.dumps(_ranks(plan), separators=(",", ":"))
         meta["plan"] = json.dumps(plan.to_dict(), separators=(",", ":"))
     meta.update(extra or {})
@@ -244,7 +228,7 @@ def _metadata(plan: ConversionPlan | None, task: str, input_size: Sequence[int] 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The ``lowrank_tool.*`` metadata of an exported file, without the prefix."""
-    model_proto = _load_proto(path, load_weights=False)
+    model_proto = load_onnx(path, load_weights=False)
     return {p.key[len(META_PREFIX):]: p.value for p in model_proto.metadata_props if p.key.startswith(META_PREFIX)} if model_proto else {}
 
 
@@ -260,7 +244,8 @@ def plan_from_onnx(path: str | os.PathLike[str]) -> ConversionPlan | None:
     return ConversionPlan.from_dict(data, source=f"{path} metadata")
 
 
-def _load_proto(path: str | os.PathLike[str], load_weights: bool = True) -> Any:
+def load_onnx(path: str | os.PathLike[str], load_weights: bool = True) -> Any:
+    """An ONNX file as a ``ModelProto``; a missing or unreadable file is a one-line :class:`LowRankError`."""
     import onnx
 
     path = Path(path)
@@ -269,7 +254,7 @@ def _load_proto(path: str | os.PathLike[str], load_weights: bool = True) -> Any:
     try:
         return onnx.load(str(path), load_external_data=load_weights)
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors vary
-        raise LowRankError(f"{path} is not a readable ONNX file ({_first_line(exc)}); re-export it with `lowrank export`") from None
+        raise LowRankError(f"{path} is not a readable ONNX file ({first_line(exc, limit=260)}); re-export it with `lowrank export`") from None
 
 
 # -- validation -----------------------------------------------------------------------------------------
@@ -358,9 +343,6 @@ def export_onnx(
         >>> result.verification.max_rel < 1e-4               # doctest: +SKIP
         True
     """
-    from ..convert.api import PLAN_ATTR, parse_input_size
-    from .verify import verify_onnx
-
     if not isinstance(model, nn.Module):
         raise LowRankError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_opset(opset)
@@ -379,7 +361,7 @@ def export_onnx(
     note = progress or (lambda message: None)
     started = time.perf_counter()
 
-    plan: ConversionPlan | None = getattr(model, PLAN_ATTR, None)
+    plan = plan_of(model)
     task = _task_of(model, plan)
     size = parse_input_size(input_size) or (tuple(plan.input_size) if plan is not None else None)
     if example_input is None:
@@ -407,7 +389,7 @@ def export_onnx(
         try:
             probe = work(*args_typed)
         except Exception as exc:  # noqa: BLE001 - the model's own error on this input
-            raise LowRankError(f"the model does not run on the example input ({_first_line(exc)}); check --input-size") from None
+            raise LowRankError(f"the model does not run on the example input ({first_line(exc, limit=260)}); check --input-size") from None
     input_names = _input_names(task, args)
     output_names = _output_names(probe, task)
     if batch == "dynamic":
@@ -419,13 +401,10 @@ def export_onnx(
         axes = None
     names = {"input_names": input_names, "output_names": output_names, "dynamic_axes": axes}
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_file(path) as tmp:
         note(f"exporting ({exporter} exporter, opset {opset}, {precision})")
         used = _run_exporters(work, args_typed, str(tmp), opset, names, exporter)
-        proto = _load_proto(tmp)
+        proto = load_onnx(tmp)
         _strip_identities(proto)
         written_precision = "fp32" if precision == "int8" else precision
         meta = _metadata(plan, task, size, written_precision, merged, used, metadata)
@@ -439,8 +418,6 @@ def export_onnx(
         opset_written = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
         quant_report = None
         if precision == "int8":
-            from .quantize import quantize_file
-
             note(f"quantizing to int8 (calibrating on {calib_samples} samples)")
             quant_report = quantize_file(tmp, tmp, calib_data, size=size, samples=calib_samples, metadata=meta | {META_PREFIX + "precision": "int8"})
         report = None
@@ -449,10 +426,6 @@ def export_onnx(
             report = verify_onnx(tmp, reference, task=task, batch=batch, precision=precision, example_input=args,
                                  tolerance=tolerance, device=device, real_inputs=quant_report.inputs if quant_report else None,
                                  raise_on_failure=True, label=str(path))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     shapes = [[("batch" if batch == "dynamic" and task != "detection" and i == 0 else d) for i, d in enumerate(t.shape)]
               for t in _flat_inputs(args)]
     return ExportResult(path, used, opset_written, precision, batch, input_names, output_names, shapes,

@@ -20,8 +20,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
 
-from ..errors import LowRankError
+from ..data import DataSpec, build_datasets
+from ..errors import LowRankError, first_line
+from ..runtime import make_session
 
 __all__ = ["QuantizeReport", "quantize_file", "onnx_top1", "calibration_batches"]
 
@@ -43,8 +46,6 @@ class QuantizeReport:
 
 
 def _spec_datasets(spec: Any, size: Sequence[int] | None) -> tuple[Any, Any, str]:
-    from ..train.data import DataSpec, build_datasets
-
     parsed = DataSpec.parse(spec)
     if size is None or len(size) != 3 or size[1] != size[2]:
         raise LowRankError(f"int8 calibration with a data spec needs a square image input CxHxW, got {size}; pass batches instead")
@@ -87,9 +88,7 @@ class _Reader:
 
 def onnx_top1(path: str | os.PathLike[str], dataset: Any, *, batch_size: int = 64, limit: int | None = None, device: str = "auto") -> tuple[float, int]:
     """Top-1 accuracy (percent) of a classifier file on ``(image, label)`` samples, and how many were used."""
-    from torch.utils.data import DataLoader, Subset
 
-    from .runtime import make_session
 
     session = make_session(path, device=device)
     name = session.get_inputs()[0].name
@@ -130,7 +129,12 @@ def quantize_file(
         device: ONNX Runtime device for the evaluation.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src, dst = Path(src), Path(dst)
@@ -159,7 +163,7 @@ def quantize_file(
                                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                                 calibrate_method=CalibrationMethod.MinMax)
             except Exception as exc:  # noqa: BLE001 - ORT's quantizer raises plain exceptions
-                first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc, with_type=False, limit=240)
                 raise LowRankError(f"int8 quantization failed ({first}); export fp32 or fp16 instead") from None
         proto = onnx.load(str(out))
         del proto.metadata_props[:]

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import LowRankError, VerificationError
+from ..choices import TOLERANCES
+from ..errors import LowRankError, VerificationError, first_line
+from ..runtime import make_session, provider_name
 
 __all__ = ["VerifyReport", "verify_onnx", "TOLERANCES", "VerificationError"]
 
-TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.1}
 
 
 @dataclass
@@ -154,14 +155,13 @@ def verify_onnx(
     """
     import onnx
 
-    from .runtime import make_session, provider_name
 
     label = label or str(path)
     tol = float(tolerance) if tolerance is not None else TOLERANCES[precision]
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError and others
-        raise VerificationError(f"{label} fails the ONNX checker ({str(exc).strip().splitlines()[0][:240]})") from None
+        raise VerificationError(f"{label} fails the ONNX checker ({first_line(exc, with_type=False, limit=240)})") from None
     session = make_session(path, device=device)
     specs = session.get_inputs()
     if example_input is None:

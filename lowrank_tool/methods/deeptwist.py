@@ -22,14 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..choices import DEEPTWIST_LOWERINGS
 from ..errors import LowRankError
 from .dense_training import DenseTraining
-from .projection import LOWERINGS, project_like, project_svd, project_tiled
+from .projection import project_like, project_svd, project_tiled
 
 __all__ = ["DeepTwist", "DEEPTWIST_LOWERINGS"]
-
-DEEPTWIST_LOWERINGS = ("format", *LOWERINGS)
-
 
 class DeepTwist(DenseTraining):
     """DeepTwist as a training method (``--method deeptwist``).

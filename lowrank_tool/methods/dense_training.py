@@ -20,19 +20,21 @@ import copy
 from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
 
-from ..convert.apply import set_submodule
+from ..conversion_plan import ConversionPlan, attach_plan, plan_of
+from ..convert.apply import apply_plan, set_submodule
 from ..errors import LowRankError
-from ..layers import LowRankConv, get_format
+from ..layers import LowRankConv
 from .base import Method
+from .projection import project_like
 
 __all__ = ["DenseTraining", "following_batchnorms"]
 
 
 def following_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     """``conv name → the batch norm that directly consumes its output`` (found with torch.fx; {} when untraceable)."""
-    import torch.fx
 
     try:
         graph = torch.fx.symbolic_trace(model).graph
@@ -53,11 +55,10 @@ class DenseTraining(Method):
 
     def __init__(self) -> None:
         self.targets: list[tuple[str, str, list[int]]] = []
+        self.plan: ConversionPlan | None = None
 
     def setup(self, model: nn.Module) -> None:
-        from ..convert.api import PLAN_ATTR
-
-        plan = getattr(model, PLAN_ATTR, None)
+        plan = plan_of(model)
         targets = [(e.name, e.format, list(e.ranks or [])) for e in plan.converted_layers] if plan is not None else []
         if not targets:
             raise LowRankError(
@@ -65,7 +66,7 @@ class DenseTraining(Method):
                 "convert with `lowrank convert MODEL --rank R -o DIR` (not --dense) and train DIR"
             )
         self.check_targets(targets)
-        self.targets = targets
+        self.targets, self.plan = targets, plan
         for name, _, _ in targets:
             module = model.get_submodule(name)
             if isinstance(module, LowRankConv):
@@ -83,8 +84,6 @@ class DenseTraining(Method):
 
     def project_to_plan(self, model: nn.Module) -> None:
         """Project each planned conv onto exactly what its planned layer can hold."""
-        from .projection import project_like
-
         with torch.no_grad():
             for _, fmt, ranks, conv in self.convs(model):
                 conv.weight.copy_(project_like(conv, fmt, ranks))
@@ -95,12 +94,9 @@ class DenseTraining(Method):
 
     def deployable(self, model: nn.Module) -> nn.Module:
         """A copy of ``model`` in the plan's low-rank structure (what is saved and exported)."""
-        from ..convert.api import PLAN_ATTR
-
         out = self._swap_in_plan_layers(copy.deepcopy(model))
-        if hasattr(model, PLAN_ATTR):
-            setattr(out, PLAN_ATTR, getattr(model, PLAN_ATTR))
-        return out
+        plan = plan_of(model)
+        return attach_plan(out, plan) if plan is not None else out
 
     def finalize(self, model: nn.Module) -> nn.Module:
         """Swap the planned dense convs of ``model`` for their low-rank layers, in place (after a plan projection)."""
@@ -109,9 +105,8 @@ class DenseTraining(Method):
 
     def _swap_in_plan_layers(self, model: nn.Module) -> nn.Module:
         """Replace each planned dense conv of ``model`` by its layer decomposed from it, in place."""
-        for name, fmt, ranks, conv in self.convs(model):
-            set_submodule(model, name, get_format(fmt, conv.weight.dim() - 2).from_dense(conv, tuple(ranks), init="decompose"))
-        return model
+        assert self.plan is not None, "setup() first"
+        return apply_plan(model, copy.deepcopy(self.plan), init="decompose")
 
     def state(self) -> dict[str, Any]:
         return {"name": self.name, "layers": len(self.targets)}

@@ -20,11 +20,12 @@ import math
 import torch
 from torch import Tensor
 
+from ..choices import LOWERINGS
 from ..errors import LowRankError
+from ..layers import get_format
 
 __all__ = ["LOWERINGS", "lower", "raise_", "project_svd", "project_tiled", "project_like", "BN_EPS_INVERSE"]
 
-LOWERINGS = ("out", "spatial", "tiled")
 #: The regulariser of LRPET's BN-rectification inverse a / (a² + 1e-5).
 BN_EPS_INVERSE = 1e-5
 
@@ -121,7 +122,5 @@ def project_tiled(weight: Tensor, rank: int, tiles: int = 2, energy_transfer: fl
 
 def project_like(conv: torch.nn.Module, format_name: str, ranks: list[int] | tuple[int, ...]) -> Tensor:
     """The kernel of the ``format_name`` layer fitted to ``conv`` (decompose, then merge back)."""
-    from ..layers import get_format
-
     layer = get_format(format_name, conv.weight.dim() - 2).from_dense(conv, tuple(ranks), init="decompose")
     return layer.dense_weight().detach().to(conv.weight.dtype)

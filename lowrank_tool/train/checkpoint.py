@@ -14,40 +14,27 @@ read back with ``torch.load(weights_only=True)``: tensors and plain containers o
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_model
 from torch import nn
 
-from ..errors import LowRankError
+from ..artifact import atomic_file
+from ..errors import LowRankError, first_line
 
-__all__ = ["STATE_FILE", "BEST_FILE", "save_train_state", "load_train_state", "rng_state", "set_rng_state", "atomic_save_weights"]
+__all__ = ["save_train_state", "load_train_state", "rng_state", "set_rng_state", "atomic_save_weights"]
 
-STATE_FILE = "train_state.pt"
-BEST_FILE = "best.safetensors"
 STATE_VERSION = 1
 
 
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_model
 
-    _atomic(path, lambda tmp: save_model(model, tmp, metadata=metadata or {"format": "pt"}))
+    with atomic_file(path) as tmp:
+        save_model(model, str(tmp), metadata=metadata or {"format": "pt"})
 
 
 def rng_state() -> dict[str, Any]:
@@ -77,7 +64,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_train_state(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` (tensors, numbers, strings, lists, dicts) atomically."""
     state = {"version": STATE_VERSION, **state}
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -87,7 +75,7 @@ def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> di
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc, with_type=False, limit=160)
         raise LowRankError(f"{path} is corrupt or not a lowrank_tool train state ({first}); delete it and train without --resume") from None
     if not isinstance(state, dict) or "version" not in state or "model" not in state:
         raise LowRankError(f"{path} is not a lowrank_tool train state; delete it and train without --resume")

@@ -13,22 +13,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..choices import (
+    AMP_MODES,
+    DEEPTWIST_LOWERINGS,
+    DEFAULT_ORTH_WEIGHT,
+    DEVICES,
+    MEMORY_FORMATS,
+    OPTIMIZERS,
+    ORTH_KINDS,
+    SCHEDULES,
+)
 from ..errors import LowRankError
+from ..methods import list_methods
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "DEVICES", "MEMORY_FORMATS"]
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "onecycle", "constant")
-AMP_MODES = ("auto", "off", "fp16", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-
-
-def _default_orth_weight() -> float:
-    from ..methods.elrt import DEFAULT_ORTH_WEIGHT
-
-    return DEFAULT_ORTH_WEIGHT
-
 
 @dataclass
 class TrainConfig:
@@ -91,7 +89,7 @@ class TrainConfig:
     amp: str = "auto"
     method: str = "elrt"
     orth: str = "so"
-    orth_weight: float = field(default_factory=_default_orth_weight)
+    orth_weight: float = DEFAULT_ORTH_WEIGHT
     project_every: int = 0
     energy_transfer: float = 1.0
     bn_rectify: bool = True
@@ -134,11 +132,7 @@ class TrainConfig:
              f"milestones {self.milestones} must be epochs in 1..{self.epochs}")
         need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0), f"workers {self.workers!r} must be >= 0")
         need(self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 8), f"image_size {self.image_size!r} must be an integer >= 8")
-        from ..methods.elrt import ORTH_KINDS
-
         need(self.orth in ORTH_KINDS, f"orth {self.orth!r} is not known; expected one of {', '.join(ORTH_KINDS)}")
-        from ..methods import DEEPTWIST_LOWERINGS, list_methods
-
         need(self.method in list_methods(), f"method {self.method!r} is not known; expected one of {', '.join(list_methods())}")
         need(self.lowering in DEEPTWIST_LOWERINGS, f"lowering {self.lowering!r} is not known; expected one of {', '.join(DEEPTWIST_LOWERINGS)}")
         need(isinstance(self.bn_rectify, bool), f"bn_rectify {self.bn_rectify!r} must be true or false")

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import LowRankError
+import yaml
+
+from ..errors import LowRankError, first_line
 from .config import TrainConfig
 
 __all__ = ["Recipe", "load_recipe", "CONVERT_KEYS"]
@@ -48,7 +50,6 @@ class Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():
@@ -56,7 +57,7 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise LowRankError(f"recipe {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise LowRankError(f"recipe {path} is not valid YAML ({first_line(exc, with_type=False)})") from None
     if not isinstance(data, dict) or "model" not in data:
         raise LowRankError(f"recipe {path} must be a mapping with at least a 'model' key (e.g. model: resnet20)")
     known = list(_TOP_KEYS) + TrainConfig.keys()

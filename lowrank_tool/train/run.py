@@ -10,13 +10,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as tdist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..errors import LowRankError
+from ..artifact import SUMMARY_FILE, atomic_write_text
+from ..convert.api import summary
+from ..data import build_loaders
+from ..errors import LowRankError, first_line
+from ..io import load
 from .config import TrainConfig
 from .distributed import DistInfo, setup, teardown
-from .trainer import SUMMARY_FILE, Trainer, TrainResult
+from .trainer import Trainer, TrainResult
 
 __all__ = ["fit", "train_artifact"]
 
@@ -70,7 +75,7 @@ def _check_classes(model: nn.Module, loader: DataLoader, num_classes: int, devic
         with torch.no_grad():
             out = model(images[:1].to(device))
     except Exception as exc:  # noqa: BLE001 - the data does not fit the model
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc, with_type=False, limit=160)
         raise LowRankError(f"the model in {where} cannot run on the data's {tuple(images.shape[1:])} images ({first}); pick --image-size or another model") from None
     finally:
         model.train(was)
@@ -96,9 +101,6 @@ def train_artifact(
 
     ``trust_code`` lets the artifact's plan name a ``package.module:factory`` (see :func:`lowrank_tool.load`).
     """
-    from .. import load, summary
-    from .data import build_loaders
-
     directory = Path(directory)
     owns_dist = dist is None
     dist = dist or setup(config.device)
@@ -128,8 +130,6 @@ def train_artifact(
         if dist.enabled:
             summary_data["rank_checksums"] = _rank_checksums(trainer.raw_model, dist)
         if dist.is_main:
-            from ..convert.plan import atomic_write_text
-
             atomic_write_text(directory / SUMMARY_FILE, json.dumps(summary_data, indent=2) + "\n")
         completed = True
         return result, summary_data
@@ -140,8 +140,6 @@ def train_artifact(
 
 def _rank_checksums(model: nn.Module, dist: DistInfo) -> list[float]:
     """Each rank's sum of its parameters (float64): equal values mean the ranks stayed in sync."""
-    import torch.distributed as tdist
-
     local = torch.tensor([sum(p.detach().double().sum().item() for p in model.parameters())], dtype=torch.float64, device=dist.device)
     gathered = [torch.zeros_like(local) for _ in range(dist.world_size)]
     tdist.all_gather(gathered, local)

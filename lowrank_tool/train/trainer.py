@@ -20,20 +20,40 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..errors import LowRankError
+from ..artifact import (
+    BEST_FILE,
+    METRICS_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    atomic_write_text,
+)
+from ..errors import LowRankError, first_line
 from ..layers import LowRankConv
-from ..methods import Method, get_method
-from .checkpoint import BEST_FILE, STATE_FILE, atomic_save_weights, load_train_state, rng_state, save_train_state, set_rng_state
+from ..methods import Method, get_method, get_method_class
+from .checkpoint import (
+    atomic_save_weights,
+    load_train_state,
+    rng_state,
+    save_train_state,
+    set_rng_state,
+)
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
 
-__all__ = ["Trainer", "TrainResult", "TrainingInterrupted", "TrainingDiverged", "METRICS_FILE", "SUMMARY_FILE"]
+__all__ = ["Trainer", "TrainResult", "TrainingInterrupted", "TrainingDiverged"]
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
 
 
 class TrainingInterrupted(Exception):
@@ -157,7 +177,6 @@ class Trainer:
         self.memory_format = resolve_memory_format(config.memory_format, self.raw_model, self.device)
         self.raw_model.to(memory_format=self.memory_format)
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.raw_model, device_ids=ids)
@@ -212,7 +231,7 @@ class Trainer:
         try:
             self.raw_model.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise LowRankError(f"train state does not match the model ({str(exc).splitlines()[0][:160]}); train without --resume") from None
+            raise LowRankError(f"train state does not match the model ({first_line(exc, with_type=False, limit=160)}); train without --resume") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -231,14 +250,14 @@ class Trainer:
             lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             self.history = [m for m in lines if m["epoch"] < self.epoch]
             if self.dist.is_main:
-                _atomic_text(metrics, "".join(json.dumps(m) + "\n" for m in self.history))
+                atomic_write_text(metrics, "".join(json.dumps(m) + "\n" for m in self.history))
 
     def _save(self, best: bool) -> None:
         if self.out_dir is None or not self.dist.is_main:
             return
         save_train_state(self.out_dir / STATE_FILE, self.state_dict())
         to_save = self.method.deployable(self.raw_model)  # the artifact's structure (LRPET/DeepTwist train dense)
-        atomic_save_weights(to_save, self.out_dir / "model.safetensors")
+        atomic_save_weights(to_save, self.out_dir / WEIGHTS_FILE)
         if best:
             atomic_save_weights(to_save, self.out_dir / BEST_FILE)
 
@@ -401,15 +420,11 @@ def _device(name: str) -> torch.device:
 
 
 def _method_options(cfg: TrainConfig) -> dict[str, Any]:
-    from ..methods import get_method_class
-
     return {key: getattr(cfg, key) for key in get_method_class(cfg.method).config_keys}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    from ..convert.plan import atomic_write_text
-
-    atomic_write_text(path, text)
+#: Progress bars go to stderr, so that stdout stays for results (JSON).
+_ERR = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 class _progress:
@@ -418,14 +433,10 @@ class _progress:
     def __init__(self, enabled: bool, description: str, total: int, completed: int) -> None:
         self.bar = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            from ..cli._common import err_console
-
             self.bar = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%  {task.fields[ips]:,.0f} img/s"),
-                TimeRemainingColumn(), console=err_console, transient=False, disable=not err_console.is_terminal,
+                TimeRemainingColumn(), console=_ERR, transient=False, disable=not _ERR.is_terminal,
             )
             self.task = self.bar.add_task(description, total=total, completed=completed, loss=0.0, acc=0.0, ips=0.0)
 

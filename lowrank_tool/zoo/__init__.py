@@ -1,8 +1,8 @@
 """The toolkit's own networks, registered beside torchvision's names (``lowrank models``).
 
-Importing this package (``import lowrank_tool`` does) registers ``resnet20``, ``resnet32``,
-``resnet56``, ``resnet110`` and ``vgg16_cifar`` as classification models with a 3×32×32 default input,
-so ``lowrank convert resnet56 --rank 0.5`` and ``build_model("resnet20", num_classes=100)`` work.
+:mod:`lowrank_tool.models` registers ``resnet20``, ``resnet32``, ``resnet56``, ``resnet110`` and
+``vgg16_cifar`` (from :data:`CIFAR_MODELS`) as classification models with a 3×32×32 default input, so
+``lowrank convert resnet56 --rank 0.5`` and ``build_model("resnet20", num_classes=100)`` work.
 :func:`cifar_stem_` adapts a torchvision ResNet to 32×32 inputs.
 
 Example:
@@ -12,29 +12,21 @@ Example:
     Linear(in_features=64, out_features=100, bias=True)
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable
-
-from torch import nn
-
-from ..models import register_model
-from .cifar import BasicBlock, CifarResNet, CifarVGG, Shortcut, resnet20, resnet32, resnet56, resnet110, vgg16_cifar
+from .cifar import (
+    CIFAR_MODELS,
+    BasicBlock,
+    CifarResNet,
+    CifarVGG,
+    Shortcut,
+    resnet20,
+    resnet32,
+    resnet56,
+    resnet110,
+    vgg16_cifar,
+)
 from .stem import cifar_stem_
 
 __all__ = [
     "BasicBlock", "CifarResNet", "CifarVGG", "Shortcut", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16_cifar",
     "cifar_stem_", "CIFAR_MODELS",
 ]
-
-#: Name → builder of every network this package registers.
-CIFAR_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "resnet20": resnet20,
-    "resnet32": resnet32,
-    "resnet56": resnet56,
-    "resnet110": resnet110,
-    "vgg16_cifar": vgg16_cifar,
-}
-
-for _name, _builder in CIFAR_MODELS.items():
-    register_model(_name, _builder, task="classification", input_size=(3, 32, 32))

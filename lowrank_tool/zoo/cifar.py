@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import LowRankError
 
-__all__ = ["BasicBlock", "CifarResNet", "CifarVGG", "Shortcut", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16_cifar"]
+__all__ = ["BasicBlock", "CifarResNet", "CifarVGG", "Shortcut", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16_cifar", "CIFAR_MODELS"]
 
 #: ``"A"``: strided identity + zero channel padding (parameter-free); ``"B"``: 1×1 conv + BN projection.
 Shortcut = Literal["A", "B"]
@@ -255,3 +256,13 @@ def vgg16_cifar(num_classes: int = 10) -> CifarVGG:
         torch.Size([1, 100])
     """
     return CifarVGG(num_classes)
+
+
+#: Name → builder of every network here; :mod:`lowrank_tool.models` registers them beside torchvision's names.
+CIFAR_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet56": resnet56,
+    "resnet110": resnet110,
+    "vgg16_cifar": vgg16_cifar,
+}

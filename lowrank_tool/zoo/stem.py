@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import ResNet
 
-from ..convert import PLAN_ATTR
+from ..conversion_plan import plan_of
 from ..errors import LowRankError
 
 __all__ = ["cifar_stem_"]
@@ -58,7 +58,7 @@ def cifar_stem_(model: nn.Module) -> nn.Module:
             f"the CIFAR stem applies to {_FAMILIES}, not {type(model).__name__}; "
             "build one of those, or use a CIFAR network (resnet20, resnet56, vgg16_cifar)"
         )
-    if getattr(model, PLAN_ATTR, None) is not None:
+    if plan_of(model) is not None:
         # The plan records the 7x7 stem and the input size; changing the stem afterwards would make
         # save/load rebuild a different network than the weights describe.
         raise LowRankError(

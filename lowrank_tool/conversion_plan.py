@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .._version import __version__
-from ..errors import LowRankError
-from ..layers.base import ConvGeometry
+from ._version import __version__
+from .artifact import atomic_write_text
+from .errors import LowRankError
+from .layers.base import ConvGeometry
 
-__all__ = ["LayerPlan", "ConversionPlan", "SCHEMA_VERSION", "PLAN_FILE"]
+__all__ = ["LayerPlan", "ConversionPlan", "SCHEMA_VERSION", "PLAN_ATTR", "plan_of", "attach_plan"]
 
 #: Bumped on any incompatible change of the JSON layout; older plans keep loading.
 SCHEMA_VERSION = 1
-PLAN_FILE = "plan.json"
 _KIND = "lowrank_tool.plan"
+#: Attribute under which a converted model carries its plan (read it with :func:`plan_of`).
+PLAN_ATTR = "_lowrank_plan"
 
 
 @dataclass
@@ -109,6 +110,13 @@ class ConversionPlan:
             "layers": len(self.layers), "converted": len(self.converted_layers),
         }
 
+    def summary_line(self) -> str:
+        """``"resnet18: 19/20 convs low-rank, params 31.2%, MACs 35.0% of dense"``: the plan in one line."""
+        t = self.totals()
+        name = self.base_model.get("name") or self.base_model.get("class") or "model"
+        return (f"{name}: {t['converted']}/{t['layers']} convs low-rank, params {100 * t['params_ratio']:.1f}%, "
+                f"MACs {100 * t['macs_ratio']:.1f}% of dense")
+
     def layer(self, name: str) -> LayerPlan:
         for entry in self.layers:
             if entry.name == name:
@@ -181,12 +189,20 @@ class ConversionPlan:
         return cls.from_dict(data, source=str(path))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def plan_of(model: Any) -> ConversionPlan | None:
+    """The conversion plan a model carries (set by ``convert``, ``load`` or :func:`attach_plan`), or ``None``.
+
+    Example:
+        >>> plan_of(torch.nn.Linear(2, 2)) is None  # doctest: +SKIP
+        True
+    """
+    plan = getattr(model, PLAN_ATTR, None)
+    return plan if isinstance(plan, ConversionPlan) else None
+
+
+def attach_plan(model: Any, plan: ConversionPlan) -> Any:
+    """Make ``model`` carry ``plan`` (what ``save`` writes and ``export_onnx`` embeds); returns the model."""
+    if not isinstance(plan, ConversionPlan):
+        raise LowRankError(f"attach_plan needs a ConversionPlan, got {type(plan).__name__}")
+    setattr(model, PLAN_ATTR, plan)
+    return model

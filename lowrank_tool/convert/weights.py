@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
-from .errors import LowRankError
+from ..artifact import PLAN_FILE, WEIGHTS_FILE
+from ..conversion_plan import ConversionPlan
+from ..errors import LowRankError, first_line
 
 __all__ = ["read_state_dict", "load_weights"]
 
@@ -27,9 +31,6 @@ _NESTED_KEYS = ("state_dict", "model", "model_state_dict")
 
 
 def _from_directory(directory: Path) -> dict[str, torch.Tensor]:
-    from .convert.plan import PLAN_FILE, ConversionPlan
-    from .io import WEIGHTS_FILE
-
     plan = ConversionPlan.load(directory / PLAN_FILE)
     if plan.converted_layers:
         raise LowRankError(
@@ -47,8 +48,6 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise LowRankError(f"weights {path} do not exist; pass a .safetensors/.pt file or a dense artifact directory")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
@@ -57,7 +56,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         data: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle errors of every kind
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, with_type=False)
         raise LowRankError(
             f"{path} cannot be read as a weights-only PyTorch checkpoint ({first}); save a state dict "
             "(torch.save(model.state_dict(), path)) or a .safetensors file"

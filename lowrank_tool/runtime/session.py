@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import LowRankError
+import torch
+
+from ..choices import DEVICES
+from ..errors import LowRankError, first_line
 
 __all__ = ["DEVICES", "providers_for", "make_session", "provider_name"]
 
-#: Values of ``--device`` for export verification and benchmarks.
-DEVICES = ("auto", "cpu", "cuda")
 
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
@@ -31,8 +32,6 @@ def _ort() -> Any:
 
 
 def _gpu_present() -> bool:
-    import torch
-
     return bool(torch.cuda.is_available())
 
 
@@ -74,7 +73,7 @@ def make_session(model: str | os.PathLike[str] | bytes, *, device: str = "auto",
         raise
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
         where = "the ONNX model" if isinstance(model, bytes) else str(model)
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, with_type=False, limit=300)
         raise LowRankError(f"ONNX Runtime cannot load {where} ({first}); re-export it with `lowrank export`") from None
 
 

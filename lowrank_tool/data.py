@@ -1,0 +1,539 @@
+"""Datasets by spec, ``NAME[:PATH]``, each with its standard training augmentation.
+
+* ``digits``: scikit-learn's real handwritten digits (1,797 grey 8×8 images, 10 classes), shipped
+  inside scikit-learn, so nothing is downloaded. This is the toolkit's embedded default. The images are
+  upscaled (bilinear) to ``image_size`` (default 32) so that standard CNNs, including the CIFAR networks,
+  take them. A stratified 80/20 split fixed by the seed gives 1,437 train and 360 val images. Pixels are
+  scaled from [0, 16] to [0, 1] and normalised with the training split's mean and std. Everything stays
+  in memory: an epoch costs milliseconds of data work.
+* ``synthetic``: generated and learnable. Each class has a fixed random template (smooth blobs), and
+  a sample is its class's template plus Gaussian noise. The same seed gives the same data. For another
+  size or class count, use :class:`SyntheticDataset` directly.
+* ``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist``, ``svhn``: torchvision datasets read from
+  the folder PATH, in torchvision's on-disk layout. ``download=True`` (``--download``) lets
+  torchvision fetch them into PATH.
+* ``imagefolder``: ``PATH/train/<class>/<image>`` and ``PATH/val/<class>/<image>`` (ImageNet layout).
+
+**Grey images** (digits, MNIST, Fashion-MNIST) are fed to 3-channel models by repeating the grey channel
+three times. Every network of the zoo and of torchvision then takes them unchanged, and
+:attr:`DataInfo.in_channels` is always 3 (:attr:`DataInfo.grey` tells the two cases apart).
+For small images with a torchvision ResNet, see :func:`lowrank_tool.zoo.cifar_stem_`.
+
+Augmentation (training split only; validation gets none):
+
+======================  ======================================================================
+CIFAR-10 / CIFAR-100    RandomCrop(32, padding=4) + horizontal flip, CIFAR mean/std
+SVHN                    RandomCrop(32, padding=4), no flip (a mirrored digit is not a digit)
+MNIST                   RandomCrop(28, padding=2)
+Fashion-MNIST           RandomCrop(28, padding=2) + horizontal flip
+digits                  small random affine (±10°, scale 0.9-1.1, shift ±1/16 of the size), no flip
+imagefolder             RandomResizedCrop + flip; val: Resize(size·256/224) + CenterCrop, ImageNet mean/std
+synthetic               none
+======================  ======================================================================
+
+With ``image_size`` other than the native size, the torchvision datasets are resized first and the
+crop padding scales with the size.
+
+Example:
+    >>> train_loader, val_loader, info = build_loaders("digits", batch_size=64)
+    >>> info.num_classes, info.in_channels, info.image_size, info.grey
+    (10, 3, 32, True)
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+import torch.nn.functional as F
+import torchvision.datasets as D
+import torchvision.transforms as T
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from .errors import LowRankError, first_line
+
+__all__ = ["DATASETS", "DataSpec", "DataInfo", "SyntheticDataset", "build_datasets", "build_loaders"]
+
+#: Every dataset name ``--data`` accepts: the embedded ones first, then the folder datasets.
+DATASETS: tuple[str, ...] = ("digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "imagefolder")
+_IN_MEMORY = frozenset({"digits", "synthetic"})
+_GREY = frozenset({"digits", "mnist", "fashion-mnist"})
+_NATIVE_SIZE = {"digits": 32, "synthetic": 32, "cifar10": 32, "cifar100": 32, "svhn": 32, "mnist": 28, "fashion-mnist": 28, "imagefolder": 224}
+# Names people type for a dataset we have under another name. Used for the hint only: one spelling per dataset.
+_ALIASES = {"imagenet": "imagefolder", "folder": "imagefolder", "fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+            "fashion_mnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100", "sklearn": "digits"}
+
+# Per-channel statistics of each training set (the values the literature uses).
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "imagefolder": _IMAGENET,
+}
+_CROP_PADDING = {"cifar10": 4, "cifar100": 4, "svhn": 4, "mnist": 2, "fashion-mnist": 2}
+_FLIP = frozenset({"cifar10", "cifar100", "fashion-mnist", "imagefolder"})
+_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10, "fashion-mnist": 10}
+
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# The files torchvision reads, relative to PATH. We check them ourselves first so that a missing dataset
+# names the exact file expected, instead of torchvision's generic "Dataset not found or corrupted".
+_LAYOUT: dict[str, tuple[str, ...]] = {
+    "cifar10": tuple(f"cifar-10-batches-py/{f}" for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]),
+    "cifar100": ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
+    "mnist": tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES),
+    "fashion-mnist": tuple(f"FashionMNIST/raw/{f}" for f in _MNIST_FILES),
+    "svhn": ("train_32x32.mat", "test_32x32.mat"),
+    "imagefolder": ("train", "val"),
+}
+# Older torchvision versions saved MNIST as processed tensors. torchvision still reads them, so we accept them too.
+_LEGACY_LAYOUT = {
+    "mnist": ("MNIST/processed/training.pt", "MNIST/processed/test.pt"),
+    "fashion-mnist": ("FashionMNIST/processed/training.pt", "FashionMNIST/processed/test.pt"),
+}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A dataset name and, for the folder datasets, the folder it lives in.
+
+    Attributes:
+        name: one of :data:`DATASETS`.
+        path: the data folder, ``~`` expanded. Required for the folder datasets; must be ``None``
+            for ``digits`` and ``synthetic``.
+
+    Example:
+        >>> DataSpec.parse("cifar10:/data/cifar")
+        DataSpec(name='cifar10', path='/data/cifar')
+        >>> str(DataSpec.parse("digits"))
+        'digits'
+    """
+
+    name: str
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise LowRankError(_unknown_message(self.name))
+        if self.name in _IN_MEMORY and self.path:
+            raise LowRankError(f"dataset {self.name!r} is built in and takes no PATH, got {self.path!r}; write --data {self.name}")
+        if self.name not in _IN_MEMORY and not self.path:
+            raise LowRankError(f"dataset {self.name!r} is read from a folder but no PATH was given; write {self.name}:PATH (e.g. --data {self.name}:~/data)")
+
+    @classmethod
+    def parse(cls, text: str) -> "DataSpec":
+        """Parse ``NAME[:PATH]`` (the name is case-insensitive; ``~`` in PATH is expanded).
+
+        Only the first ``:`` separates, so PATH may contain colons. Whether PATH exists is checked by
+        :func:`build_datasets`, because ``download=True`` may create it.
+
+        Raises:
+            LowRankError: unknown name (with close matches), a folder dataset without PATH, or a
+                PATH given to ``digits`` / ``synthetic``.
+        """
+        if isinstance(text, DataSpec):  # tolerated so that callers can pass either form through
+            return text
+        if not isinstance(text, str):
+            raise LowRankError(f"dataset spec must be a string NAME[:PATH], got {type(text).__name__} {text!r}; e.g. 'digits' or 'cifar10:~/data'")
+        name, _, path = text.strip().partition(":")
+        path = path.strip()
+        return cls(name.strip().lower(), os.path.expanduser(path) if path else None)
+
+    def __str__(self) -> str:
+        return self.name if self.path is None else f"{self.name}:{self.path}"
+
+
+def _unknown_message(name: str) -> str:
+    close = difflib.get_close_matches(name, DATASETS, n=3, cutoff=0.6)
+    alias = _ALIASES.get(name)
+    if alias and alias not in close:
+        close.insert(0, alias)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"unknown dataset {name!r}; {hint}expected one of {', '.join(DATASETS)}, written NAME[:PATH] (e.g. cifar10:~/data)"
+
+
+@dataclass
+class DataInfo:
+    """What a model and a trainer need to know about a dataset.
+
+    Attributes:
+        name: the dataset name (one of :data:`DATASETS`).
+        num_classes: number of classes (labels are ``0 .. num_classes-1``).
+        in_channels: channels of the images fed to the model: always 3 (grey images are repeated).
+        image_size: side of the square images the model receives.
+        train_size: number of training samples.
+        val_size: number of validation samples.
+        grey: whether the source images are grey (digits, MNIST, Fashion-MNIST).
+    """
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    train_size: int
+    val_size: int
+    grey: bool
+
+
+# -- in-memory datasets ---------------------------------------------------------------------------------
+class _ImageTensors(Dataset):
+    """Images held as one ``(N, C, H, W)`` tensor, augmented, normalised and made 3-channel per item.
+
+    Images are stored before normalisation so that augmentation pads with the true background (0).
+    The normalised image is computed per item, which costs microseconds.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], *, mean: float = 0.0, std: float = 1.0,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.images = images
+        self.targets = targets
+        self.classes = list(classes)
+        self.mean, self.std = mean, std
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        if self.augment is not None:
+            image = self.augment(image)
+        if self.mean != 0.0 or self.std != 1.0:
+            image = (image - self.mean) / self.std
+        if image.shape[0] == 1:
+            # repeat, not expand: samples are independent tensors that callers may modify in place
+            image = image.repeat(3, 1, 1)
+        return image, int(self.targets[index])
+
+
+class _RandomAffine:
+    """Random rotation, scale and shift of a ``(C, H, W)`` tensor in one bilinear resampling.
+
+    Regions moved in from outside the image are filled with 0 (the digits' background). It draws from
+    torch's global generator, as torchvision's transforms do, so ``torch.manual_seed`` (or each
+    DataLoader worker's seed) makes it repeatable.
+    """
+
+    def __init__(self, degrees: float = 10.0, scale: tuple[float, float] = (0.9, 1.1), max_shift: float = 1.0) -> None:
+        self.degrees, self.scale, self.max_shift = degrees, scale, max_shift
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        c, h, w = image.shape
+        r = torch.rand(4).tolist()
+        angle = math.radians((2 * r[0] - 1) * self.degrees)
+        scale = self.scale[0] + r[1] * (self.scale[1] - self.scale[0])
+        # affine_grid maps output to input coordinates in [-1, 1], so a shift of p pixels is 2p/size
+        tx, ty = ((2 * r[2] - 1) * 2 * self.max_shift / w, (2 * r[3] - 1) * 2 * self.max_shift / h)
+        cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+        theta = torch.tensor([[[cos, -sin, tx], [sin, cos, ty]]], dtype=image.dtype)
+        grid = F.affine_grid(theta, [1, c, h, w], align_corners=False)
+        return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+
+    def __repr__(self) -> str:
+        return f"RandomAffine(degrees={self.degrees}, scale={self.scale}, max_shift={self.max_shift}px)"
+
+
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> tuple[Any, Any]:
+    """scikit-learn's digits as (images (1797, 8, 8) in [0, 16], targets), read once per process."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise LowRankError("the digits dataset needs scikit-learn, which is not installed; run pip install scikit-learn") from None
+    bunch = load_digits()
+    return bunch.images, bunch.target
+
+
+def _digits(size: int, seed: int, augment: bool) -> tuple[Dataset, Dataset]:
+    from sklearn.model_selection import train_test_split
+
+    images, targets = _load_digits()
+    # stratified: every class keeps its share in both splits (36 ± 1 val images per digit)
+    train_idx, val_idx = train_test_split(np.arange(len(targets)), test_size=0.2, stratify=targets, random_state=seed)
+    train_idx, val_idx = torch.as_tensor(np.sort(train_idx)), torch.as_tensor(np.sort(val_idx))
+    x = torch.as_tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
+    if size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    y = torch.as_tensor(targets, dtype=torch.long)
+    # statistics of the training split only, at the size the model sees
+    mean, std = x[train_idx].mean().item(), x[train_idx].std().item()
+    classes = [str(i) for i in range(10)]
+    shift = max(1, size // 16)  # about half a pixel of the original 8×8 digit
+    train = _ImageTensors(x[train_idx], y[train_idx], classes, mean=mean, std=std, augment=_RandomAffine(max_shift=shift) if augment else None)
+    val = _ImageTensors(x[val_idx], y[val_idx], classes, mean=mean, std=std)
+    return train, val
+
+
+class SyntheticDataset(_ImageTensors):
+    """Generated, learnable classification data: a fixed random template per class plus noise.
+
+    Templates are smooth random patterns (4×4 Gaussian noise upsampled bilinearly), so a CNN can learn
+    them as well as a linear model can. Each template is standardised, and a sample is
+    ``(template[y] + noise * N(0, 1)) / sqrt(1 + noise**2)``, so pixels have unit variance. Templates depend
+    only on ``seed``, so the ``"train"`` and ``"val"`` splits of one seed share their classes and differ
+    only in their noise. Classes are balanced, and the whole set is generated once, in memory.
+
+    Args:
+        num_samples: number of samples.
+        num_classes: number of classes (templates).
+        image_size: side of the square 3-channel images.
+        noise: standard deviation of the noise relative to the template (higher is harder).
+        seed: fixes the templates and, together with ``split``, the samples.
+        split: ``"train"`` or ``"val"``.
+
+    Example:
+        >>> data = SyntheticDataset(200, num_classes=5, image_size=16, seed=1)
+        >>> image, label = data[0]
+        >>> tuple(image.shape), 0 <= label < 5
+        ((3, 16, 16), True)
+    """
+
+    def __init__(self, num_samples: int = 1024, *, num_classes: int = 10, image_size: int = 32, noise: float = 1.0, seed: int = 0,
+                 split: str = "train") -> None:
+        _check_int("num_samples", num_samples, 1)
+        _check_int("num_classes", num_classes, 2)
+        _check_int("image_size", image_size, 4)
+        _check_int("seed", seed, 0)
+        if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not math.isfinite(noise) or noise < 0:
+            raise LowRankError(f"noise must be a finite number >= 0, got {noise!r}; e.g. noise=1.0")
+        if split not in ("train", "val"):
+            raise LowRankError(f"split must be 'train' or 'val', got {split!r}")
+        gen = torch.Generator().manual_seed(seed)
+        low = torch.randn(num_classes, 3, 4, 4, generator=gen)
+        # both splits' noise seeds come from the template generator: independent of each other and of num_samples
+        split_seeds = torch.randint(0, 2**62, (2,), generator=gen).tolist()
+        templates = F.interpolate(low, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        flat = templates.flatten(1)
+        templates = ((flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True)).view_as(templates)
+        gen = torch.Generator().manual_seed(split_seeds[0 if split == "train" else 1])
+        targets = (torch.arange(num_samples) % num_classes)[torch.randperm(num_samples, generator=gen)]
+        images = (templates[targets] + noise * torch.randn(num_samples, 3, image_size, image_size, generator=gen)) / math.sqrt(1 + noise**2)
+        super().__init__(images, targets, [f"class{i}" for i in range(num_classes)])
+        self.templates = templates
+
+
+# -- folder datasets (torchvision) ---------------------------------------------------------------------
+class _GreyToRGB:
+    """Repeat a 1-channel tensor image to 3 channels (a class, not a lambda, so that workers can pickle it)."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image.repeat(3, 1, 1) if image.shape[0] == 1 else image
+
+    def __repr__(self) -> str:
+        return "GreyToRGB()"
+
+
+def _transforms(name: str, size: int, augment: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The (train, val) transforms of a folder dataset; train equals val when ``augment`` is off."""
+
+    mean, std = _MEAN_STD[name]
+    tail: list[Any] = [T.ToTensor(), T.Normalize(mean, std)] + ([_GreyToRGB()] if name in _GREY else [])
+    if name == "imagefolder":
+        val = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), *tail])
+        return (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *tail]) if augment else val), val
+    native = _NATIVE_SIZE[name]
+    resize: list[Any] = [T.Resize((size, size))] if size != native else []
+    val = T.Compose([*resize, *tail])
+    if not augment:
+        return val, val
+    padding = max(1, round(_CROP_PADDING[name] * size / native))
+    flip: list[Any] = [T.RandomHorizontalFlip()] if name in _FLIP else []
+    return T.Compose([*resize, T.RandomCrop(size, padding=padding), *flip, *tail]), val
+
+
+def _layout_text(name: str, root: Path) -> str:
+    if name == "imagefolder":
+        return f"{root / 'train'}/<class>/<image> and {root / 'val'}/<class>/<image> with the same class folders"
+    files = _LAYOUT[name]
+    folder = os.path.dirname(files[0])
+    listing = ", ".join(os.path.basename(f) for f in files)
+    return f"{root / folder if folder else root} holding {listing}"
+
+
+def _check_layout(name: str, root: Path, download: bool) -> None:
+    """Fail early, naming the file expected, when PATH does not hold the dataset (and nothing will fetch it)."""
+    fetch = download and name != "imagefolder"
+    fix = f"put the files there ({_layout_text(name, root)})" + ("" if name == "imagefolder" else " or add --download to fetch them (needs internet)")
+    if not root.exists():
+        if fetch:
+            return  # torchvision creates the folder
+        raise LowRankError(f"data folder {root} does not exist; create it and {fix}")
+    if not root.is_dir():
+        raise LowRankError(f"{name}:PATH must be a folder, but {root} is a file; point PATH at the folder described: {_layout_text(name, root)}")
+    missing = [rel for rel in _LAYOUT[name] if not (root / rel).exists()]
+    legacy = _LEGACY_LAYOUT.get(name)
+    if not missing or fetch or (legacy and all((root / rel).exists() for rel in legacy)):
+        return
+    hint = ""
+    for parent in list(root.parents)[:2]:
+        # a common slip: PATH points inside the dataset's own folder (e.g. ~/data/cifar-10-batches-py)
+        if all((parent / rel).exists() for rel in _LAYOUT[name]):
+            hint = f"; the dataset is in {parent}: write {name}:{parent}"
+            break
+    else:
+        if (root / f"{missing[0]}.gz").exists():
+            hint = f"; {root / missing[0]}.gz is there: decompress the .gz files (gunzip) or add --download"
+    if not hint:
+        hint = f"; {fix}"
+    raise LowRankError(f"{name} not found in {root}: expected {root / missing[0]}{hint}")
+
+
+def _folder_datasets(spec: DataSpec, size: int, download: bool, augment: bool) -> tuple[Dataset, Dataset, int]:
+
+    name = spec.name
+    assert spec.path is not None  # DataSpec guarantees it for folder datasets
+    root = Path(spec.path)
+    _check_layout(name, root, download)
+    train_t, val_t = _transforms(name, size, augment)
+    fetch = download and name != "imagefolder"
+    try:
+        if name == "imagefolder":
+            train, val = D.ImageFolder(str(root / "train"), train_t), D.ImageFolder(str(root / "val"), val_t)
+        elif name == "svhn":
+            train, val = D.SVHN(str(root), split="train", transform=train_t, download=fetch), D.SVHN(str(root), split="test", transform=val_t, download=fetch)
+        else:
+            cls = {"cifar10": D.CIFAR10, "cifar100": D.CIFAR100, "mnist": D.MNIST, "fashion-mnist": D.FashionMNIST}[name]
+            train, val = cls(str(root), train=True, transform=train_t, download=fetch), cls(str(root), train=False, transform=val_t, download=fetch)
+    except Exception as exc:  # noqa: BLE001 - any failure here is in the user's files or connection, reported as such
+        detail = first_line(exc, with_type=False)
+        if fetch:
+            raise LowRankError(f"cannot download or read {name} in {root} ({detail}); check the internet connection, or put the files there yourself ({_layout_text(name, root)})") from None
+        if name == "imagefolder":
+            raise LowRankError(f"cannot read imagefolder from {root} ({detail}); expected {_layout_text(name, root)}") from None
+        raise LowRankError(f"cannot read {name} from {root} ({detail}); the files may be incomplete or fail torchvision's checksum: delete them and fetch them again with --download") from None
+    if name == "imagefolder":
+        if train.classes != val.classes:
+            # ImageFolder numbers classes per folder, so mismatched folders would silently mislabel val
+            only_train = sorted(set(train.classes) - set(val.classes))
+            only_val = sorted(set(val.classes) - set(train.classes))
+            raise LowRankError(f"imagefolder {root}: train/ and val/ have different class folders (only in train: {', '.join(only_train) or '-'}; "
+                               f"only in val: {', '.join(only_val) or '-'}); give both the same class folders")
+        return train, val, len(train.classes)
+    return train, val, _NUM_CLASSES[name]
+
+
+# -- public builders ------------------------------------------------------------------------------------
+def _check_int(what: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise LowRankError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
+def build_datasets(spec: DataSpec | str, *, image_size: int | None = None, download: bool = False, seed: int = 0,
+                   augment: bool = True) -> tuple[Dataset, Dataset, DataInfo]:
+    """Build the train and validation datasets for a spec, plus what a model needs to know about them.
+
+    Samples are ``(image, label)``: a float tensor ``(3, image_size, image_size)`` and an ``int``.
+
+    Args:
+        spec: ``NAME[:PATH]`` or a :class:`DataSpec`.
+        image_size: side of the images fed to the model (``None``: 32 for digits, synthetic, CIFAR and
+            SVHN; 28 for MNIST-like; 224 for imagefolder).
+        download: let torchvision download a missing dataset into PATH (needs internet; not for
+            ``imagefolder``, which is always your own folder).
+        seed: fixes the digits split and the synthetic data. Augmentation draws from torch's global
+            generator (seed it, or let DataLoader workers seed it).
+        augment: apply the dataset's standard training augmentation (see the module docstring).
+
+    Raises:
+        LowRankError: bad spec or image size, PATH missing, dataset not found in PATH, unreadable files.
+
+    Example:
+        >>> train, val, info = build_datasets("digits", image_size=16, augment=False)
+        >>> len(train), len(val), tuple(train[0][0].shape)
+        (1437, 360, (3, 16, 16))
+    """
+    spec = DataSpec.parse(spec)
+    if image_size is not None:
+        _check_int("image_size", image_size, 8)
+    _check_int("seed", seed, 0)
+    size = image_size or _NATIVE_SIZE[spec.name]
+    train: Dataset
+    val: Dataset
+    if spec.name == "digits":
+        train, val = _digits(size, seed, augment)
+        classes = 10
+    elif spec.name == "synthetic":
+        train = SyntheticDataset(1024, image_size=size, seed=seed, split="train")
+        val = SyntheticDataset(256, image_size=size, seed=seed, split="val")
+        classes = 10
+    else:
+        train, val, classes = _folder_datasets(spec, size, download, augment)
+    info = DataInfo(spec.name, classes, 3, size, len(train), len(val), spec.name in _GREY)  # type: ignore[arg-type]
+    return train, val, info
+
+
+def build_loaders(spec: DataSpec | str, *, batch_size: int = 128, workers: int | None = None, image_size: int | None = None,
+                  download: bool = False, seed: int = 0, distributed: bool = False, augment: bool = True,
+                  val_batch_size: int | None = None) -> tuple[DataLoader, DataLoader, DataInfo]:
+    """Build train and validation DataLoaders for a spec, with defaults that suit each dataset.
+
+    * ``workers`` (``None``): ``min(4, os.cpu_count())`` for folder datasets, 0 for the in-memory
+      digits and synthetic. For those, worker processes cost more than the data work they would do.
+      ``persistent_workers`` is on whenever there are workers.
+    * ``pin_memory`` when CUDA is available. ``drop_last`` is off: every sample is used.
+    * Train order: shuffled by a generator seeded with ``seed`` (the loader's ``.generator``; the trainer
+      reseeds it per epoch). With ``distributed=True`` (a torch.distributed process group must be
+      initialised), a ``DistributedSampler`` splits train (shuffled, ``seed``) and val (in order)
+      across ranks. It is the loader's ``.sampler``; call ``sampler.set_epoch(epoch)`` every epoch.
+      The val sampler repeats up to ``world_size - 1`` samples so all ranks get equal shares.
+
+    Args:
+        spec: ``NAME[:PATH]`` or a :class:`DataSpec`.
+        batch_size: training batch size (per process under DDP).
+        workers: DataLoader worker processes (``None``: automatic, see above).
+        image_size: see :func:`build_datasets`.
+        download: see :func:`build_datasets`.
+        seed: data split, synthetic data, shuffling and the DDP sampler.
+        distributed: use ``DistributedSampler`` for both loaders.
+        augment: the dataset's standard training augmentation.
+        val_batch_size: validation batch size (``None``: ``batch_size``).
+
+    Raises:
+        LowRankError: as :func:`build_datasets`, plus bad sizes/worker counts, or ``distributed=True``
+            without an initialised process group.
+
+    Example:
+        >>> train_loader, val_loader, info = build_loaders("digits", batch_size=64, image_size=16)
+        >>> images, labels = next(iter(train_loader))
+        >>> tuple(images.shape), labels.dtype
+        ((64, 3, 16, 16), torch.int64)
+    """
+    _check_int("batch_size", batch_size, 1)
+    if val_batch_size is not None:
+        _check_int("val_batch_size", val_batch_size, 1)
+    if workers is not None:
+        _check_int("workers", workers, 0)
+    spec = DataSpec.parse(spec)
+    sampler_cls: Any = None
+    if distributed:
+
+        if not (tdist.is_available() and tdist.is_initialized()):
+            raise LowRankError("distributed=True needs an initialised torch.distributed process group; call torch.distributed.init_process_group "
+                               "first (lowrank train --nproc N does it) or pass distributed=False")
+
+        sampler_cls = DistributedSampler
+    train, val, info = build_datasets(spec, image_size=image_size, download=download, seed=seed, augment=augment)
+    if workers is None:
+        workers = 0 if spec.name in _IN_MEMORY else min(4, os.cpu_count() or 1)
+    common: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
+    # also seeds the workers' base seed (and so the augmentation) when there are workers
+    generator = torch.Generator().manual_seed(seed)
+    if sampler_cls is not None:
+        train_loader = DataLoader(train, batch_size=batch_size, sampler=sampler_cls(train, shuffle=True, seed=seed), generator=generator,
+                                  drop_last=False, **common)
+        val_loader = DataLoader(val, batch_size=val_batch_size or batch_size, sampler=sampler_cls(val, shuffle=False), **common)
+    else:
+        train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False, **common)
+        val_loader = DataLoader(val, batch_size=val_batch_size or batch_size, shuffle=False, **common)
+    return train_loader, val_loader, info

@@ -1,0 +1,15 @@
+"""ONNX Runtime and timing: sessions on the right provider, latency statistics, and the export-and-time probe.
+
+Used by the converter (latency policy), the exporter (verification, ``merge="auto"``, int8) and the
+benchmarks; it depends on nothing of the toolkit but its errors.
+"""
+
+from .probe import onnx_bytes, time_module
+from .session import DEVICES, make_session, provider_name, providers_for
+from .timing import Latency, measure, time_onnx, time_torch
+
+__all__ = [
+    "DEVICES", "make_session", "providers_for", "provider_name",
+    "Latency", "measure", "time_onnx", "time_torch",
+    "onnx_bytes", "time_module",
+]

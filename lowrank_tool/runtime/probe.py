@@ -1,0 +1,42 @@
+"""Export one module to ONNX in memory and time it in ONNX Runtime: the probe behind every measured decision.
+
+Both measured decisions of the toolkit stand on it: the latency policy of the converter (which form of a
+layer is fastest, and how fast a whole candidate model is) and ``merge="auto"`` of the exporter (is a
+factor chain faster merged back into one conv). The module is exported with the TorchScript exporter
+in eval mode, with one random input of the given shape, and timed with :func:`~.timing.time_onnx`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import torch
+from torch import nn
+
+from .session import make_session
+from .timing import time_onnx
+
+__all__ = ["onnx_bytes", "time_module"]
+
+PROBE_OPSET = 17
+
+
+def onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    """``module`` (one tensor in, eval mode) as ONNX bytes, input ``x`` of ``input_shape``, output ``y``."""
+    buf = io.BytesIO()
+    sink = io.StringIO()
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(input_shape),), buf, dynamo=False, opset_version=PROBE_OPSET,
+                          training=torch.onnx.TrainingMode.EVAL, input_names=["x"], output_names=["y"])
+    return buf.getvalue()
+
+
+def time_module(module: nn.Module, input_shape: tuple[int, ...], *, device: str = "cpu", threads: int | None = None,
+                runs: int = 20, warmup: int = 5) -> float:
+    """Median ONNX Runtime latency (ms) of ``module`` on a random input of ``input_shape`` (batch, C, *spatial)."""
+    session = make_session(onnx_bytes(module, input_shape), device=device, threads=threads)
+    feed = {"x": torch.randn(input_shape).numpy()}
+    return time_onnx(session, feed, runs=runs, warmup=warmup).median_ms
