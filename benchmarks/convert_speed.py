@@ -31,7 +31,9 @@ from lowrank_tool.models import build_model, default_input_size, get_entry
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "mobilenet_v2", "vgg16"])
-    parser.add_argument("--task", default=None, help="every registered torchvision model of this task (or 'all') instead of --models")
+    parser.add_argument(
+        "--task", default=None, help="every registered torchvision model of this task (or 'all') instead of --models"
+    )
     parser.add_argument("--rank", type=float, default=0.3)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default="benchmarks/results/convert_speed.json")
@@ -44,7 +46,9 @@ def main() -> None:
     rows = []
     for name in args.models:
         model = build_model(name)
-        size = default_input_size(name, {})  # what `lowrank convert NAME` traces at (384 px for regnet_y_128gf, 800 for detection)
+        size = default_input_size(
+            name, {}
+        )  # what `lowrank convert NAME` traces at (384 px for regnet_y_128gf, 800 for detection)
         if not args.task:
             lr.convert(model, rank=args.rank, input_size=size)  # warm-up (first fx trace imports and caches)
         times = []
@@ -55,14 +59,28 @@ def main() -> None:
         plan = lr.summary(converted)
         t = plan.totals()
         on_meta = bool(plan.trace.get("shapes_on_meta"))
-        rows.append({
-            "model": name, "task": get_entry(name).task, "input_size": list(size), "rank": args.rank, "convert_s_median": statistics.median(times), "convert_s_max": max(times),
-            "params_ratio": t["params_ratio"], "macs_ratio": t["macs_ratio"], "converted": t["converted"], "layers": t["layers"],
-            "trace": plan.trace["path"], "shapes_on_meta": on_meta,
-        })
-        print(f"{name:14s} convert {statistics.median(times):6.3f}s (max {max(times):.3f}s)  "
-              f"params kept {100 * t['params_ratio']:5.1f}%  MACs kept {100 * t['macs_ratio']:5.1f}%  "
-              f"{t['converted']}/{t['layers']} convs  shapes {'meta' if on_meta else 'real forward'}", flush=True)
+        rows.append(
+            {
+                "model": name,
+                "task": get_entry(name).task,
+                "input_size": list(size),
+                "rank": args.rank,
+                "convert_s_median": statistics.median(times),
+                "convert_s_max": max(times),
+                "params_ratio": t["params_ratio"],
+                "macs_ratio": t["macs_ratio"],
+                "converted": t["converted"],
+                "layers": t["layers"],
+                "trace": plan.trace["path"],
+                "shapes_on_meta": on_meta,
+            }
+        )
+        print(
+            f"{name:14s} convert {statistics.median(times):6.3f}s (max {max(times):.3f}s)  "
+            f"params kept {100 * t['params_ratio']:5.1f}%  MACs kept {100 * t['macs_ratio']:5.1f}%  "
+            f"{t['converted']}/{t['layers']} convs  shapes {'meta' if on_meta else 'real forward'}",
+            flush=True,
+        )
     total = sum(r["convert_s_median"] for r in rows)
     by_task: dict[str, float] = {}
     for r in rows:
@@ -70,7 +88,15 @@ def main() -> None:
     if len(by_task) > 1:
         print("per task: " + ", ".join(f"{t} {v:.1f} s" for t, v in by_task.items()))
     print(f"total convert() time over {len(rows)} models: {total:.1f} s (building the dense models not counted)")
-    meta = {"total_convert_s": total, "total_by_task_s": by_task, "models": len(rows), "machine": platform.platform(), "cpu_count": torch.get_num_threads(), "torch": torch.__version__, "lowrank_tool": lr.__version__}
+    meta = {
+        "total_convert_s": total,
+        "total_by_task_s": by_task,
+        "models": len(rows),
+        "machine": platform.platform(),
+        "cpu_count": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lowrank_tool": lr.__version__,
+    }
     import pathlib
 
     path = pathlib.Path(args.json)

@@ -25,8 +25,18 @@ import torch
 import lowrank_tool as lr
 from lowrank_tool.export import export_onnx
 
-DEFAULT = ["resnet18", "resnet50", "mobilenet_v2", "vgg16", "efficientnet_b0", "fcn_resnet50", "lraspp_mobilenet_v3_large",
-           "ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn"]
+DEFAULT = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "vgg16",
+    "efficientnet_b0",
+    "fcn_resnet50",
+    "lraspp_mobilenet_v3_large",
+    "ssdlite320_mobilenet_v3_large",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "retinanet_resnet50_fpn",
+]
 
 
 def main() -> None:
@@ -50,17 +60,35 @@ def main() -> None:
                 try:
                     result = export_onnx(model, Path(tmp) / f"{name}.onnx", exporter=exporter)
                     v = result.verification
-                    row |= {"ok": True, "seconds": time.perf_counter() - t0, "max_rel": v.max_rel, "max_abs": v.max_abs,
-                            "verify_input": v.input_shapes, "notes": v.notes, "size_mb": result.size_bytes / 1e6, "opset": result.opset}
-                except Exception as exc:  # noqa: BLE001 - record every failure
+                    row |= {
+                        "ok": True,
+                        "seconds": time.perf_counter() - t0,
+                        "max_rel": v.max_rel,
+                        "max_abs": v.max_abs,
+                        "verify_input": v.input_shapes,
+                        "notes": v.notes,
+                        "size_mb": result.size_bytes / 1e6,
+                        "opset": result.opset,
+                    }
+                except Exception as exc:
                     row |= {"ok": False, "seconds": time.perf_counter() - t0, "error": str(exc).splitlines()[0][:300]}
                 rows.append(row)
                 status = f"ok   rel err {row['max_rel']:.2e}" if row["ok"] else f"FAIL {row['error'][:120]}"
                 print(f"{name:40s} {size:12s} {exporter:12s} {row['seconds']:6.1f}s  {status}", flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({
-        "machine": platform.platform(), "processor": platform.processor(), "torch": torch.__version__, "rank": args.rank, "rows": rows,
-    }, indent=2) + "\n")
+    Path(args.json).write_text(
+        json.dumps(
+            {
+                "machine": platform.platform(),
+                "processor": platform.processor(),
+                "torch": torch.__version__,
+                "rank": args.rank,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.json}")
 
 

@@ -60,29 +60,63 @@ def main() -> None:
                     kwargs["latency_threads"] = int(args.threads.split(",")[0])
                 directory = Path(tmp) / f"{name}-{rank}"
                 lr.save(lr.convert(name, **kwargs), directory)
-                report = bench(directory, vs_dense=True, batches=args.batches, threads=args.threads, engines=args.engines,
-                               runs=args.runs, warmup=args.warmup, merge=args.merge, device=args.device)
+                report = bench(
+                    directory,
+                    vs_dense=True,
+                    batches=args.batches,
+                    threads=args.threads,
+                    engines=args.engines,
+                    runs=args.runs,
+                    warmup=args.warmup,
+                    merge=args.merge,
+                    device=args.device,
+                )
                 data = report.to_dict() | {"model": name, "rank": rank}
                 results.append(data)
                 rows = {(r["model"], r["engine"], r["batch"], r["threads"]): r for r in data["rows"]}
                 for c in data["comparisons"]:
                     key = (c["engine"], c["batch"], c["threads"])
                     low, dense = rows[("low-rank", *key)], rows[("dense", *key)]
-                    c.update(model=name, rank=rank, lowrank_ms=low["median_ms"], dense_ms=dense["median_ms"], provider=low["provider"])
-                    print(f"{name:14s} {rank:5.2f} {c['engine']:12s} {c['batch']:5d} {low['median_ms']:11.2f} {dense['median_ms']:9.2f} "
-                          f"{c['speedup']:7.2f}x {c['mac_reduction']:7.2f}x {c['efficiency']:6.2f}", flush=True)
+                    c.update(
+                        model=name,
+                        rank=rank,
+                        lowrank_ms=low["median_ms"],
+                        dense_ms=dense["median_ms"],
+                        provider=low["provider"],
+                    )
+                    print(
+                        f"{name:14s} {rank:5.2f} {c['engine']:12s} {c['batch']:5d} {low['median_ms']:11.2f} {dense['median_ms']:9.2f} "
+                        f"{c['speedup']:7.2f}x {c['mac_reduction']:7.2f}x {c['efficiency']:6.2f}",
+                        flush=True,
+                    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "threads": args.threads, "runs": args.runs, "warmup": args.warmup, "round_to": args.round_to, "policy": args.policy,
-            "merge": args.merge, "command": "python benchmarks/inference_latency.py " + " ".join(_argv())}
+    meta = {
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "round_to": args.round_to,
+        "policy": args.policy,
+        "merge": args.merge,
+        "command": "python benchmarks/inference_latency.py " + " ".join(_argv()),
+    }
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    lines = [f"`{meta['command']}` ({meta['cpus']} CPUs, threads {args.threads}, median of {args.runs} runs)", "",
-             "| model | rank | engine | batch | low-rank ms | dense ms | speedup | MAC reduction | efficiency |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"`{meta['command']}` ({meta['cpus']} CPUs, threads {args.threads}, median of {args.runs} runs)",
+        "",
+        "| model | rank | engine | batch | low-rank ms | dense ms | speedup | MAC reduction | efficiency |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for data in results:
         for c in data["comparisons"]:
-            lines.append(f"| {c['model']} | {c['rank']:g} | {c['engine']} ({c['provider']}) | {c['batch']} | {c['lowrank_ms']:.2f} | "
-                         f"{c['dense_ms']:.2f} | {c['speedup']:.2f}× | {c['mac_reduction']:.2f}× | {c['efficiency']:.2f} |")
+            lines.append(
+                f"| {c['model']} | {c['rank']:g} | {c['engine']} ({c['provider']}) | {c['batch']} | {c['lowrank_ms']:.2f} | "
+                f"{c['dense_ms']:.2f} | {c['speedup']:.2f}× | {c['mac_reduction']:.2f}× | {c['efficiency']:.2f} |"
+            )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 

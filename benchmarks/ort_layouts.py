@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 ort.set_default_logger_severity(3)  # the "hardware specific optimizations" warning is the point here
 
-import lowrank_tool as lr
+import lowrank_tool as lr  # noqa: E402 - after silencing ONNX Runtime's logger
 
 
 def main() -> None:
@@ -47,12 +47,25 @@ def main() -> None:
             graph = onnx.load(f"{tmp}/optimised.onnx").graph
         counts = collections.Counter(f"{n.domain or 'ai.onnx'}.{n.op_type}" for n in graph.node if "Conv" in n.op_type)
         nchwc = counts.get("com.microsoft.nchwc.Conv", 0)
-        rows.append({"model": args.model, "rank": args.rank, "round_to": round_to, "nchwc_convs": nchwc,
-                     "other_convs": sum(counts.values()) - nchwc, "by_op": dict(counts)})
-        print(f"{args.model} rank {args.rank} round_to {round_to:2d}: {nchwc:4d} convs on NCHWc kernels, "
-              f"{sum(counts.values()) - nchwc:4d} on the NCHW path  {dict(counts)}", flush=True)
+        rows.append(
+            {
+                "model": args.model,
+                "rank": args.rank,
+                "round_to": round_to,
+                "nchwc_convs": nchwc,
+                "other_convs": sum(counts.values()) - nchwc,
+                "by_op": dict(counts),
+            }
+        )
+        print(
+            f"{args.model} rank {args.rank} round_to {round_to:2d}: {nchwc:4d} convs on NCHWc kernels, "
+            f"{sum(counts.values()) - nchwc:4d} on the NCHW path  {dict(counts)}",
+            flush=True,
+        )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"machine": platform.platform(), "onnxruntime": ort.__version__, "rows": rows}, indent=2) + "\n")
+    Path(args.json).write_text(
+        json.dumps({"machine": platform.platform(), "onnxruntime": ort.__version__, "rows": rows}, indent=2) + "\n"
+    )
     print(f"wrote {args.json}")
 
 

@@ -65,15 +65,18 @@ def main() -> None:
         size = int(size or 224)
         model = lr.convert(name, rank=args.rank, input_size=(3, size, size))
         us = factors(model)
-        fns = {"closed-form": lambda: orthogonality_penalty(model, "so"), "batched autograd": lambda: batched(model),
-               "loop autograd": lambda: looped(model)}
+        fns = {
+            "closed-form": lambda m=model: orthogonality_penalty(m, "so"),
+            "batched autograd": lambda m=model: batched(m),
+            "loop autograd": lambda m=model: looped(m),
+        }
         grads = {}
         for key, fn in fns.items():
             model.zero_grad(set_to_none=True)
             fn().backward()
             grads[key] = [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
         for key in fns:  # the three agree (float32 round-off)
-            for a, b in zip(grads[key], grads["loop autograd"]):
+            for a, b in zip(grads[key], grads["loop autograd"], strict=True):
                 assert (a is None) == (b is None)
                 if a is not None:
                     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -87,15 +90,29 @@ def main() -> None:
                     times[key].append(time.perf_counter() - t0)
         ms = {k: statistics.median(v) * 1000 for k, v in times.items()}
         macs = sum(u.shape[0] * u.shape[1] ** 2 for u in us)
-        rows.append({"model": name, "input_size": size, "rank": args.rank, "factors": len(us), "sum_n_r2_macs": macs, "median_ms": ms})
-        print(f"{name} rank {args.rank}: {len(us)} factors, sum n*r^2 = {macs / 1e6:.0f}M MACs | "
-              + " | ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), flush=True)
+        rows.append(
+            {
+                "model": name,
+                "input_size": size,
+                "rank": args.rank,
+                "factors": len(us),
+                "sum_n_r2_macs": macs,
+                "median_ms": ms,
+            }
+        )
+        print(
+            f"{name} rank {args.rank}: {len(us)} factors, sum n*r^2 = {macs / 1e6:.0f}M MACs | "
+            + " | ".join(f"{k} {v:.2f} ms" for k, v in ms.items()),
+            flush=True,
+        )
     print()
     print("| model | factors | closed-form | batched autograd | loop autograd |")
     print("|---|---|---|---|---|")
     for r in rows:
         m = r["median_ms"]
-        print(f"| {r['model']} | {r['factors']} | {m['closed-form']:.1f} ms | {m['batched autograd']:.1f} ms | {m['loop autograd']:.1f} ms |")
+        print(
+            f"| {r['model']} | {r['factors']} | {m['closed-form']:.1f} ms | {m['batched autograd']:.1f} ms | {m['loop autograd']:.1f} ms |"
+        )
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__}

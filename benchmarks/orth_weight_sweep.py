@@ -31,8 +31,20 @@ def run(model_name: str, rank: float | None, weight: float, seed: int, args: arg
     if rank is not None:
         model = lr.convert(model, rank=rank, input_size=(3, args.size, args.size))
         method = "elrt"
-    result = lr.fit(model, train, val, epochs=args.epochs, method=method, lr=0.05, weight_decay=5e-4, warmup_epochs=1,
-                    orth="so" if weight > 0 else "none", orth_weight=weight, seed=seed, progress=False)
+    result = lr.fit(
+        model,
+        train,
+        val,
+        epochs=args.epochs,
+        method=method,
+        lr=0.05,
+        weight_decay=5e-4,
+        warmup_epochs=1,
+        orth="so" if weight > 0 else "none",
+        orth_weight=weight,
+        seed=seed,
+        progress=False,
+    )
     return result.last["val_top1"]
 
 
@@ -53,8 +65,14 @@ def main() -> None:
     for label, rank, weight in configs:
         t0 = time.perf_counter()
         accs = [run(args.model, rank, weight, s, args) for s in args.seeds]
-        row = {"model": label, "orth_weight": weight if rank is not None else None, "top1": accs,
-               "mean": statistics.mean(accs), "std": statistics.pstdev(accs), "seconds": time.perf_counter() - t0}
+        row = {
+            "model": label,
+            "orth_weight": weight if rank is not None else None,
+            "top1": accs,
+            "mean": statistics.mean(accs),
+            "std": statistics.pstdev(accs),
+            "seconds": time.perf_counter() - t0,
+        }
         rows.append(row)
         print(f"{label:10s} orth_weight {weight:<8g} top1 {row['mean']:6.2f} ± {row['std']:.2f}  {accs}", flush=True)
     out = Path(args.out)
@@ -64,7 +82,9 @@ def main() -> None:
     lines = ["| model | orth_weight | val top-1 (mean ± std over seeds) | per seed |", "|---|---|---|---|"]
     for r in rows:
         w = "-" if r["orth_weight"] is None else f"{r['orth_weight']:g}"
-        lines.append(f"| {args.model} {r['model']} | {w} | {r['mean']:.2f} ± {r['std']:.2f} | {', '.join(f'{a:.1f}' for a in r['top1'])} |")
+        lines.append(
+            f"| {args.model} {r['model']} | {w} | {r['mean']:.2f} ± {r['std']:.2f} | {', '.join(f'{a:.1f}' for a in r['top1'])} |"
+        )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 

@@ -92,7 +92,7 @@ def main() -> None:
         opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in nets.items()}
         times: dict[tuple[str, str], list[float]] = {(k, f): [] for k in nets for f in LAYOUTS}
         for step in range(args.steps + 2):  # 2 warm-up rounds, then every configuration once per round
-            for (key, layout_name) in times:
+            for key, layout_name in times:
                 model, layout = nets[key], LAYOUTS[layout_name]
                 model.to(memory_format=layout).train()
                 xs = x.contiguous(memory_format=layout)
@@ -113,33 +113,53 @@ def main() -> None:
             model.to(memory_format=torch.contiguous_format)
             n_params = sum(p.numel() for p in model.parameters())
             act = saved_activation_bytes(model, x, y)
-            default = "channels_last" if resolve_memory_format("auto", model, device) == torch.channels_last else "contiguous"
+            default = (
+                "channels_last" if resolve_memory_format("auto", model, device) == torch.channels_last else "contiguous"
+            )
             best = min(LAYOUTS, key=lambda f: med[(key, f)])
             result[key] = {
-                "step_s": {f: med[(key, f)] for f in LAYOUTS}, "trainer_default_layout": default, "best_layout": best,
-                "params": n_params, "memory_mb": (3 * 4 * n_params + act) / 2**20, "activation_mb": act / 2**20,
+                "step_s": {f: med[(key, f)] for f in LAYOUTS},
+                "trainer_default_layout": default,
+                "best_layout": best,
+                "params": n_params,
+                "memory_mb": (3 * 4 * n_params + act) / 2**20,
+                "activation_mb": act / 2**20,
             }
-        d, l = result["dense"], result["lowrank"]
-        result["time_ratio_trainer_default"] = l["step_s"][l["trainer_default_layout"]] / d["step_s"][d["trainer_default_layout"]]
-        result["time_ratio_best_vs_best"] = l["step_s"][l["best_layout"]] / d["step_s"][d["best_layout"]]
-        result["time_ratio_contiguous"] = l["step_s"]["contiguous"] / d["step_s"]["contiguous"]
-        result["memory_ratio"] = l["memory_mb"] / d["memory_mb"]
+        d, lo = result["dense"], result["lowrank"]
+        result["time_ratio_trainer_default"] = (
+            lo["step_s"][lo["trainer_default_layout"]] / d["step_s"][d["trainer_default_layout"]]
+        )
+        result["time_ratio_best_vs_best"] = lo["step_s"][lo["best_layout"]] / d["step_s"][d["best_layout"]]
+        result["time_ratio_contiguous"] = lo["step_s"]["contiguous"] / d["step_s"]["contiguous"]
+        result["memory_ratio"] = lo["memory_mb"] / d["memory_mb"]
         rows.append(result)
         ms = {k: {f: 1000 * v for f, v in result[k]["step_s"].items()} for k in nets}
-        print(f"{spec:20s} dense {ms['dense']['contiguous']:7.1f} / {ms['dense']['channels_last']:7.1f} ms (NCHW / channels-last) | "
-              f"rank {args.rank} {ms['lowrank']['contiguous']:7.1f} / {ms['lowrank']['channels_last']:7.1f} ms | "
-              f"time x{result['time_ratio_trainer_default']:.2f} (trainer default), x{result['time_ratio_best_vs_best']:.2f} (best vs best), "
-              f"x{result['time_ratio_contiguous']:.2f} (both NCHW) | memory x{result['memory_ratio']:.2f}", flush=True)
+        print(
+            f"{spec:20s} dense {ms['dense']['contiguous']:7.1f} / {ms['dense']['channels_last']:7.1f} ms (NCHW / channels-last) | "
+            f"rank {args.rank} {ms['lowrank']['contiguous']:7.1f} / {ms['lowrank']['channels_last']:7.1f} ms | "
+            f"time x{result['time_ratio_trainer_default']:.2f} (trainer default), x{result['time_ratio_best_vs_best']:.2f} (best vs best), "
+            f"x{result['time_ratio_contiguous']:.2f} (both NCHW) | memory x{result['memory_ratio']:.2f}",
+            flush=True,
+        )
 
     print()
-    print("| model | dense step (NCHW / channels-last) | rank-%g step (NCHW / channels-last) | ratio, trainer default | ratio, best vs best | ratio, both NCHW | memory ratio |" % args.rank)
+    print(
+        f"| model | dense step (NCHW / channels-last) | rank-{args.rank:g} step (NCHW / channels-last) | ratio, trainer default | ratio, best vs best | ratio, both NCHW | memory ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        d, l = r["dense"]["step_s"], r["lowrank"]["step_s"]
-        print(f"| {r['model']} | {1000 * d['contiguous']:.0f} / {1000 * d['channels_last']:.0f} ms | {1000 * l['contiguous']:.0f} / {1000 * l['channels_last']:.0f} ms | "
-              f"{r['time_ratio_trainer_default']:.2f}x | {r['time_ratio_best_vs_best']:.2f}x | {r['time_ratio_contiguous']:.2f}x | {r['memory_ratio']:.2f}x |")
-    meta = {"machine": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "steps": args.steps}
+        d, lo = r["dense"]["step_s"], r["lowrank"]["step_s"]
+        print(
+            f"| {r['model']} | {1000 * d['contiguous']:.0f} / {1000 * d['channels_last']:.0f} ms | {1000 * lo['contiguous']:.0f} / {1000 * lo['channels_last']:.0f} ms | "
+            f"{r['time_ratio_trainer_default']:.2f}x | {r['time_ratio_best_vs_best']:.2f}x | {r['time_ratio_contiguous']:.2f}x | {r['memory_ratio']:.2f}x |"
+        )
+    meta = {
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "steps": args.steps,
+    }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

@@ -14,16 +14,24 @@ import lowrank_tool as lr
 # 1. A torchvision model: Tucker-2 for k×k convs, SVD for 1×1 convs, the stem stays dense.
 resnet = lr.convert(torchvision.models.resnet50(num_classes=10), rank=0.3)
 t = lr.summary(resnet).totals()
-print(f"resnet50 @ rank 0.3: {100 * t['params_ratio']:.1f}% of the parameters, {100 * t['macs_ratio']:.1f}% of the MACs")
+print(
+    f"resnet50 @ rank 0.3: {100 * t['params_ratio']:.1f}% of the parameters, {100 * t['macs_ratio']:.1f}% of the MACs"
+)
+
 
 # 2. Your own model, with per-layer control by fully qualified name or regex.
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
         )
         self.classifier = nn.Linear(128, 10)
 

@@ -31,8 +31,10 @@ for epoch in range(5):
     model.eval()
     with torch.no_grad():
         correct = sum((model(x).argmax(1) == y).sum().item() for x, y in val_loader)
-    print(f"epoch {epoch + 1}: val top-1 {100 * correct / info.val_size:.1f}%  "
-          f"penalty {lr.orthogonality_penalty(model).item():.4f}")
+    print(
+        f"epoch {epoch + 1}: val top-1 {100 * correct / info.val_size:.1f}%  "
+        f"penalty {lr.orthogonality_penalty(model).item():.4f}"
+    )
 
 t = lr.summary(model).totals()
 print(f"{100 * t['params_ratio']:.0f}% of the dense parameters, {100 * t['macs_ratio']:.0f}% of the MACs")

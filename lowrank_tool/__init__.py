@@ -7,58 +7,93 @@ Example:
     >>> lr.save(model, "r50")                                           # doctest: +SKIP
     >>> lr.export_onnx(model, "r50.onnx").verification.passed          # doctest: +SKIP
     True
+
+The names below are loaded on first use (PEP 562): ``import lowrank_tool`` costs nothing until a
+name is used, which keeps ``lowrank --help`` instant. ``docs/architecture.md`` maps each name to the
+module that owns it.
 """
 
-from . import zoo as _zoo  # noqa: E402,F401 - registers the CIFAR networks (resnet20, ..., vgg16_cifar)
-from ._version import __version__
-from .analysis.bench import bench
-from .analysis.spectrum import analyze
-from .convert import (
-    ConversionPlan,
-    ConvertOptions,
-    LayerPlan,
-    convert,
-    dynamic_same_conv,
-    parse_input_size,
-    plain_conv,
-    plan,
-    register_conv_handler,
-    summary,
-)
-from .errors import LowRankError, LowRankWarning, VerificationError
-from .export import (
-    export_onnx,
-    merge_factors,
-    plan_from_onnx,
-    read_metadata,
-    verify_onnx,
-)
-from .io import load, save
-from .layers import (
-    CPConv2d,
-    LowRankConv,
-    SVDConv2d,
-    SVDConv3d,
-    Tucker2Conv2d,
-    Tucker2Conv3d,
-    list_formats,
-    register_format,
-)
-from .methods import get_method, list_methods, orthogonality_penalty, register_method
-from .models import build_model, list_models, register_model
-from .train.config import TrainConfig
-from .train.run import fit
-from .train.trainer import Trainer, TrainResult
+from __future__ import annotations
 
-__all__ = [
-    "__version__",
-    "convert", "plan", "summary", "save", "load",
-    "ConversionPlan", "LayerPlan", "ConvertOptions", "parse_input_size",
-    "register_conv_handler", "plain_conv", "dynamic_same_conv",
-    "LowRankConv", "Tucker2Conv2d", "Tucker2Conv3d", "SVDConv2d", "SVDConv3d", "CPConv2d",
-    "list_formats", "register_format",
-    "build_model", "list_models", "register_model",
-    "fit", "Trainer", "TrainConfig", "TrainResult", "orthogonality_penalty", "get_method", "list_methods", "register_method",
-    "export_onnx", "verify_onnx", "read_metadata", "plan_from_onnx", "merge_factors", "bench", "analyze",
-    "LowRankError", "LowRankWarning", "VerificationError",
-]
+import importlib
+import sys
+import types
+from typing import Any
+
+from ._version import __version__
+
+#: Public name → the module that defines it.
+_EXPORTS = {
+    "convert": ".convert.api",
+    "plan": ".convert.api",
+    "summary": ".convert.api",
+    "ConvertOptions": ".convert.options",
+    "option_help": ".convert.options",
+    "register_conv_handler": ".convert.support",
+    "plain_conv": ".convert.support",
+    "dynamic_same_conv": ".convert.support",
+    "ConversionPlan": ".conversion_plan",
+    "LayerPlan": ".conversion_plan",
+    "plan_of": ".conversion_plan",
+    "attach_plan": ".conversion_plan",
+    "save": ".io",
+    "load": ".io",
+    "LowRankConv": ".layers",
+    "Tucker2Conv2d": ".layers",
+    "Tucker2Conv3d": ".layers",
+    "SVDConv2d": ".layers",
+    "SVDConv3d": ".layers",
+    "CPConv2d": ".layers",
+    "list_formats": ".layers",
+    "register_format": ".layers",
+    "build_model": ".models",
+    "list_models": ".models",
+    "register_model": ".models",
+    "parse_input_size": ".models",
+    "fit": ".train.run",
+    "Trainer": ".train.trainer",
+    "TrainResult": ".train.trainer",
+    "TrainConfig": ".train.config",
+    "orthogonality_penalty": ".methods",
+    "get_method": ".methods",
+    "list_methods": ".methods",
+    "register_method": ".methods",
+    "export_onnx": ".export",
+    "verify_onnx": ".export",
+    "read_metadata": ".export",
+    "plan_from_onnx": ".export",
+    "merge_factors": ".export",
+    "bench": ".analysis.bench",
+    "analyze": ".analysis.spectrum",
+    "LowRankError": ".errors",
+    "LowRankWarning": ".errors",
+    "VerificationError": ".errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``lowrank_tool.convert`` is the main function and also a subpackage. Loading the subpackage makes
+    the import system set the package's attribute to it; this keeps the attribute the function (the
+    subpackage stays importable by its dotted name)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -21,8 +21,15 @@ from types import TracebackType
 from .errors import LowRankError
 
 __all__ = [
-    "PLAN_FILE", "WEIGHTS_FILE", "BEST_FILE", "STATE_FILE", "METRICS_FILE", "SUMMARY_FILE",
-    "atomic_file", "atomic_write_text", "atomic_directory",
+    "PLAN_FILE",
+    "WEIGHTS_FILE",
+    "BEST_FILE",
+    "STATE_FILE",
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+    "atomic_file",
+    "atomic_write_text",
+    "atomic_directory",
 ]
 
 PLAN_FILE = "plan.json"
@@ -77,7 +84,9 @@ class atomic_directory:
 
     def __enter__(self) -> Path:
         if self.target.exists() and not self.overwrite:
-            raise LowRankError(f"{self.target} already exists; choose another output directory or pass --force (overwrite=True)")
+            raise LowRankError(
+                f"{self.target} already exists; choose another output directory or pass --force (overwrite=True)"
+            )
         if self.target.exists() and not self.target.is_dir():
             raise LowRankError(f"{self.target} exists and is not a directory; choose another output path")
         parent = self.target.parent
@@ -89,7 +98,9 @@ class atomic_directory:
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=parent))
         except OSError as exc:
             self._remove_created()
-            raise LowRankError(f"cannot write into {parent} ({exc.strerror}); choose a writable output directory") from None
+            raise LowRankError(
+                f"cannot write into {parent} ({exc.strerror}); choose a writable output directory"
+            ) from None
         return self.tmp
 
     def _remove_created(self) -> None:

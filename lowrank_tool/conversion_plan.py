@@ -66,13 +66,19 @@ class LayerPlan:
 
     def geometry(self) -> ConvGeometry:
         return ConvGeometry(
-            self.in_channels, self.out_channels, self.kernel_size, self.stride,
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
             self.padding if isinstance(self.padding, str) else tuple(self.padding),
-            self.dilation, self.padding_mode, self.bias, dynamic_same=self.dynamic_same,
+            self.dilation,
+            self.padding_mode,
+            self.bias,
+            dynamic_same=self.dynamic_same,
         )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LayerPlan":
+    def from_dict(cls, data: dict[str, Any]) -> LayerPlan:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -104,18 +110,26 @@ class ConversionPlan:
         mb = self.other_macs + sum(layer.macs_before for layer in self.layers)
         ma = self.other_macs + sum(layer.macs_after for layer in self.layers)
         return {
-            "params_before": pb, "params_after": pa, "macs_before": mb, "macs_after": ma,
-            "params_ratio": pa / pb if pb else 1.0, "macs_ratio": ma / mb if mb else 1.0,
-            "compression": pb / pa if pa else 1.0, "mac_reduction": mb / ma if ma else 1.0,
-            "layers": len(self.layers), "converted": len(self.converted_layers),
+            "params_before": pb,
+            "params_after": pa,
+            "macs_before": mb,
+            "macs_after": ma,
+            "params_ratio": pa / pb if pb else 1.0,
+            "macs_ratio": ma / mb if mb else 1.0,
+            "compression": pb / pa if pa else 1.0,
+            "mac_reduction": mb / ma if ma else 1.0,
+            "layers": len(self.layers),
+            "converted": len(self.converted_layers),
         }
 
     def summary_line(self) -> str:
         """``"resnet18: 19/20 convs low-rank, params 31.2%, MACs 35.0% of dense"``: the plan in one line."""
         t = self.totals()
         name = self.base_model.get("name") or self.base_model.get("class") or "model"
-        return (f"{name}: {t['converted']}/{t['layers']} convs low-rank, params {100 * t['params_ratio']:.1f}%, "
-                f"MACs {100 * t['macs_ratio']:.1f}% of dense")
+        return (
+            f"{name}: {t['converted']}/{t['layers']} convs low-rank, params {100 * t['params_ratio']:.1f}%, "
+            f"MACs {100 * t['macs_ratio']:.1f}% of dense"
+        )
 
     def layer(self, name: str) -> LayerPlan:
         for entry in self.layers:
@@ -144,12 +158,16 @@ class ConversionPlan:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "plan") -> "ConversionPlan":
+    def from_dict(cls, data: Any, source: str = "plan") -> ConversionPlan:
         if not isinstance(data, dict) or data.get("kind") != _KIND:
-            raise LowRankError(f"{source} is not a lowrank_tool plan (no \"kind\": \"{_KIND}\"); point to a directory written by `lowrank convert -o DIR`")
+            raise LowRankError(
+                f'{source} is not a lowrank_tool plan (no "kind": "{_KIND}"); point to a directory written by `lowrank convert -o DIR`'
+            )
         version = data.get("schema_version")
         if not isinstance(version, int):
-            raise LowRankError(f"{source} has no integer schema_version; it is corrupt, re-create it with `lowrank convert -o DIR`")
+            raise LowRankError(
+                f"{source} has no integer schema_version; it is corrupt, re-create it with `lowrank convert -o DIR`"
+            )
         if version > SCHEMA_VERSION:
             raise LowRankError(
                 f"{source} has schema version {version}, newer than the {SCHEMA_VERSION} this lowrank-tool {__version__} reads; "
@@ -169,7 +187,9 @@ class ConversionPlan:
                 notes=list(data.get("notes", [])),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise LowRankError(f"{source} is missing or has a malformed field ({exc}); re-create it with `lowrank convert -o DIR`") from None
+            raise LowRankError(
+                f"{source} is missing or has a malformed field ({exc}); re-create it with `lowrank convert -o DIR`"
+            ) from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the plan as JSON atomically (temporary file, then rename)."""
@@ -178,14 +198,16 @@ class ConversionPlan:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "ConversionPlan":
+    def load(cls, path: str | os.PathLike[str]) -> ConversionPlan:
         path = Path(path)
         if not path.is_file():
             raise LowRankError(f"{path} does not exist; point to a directory written by `lowrank convert -o DIR`")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LowRankError(f"{path} is not valid JSON ({exc.__class__.__name__}); it is corrupt, re-create it with `lowrank convert -o DIR`") from None
+            raise LowRankError(
+                f"{path} is not valid JSON ({exc.__class__.__name__}); it is corrupt, re-create it with `lowrank convert -o DIR`"
+            ) from None
         return cls.from_dict(data, source=str(path))
 
 

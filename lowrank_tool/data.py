@@ -46,9 +46,10 @@ import difflib
 import functools
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,13 +65,39 @@ from .errors import LowRankError, first_line
 __all__ = ["DATASETS", "DataSpec", "DataInfo", "SyntheticDataset", "build_datasets", "build_loaders"]
 
 #: Every dataset name ``--data`` accepts: the embedded ones first, then the folder datasets.
-DATASETS: tuple[str, ...] = ("digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "imagefolder")
+DATASETS: tuple[str, ...] = (
+    "digits",
+    "synthetic",
+    "cifar10",
+    "cifar100",
+    "mnist",
+    "fashion-mnist",
+    "svhn",
+    "imagefolder",
+)
 _IN_MEMORY = frozenset({"digits", "synthetic"})
 _GREY = frozenset({"digits", "mnist", "fashion-mnist"})
-_NATIVE_SIZE = {"digits": 32, "synthetic": 32, "cifar10": 32, "cifar100": 32, "svhn": 32, "mnist": 28, "fashion-mnist": 28, "imagefolder": 224}
+_NATIVE_SIZE = {
+    "digits": 32,
+    "synthetic": 32,
+    "cifar10": 32,
+    "cifar100": 32,
+    "svhn": 32,
+    "mnist": 28,
+    "fashion-mnist": 28,
+    "imagefolder": 224,
+}
 # Names people type for a dataset we have under another name. Used for the hint only: one spelling per dataset.
-_ALIASES = {"imagenet": "imagefolder", "folder": "imagefolder", "fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
-            "fashion_mnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100", "sklearn": "digits"}
+_ALIASES = {
+    "imagenet": "imagefolder",
+    "folder": "imagefolder",
+    "fmnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "fashion_mnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+    "sklearn": "digits",
+}
 
 # Per-channel statistics of each training set (the values the literature uses).
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -86,11 +113,18 @@ _CROP_PADDING = {"cifar10": 4, "cifar100": 4, "svhn": 4, "mnist": 2, "fashion-mn
 _FLIP = frozenset({"cifar10", "cifar100", "fashion-mnist", "imagefolder"})
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10, "fashion-mnist": 10}
 
-_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 # The files torchvision reads, relative to PATH. We check them ourselves first so that a missing dataset
 # names the exact file expected, instead of torchvision's generic "Dataset not found or corrupted".
 _LAYOUT: dict[str, tuple[str, ...]] = {
-    "cifar10": tuple(f"cifar-10-batches-py/{f}" for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]),
+    "cifar10": tuple(
+        f"cifar-10-batches-py/{f}" for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+    ),
     "cifar100": ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
     "mnist": tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES),
     "fashion-mnist": tuple(f"FashionMNIST/raw/{f}" for f in _MNIST_FILES),
@@ -127,12 +161,16 @@ class DataSpec:
         if self.name not in DATASETS:
             raise LowRankError(_unknown_message(self.name))
         if self.name in _IN_MEMORY and self.path:
-            raise LowRankError(f"dataset {self.name!r} is built in and takes no PATH, got {self.path!r}; write --data {self.name}")
+            raise LowRankError(
+                f"dataset {self.name!r} is built in and takes no PATH, got {self.path!r}; write --data {self.name}"
+            )
         if self.name not in _IN_MEMORY and not self.path:
-            raise LowRankError(f"dataset {self.name!r} is read from a folder but no PATH was given; write {self.name}:PATH (e.g. --data {self.name}:~/data)")
+            raise LowRankError(
+                f"dataset {self.name!r} is read from a folder but no PATH was given; write {self.name}:PATH (e.g. --data {self.name}:~/data)"
+            )
 
     @classmethod
-    def parse(cls, text: str) -> "DataSpec":
+    def parse(cls, text: str) -> DataSpec:
         """Parse ``NAME[:PATH]`` (the name is case-insensitive; ``~`` in PATH is expanded).
 
         Only the first ``:`` separates, so PATH may contain colons. Whether PATH exists is checked by
@@ -145,7 +183,9 @@ class DataSpec:
         if isinstance(text, DataSpec):  # tolerated so that callers can pass either form through
             return text
         if not isinstance(text, str):
-            raise LowRankError(f"dataset spec must be a string NAME[:PATH], got {type(text).__name__} {text!r}; e.g. 'digits' or 'cifar10:~/data'")
+            raise LowRankError(
+                f"dataset spec must be a string NAME[:PATH], got {type(text).__name__} {text!r}; e.g. 'digits' or 'cifar10:~/data'"
+            )
         name, _, path = text.strip().partition(":")
         path = path.strip()
         return cls(name.strip().lower(), os.path.expanduser(path) if path else None)
@@ -194,8 +234,16 @@ class _ImageTensors(Dataset):
     The normalised image is computed per item, which costs microseconds.
     """
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], *, mean: float = 0.0, std: float = 1.0,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        classes: Sequence[str],
+        *,
+        mean: float = 0.0,
+        std: float = 1.0,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.images = images
         self.targets = targets
         self.classes = list(classes)
@@ -250,7 +298,9 @@ def _load_digits() -> tuple[Any, Any]:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise LowRankError("the digits dataset needs scikit-learn, which is not installed; run pip install scikit-learn") from None
+        raise LowRankError(
+            "the digits dataset needs scikit-learn, which is not installed; run pip install scikit-learn"
+        ) from None
     bunch = load_digits()
     return bunch.images, bunch.target
 
@@ -270,7 +320,14 @@ def _digits(size: int, seed: int, augment: bool) -> tuple[Dataset, Dataset]:
     mean, std = x[train_idx].mean().item(), x[train_idx].std().item()
     classes = [str(i) for i in range(10)]
     shift = max(1, size // 16)  # about half a pixel of the original 8×8 digit
-    train = _ImageTensors(x[train_idx], y[train_idx], classes, mean=mean, std=std, augment=_RandomAffine(max_shift=shift) if augment else None)
+    train = _ImageTensors(
+        x[train_idx],
+        y[train_idx],
+        classes,
+        mean=mean,
+        std=std,
+        augment=_RandomAffine(max_shift=shift) if augment else None,
+    )
     val = _ImageTensors(x[val_idx], y[val_idx], classes, mean=mean, std=std)
     return train, val
 
@@ -299,8 +356,16 @@ class SyntheticDataset(_ImageTensors):
         ((3, 16, 16), True)
     """
 
-    def __init__(self, num_samples: int = 1024, *, num_classes: int = 10, image_size: int = 32, noise: float = 1.0, seed: int = 0,
-                 split: str = "train") -> None:
+    def __init__(
+        self,
+        num_samples: int = 1024,
+        *,
+        num_classes: int = 10,
+        image_size: int = 32,
+        noise: float = 1.0,
+        seed: int = 0,
+        split: str = "train",
+    ) -> None:
         _check_int("num_samples", num_samples, 1)
         _check_int("num_classes", num_classes, 2)
         _check_int("image_size", image_size, 4)
@@ -318,7 +383,9 @@ class SyntheticDataset(_ImageTensors):
         templates = ((flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True)).view_as(templates)
         gen = torch.Generator().manual_seed(split_seeds[0 if split == "train" else 1])
         targets = (torch.arange(num_samples) % num_classes)[torch.randperm(num_samples, generator=gen)]
-        images = (templates[targets] + noise * torch.randn(num_samples, 3, image_size, image_size, generator=gen)) / math.sqrt(1 + noise**2)
+        images = (
+            templates[targets] + noise * torch.randn(num_samples, 3, image_size, image_size, generator=gen)
+        ) / math.sqrt(1 + noise**2)
         super().__init__(images, targets, [f"class{i}" for i in range(num_classes)])
         self.templates = templates
 
@@ -364,13 +431,17 @@ def _layout_text(name: str, root: Path) -> str:
 def _check_layout(name: str, root: Path, download: bool) -> None:
     """Fail early, naming the file expected, when PATH does not hold the dataset (and nothing will fetch it)."""
     fetch = download and name != "imagefolder"
-    fix = f"put the files there ({_layout_text(name, root)})" + ("" if name == "imagefolder" else " or add --download to fetch them (needs internet)")
+    fix = f"put the files there ({_layout_text(name, root)})" + (
+        "" if name == "imagefolder" else " or add --download to fetch them (needs internet)"
+    )
     if not root.exists():
         if fetch:
             return  # torchvision creates the folder
         raise LowRankError(f"data folder {root} does not exist; create it and {fix}")
     if not root.is_dir():
-        raise LowRankError(f"{name}:PATH must be a folder, but {root} is a file; point PATH at the folder described: {_layout_text(name, root)}")
+        raise LowRankError(
+            f"{name}:PATH must be a folder, but {root} is a file; point PATH at the folder described: {_layout_text(name, root)}"
+        )
     missing = [rel for rel in _LAYOUT[name] if not (root / rel).exists()]
     legacy = _LEGACY_LAYOUT.get(name)
     if not missing or fetch or (legacy and all((root / rel).exists() for rel in legacy)):
@@ -401,24 +472,40 @@ def _folder_datasets(spec: DataSpec, size: int, download: bool, augment: bool) -
         if name == "imagefolder":
             train, val = D.ImageFolder(str(root / "train"), train_t), D.ImageFolder(str(root / "val"), val_t)
         elif name == "svhn":
-            train, val = D.SVHN(str(root), split="train", transform=train_t, download=fetch), D.SVHN(str(root), split="test", transform=val_t, download=fetch)
+            train, val = (
+                D.SVHN(str(root), split="train", transform=train_t, download=fetch),
+                D.SVHN(str(root), split="test", transform=val_t, download=fetch),
+            )
         else:
-            cls = {"cifar10": D.CIFAR10, "cifar100": D.CIFAR100, "mnist": D.MNIST, "fashion-mnist": D.FashionMNIST}[name]
-            train, val = cls(str(root), train=True, transform=train_t, download=fetch), cls(str(root), train=False, transform=val_t, download=fetch)
-    except Exception as exc:  # noqa: BLE001 - any failure here is in the user's files or connection, reported as such
+            cls = {"cifar10": D.CIFAR10, "cifar100": D.CIFAR100, "mnist": D.MNIST, "fashion-mnist": D.FashionMNIST}[
+                name
+            ]
+            train, val = (
+                cls(str(root), train=True, transform=train_t, download=fetch),
+                cls(str(root), train=False, transform=val_t, download=fetch),
+            )
+    except Exception as exc:
         detail = first_line(exc, with_type=False)
         if fetch:
-            raise LowRankError(f"cannot download or read {name} in {root} ({detail}); check the internet connection, or put the files there yourself ({_layout_text(name, root)})") from None
+            raise LowRankError(
+                f"cannot download or read {name} in {root} ({detail}); check the internet connection, or put the files there yourself ({_layout_text(name, root)})"
+            ) from None
         if name == "imagefolder":
-            raise LowRankError(f"cannot read imagefolder from {root} ({detail}); expected {_layout_text(name, root)}") from None
-        raise LowRankError(f"cannot read {name} from {root} ({detail}); the files may be incomplete or fail torchvision's checksum: delete them and fetch them again with --download") from None
+            raise LowRankError(
+                f"cannot read imagefolder from {root} ({detail}); expected {_layout_text(name, root)}"
+            ) from None
+        raise LowRankError(
+            f"cannot read {name} from {root} ({detail}); the files may be incomplete or fail torchvision's checksum: delete them and fetch them again with --download"
+        ) from None
     if name == "imagefolder":
         if train.classes != val.classes:
             # ImageFolder numbers classes per folder, so mismatched folders would silently mislabel val
             only_train = sorted(set(train.classes) - set(val.classes))
             only_val = sorted(set(val.classes) - set(train.classes))
-            raise LowRankError(f"imagefolder {root}: train/ and val/ have different class folders (only in train: {', '.join(only_train) or '-'}; "
-                               f"only in val: {', '.join(only_val) or '-'}); give both the same class folders")
+            raise LowRankError(
+                f"imagefolder {root}: train/ and val/ have different class folders (only in train: {', '.join(only_train) or '-'}; "
+                f"only in val: {', '.join(only_val) or '-'}); give both the same class folders"
+            )
         return train, val, len(train.classes)
     return train, val, _NUM_CLASSES[name]
 
@@ -429,8 +516,9 @@ def _check_int(what: str, value: Any, minimum: int) -> None:
         raise LowRankError(f"{what} must be an integer >= {minimum}, got {value!r}")
 
 
-def build_datasets(spec: DataSpec | str, *, image_size: int | None = None, download: bool = False, seed: int = 0,
-                   augment: bool = True) -> tuple[Dataset, Dataset, DataInfo]:
+def build_datasets(
+    spec: DataSpec | str, *, image_size: int | None = None, download: bool = False, seed: int = 0, augment: bool = True
+) -> tuple[Dataset, Dataset, DataInfo]:
     """Build the train and validation datasets for a spec, plus what a model needs to know about them.
 
     Samples are ``(image, label)``: a float tensor ``(3, image_size, image_size)`` and an ``int``.
@@ -473,9 +561,18 @@ def build_datasets(spec: DataSpec | str, *, image_size: int | None = None, downl
     return train, val, info
 
 
-def build_loaders(spec: DataSpec | str, *, batch_size: int = 128, workers: int | None = None, image_size: int | None = None,
-                  download: bool = False, seed: int = 0, distributed: bool = False, augment: bool = True,
-                  val_batch_size: int | None = None) -> tuple[DataLoader, DataLoader, DataInfo]:
+def build_loaders(
+    spec: DataSpec | str,
+    *,
+    batch_size: int = 128,
+    workers: int | None = None,
+    image_size: int | None = None,
+    download: bool = False,
+    seed: int = 0,
+    distributed: bool = False,
+    augment: bool = True,
+    val_batch_size: int | None = None,
+) -> tuple[DataLoader, DataLoader, DataInfo]:
     """Build train and validation DataLoaders for a spec, with defaults that suit each dataset.
 
     * ``workers`` (``None``): ``min(4, os.cpu_count())`` for folder datasets, 0 for the in-memory
@@ -517,23 +614,38 @@ def build_loaders(spec: DataSpec | str, *, batch_size: int = 128, workers: int |
     spec = DataSpec.parse(spec)
     sampler_cls: Any = None
     if distributed:
-
         if not (tdist.is_available() and tdist.is_initialized()):
-            raise LowRankError("distributed=True needs an initialised torch.distributed process group; call torch.distributed.init_process_group "
-                               "first (lowrank train --nproc N does it) or pass distributed=False")
+            raise LowRankError(
+                "distributed=True needs an initialised torch.distributed process group; call torch.distributed.init_process_group "
+                "first (lowrank train --nproc N does it) or pass distributed=False"
+            )
 
         sampler_cls = DistributedSampler
     train, val, info = build_datasets(spec, image_size=image_size, download=download, seed=seed, augment=augment)
     if workers is None:
         workers = 0 if spec.name in _IN_MEMORY else min(4, os.cpu_count() or 1)
-    common: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
+    common: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": workers > 0,
+    }
     # also seeds the workers' base seed (and so the augmentation) when there are workers
     generator = torch.Generator().manual_seed(seed)
     if sampler_cls is not None:
-        train_loader = DataLoader(train, batch_size=batch_size, sampler=sampler_cls(train, shuffle=True, seed=seed), generator=generator,
-                                  drop_last=False, **common)
-        val_loader = DataLoader(val, batch_size=val_batch_size or batch_size, sampler=sampler_cls(val, shuffle=False), **common)
+        train_loader = DataLoader(
+            train,
+            batch_size=batch_size,
+            sampler=sampler_cls(train, shuffle=True, seed=seed),
+            generator=generator,
+            drop_last=False,
+            **common,
+        )
+        val_loader = DataLoader(
+            val, batch_size=val_batch_size or batch_size, sampler=sampler_cls(val, shuffle=False), **common
+        )
     else:
-        train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False, **common)
+        train_loader = DataLoader(
+            train, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False, **common
+        )
         val_loader = DataLoader(val, batch_size=val_batch_size or batch_size, shuffle=False, **common)
     return train_loader, val_loader, info

@@ -37,7 +37,9 @@ def first_line(exc: BaseException, *, with_type: bool = True, limit: int = 200) 
     exporters, put one in the message), with terminal colour codes removed.
     """
     text = _ANSI.sub("", str(exc)).strip()
-    line = next((s.strip() for s in text.splitlines() if s.strip() and not s.strip().startswith(("Traceback", "File "))), "")
+    line = next(
+        (s.strip() for s in text.splitlines() if s.strip() and not s.strip().startswith(("Traceback", "File "))), ""
+    )
     if with_type:
         return f"{type(exc).__name__}: {line}"[:limit]
     if isinstance(exc, KeyError):  # its text is only the missing key

@@ -27,6 +27,7 @@ from .models import build_from_spec
 
 __all__ = ["save", "load", "rebuild"]
 
+
 def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Save a converted model as ``DIR/plan.json`` and ``DIR/model.safetensors``.
 
@@ -48,7 +49,11 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
 
 
 def rebuild(
-    plan: ConversionPlan, model: nn.Module | None = None, *, where: str = "the plan", trust_code: bool = False,
+    plan: ConversionPlan,
+    model: nn.Module | None = None,
+    *,
+    where: str = "the plan",
+    trust_code: bool = False,
     init: Init = "none",
 ) -> nn.Module:
     """The low-rank model a plan describes: its base model (``model``, or rebuilt from the plan's spec) with the
@@ -67,7 +72,10 @@ def rebuild(
 
 
 def load(
-    directory: str | os.PathLike[str], model: nn.Module | None = None, *, map_location: str | torch.device = "cpu",
+    directory: str | os.PathLike[str],
+    model: nn.Module | None = None,
+    *,
+    map_location: str | torch.device = "cpu",
     trust_code: bool = False,
 ) -> nn.Module:
     """Rebuild a converted model from a directory written by :func:`save` / ``lowrank convert -o``.
@@ -97,15 +105,21 @@ def load(
     plan = ConversionPlan.load(directory / PLAN_FILE)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
-        raise LowRankError(f"{weights} does not exist; the artifact is incomplete, re-create it with `lowrank convert -o DIR`")
+        raise LowRankError(
+            f"{weights} does not exist; the artifact is incomplete, re-create it with `lowrank convert -o DIR`"
+        )
     model = rebuild(plan, model, where=str(directory / PLAN_FILE), trust_code=trust_code, init="none")
     try:
         missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
     except SafetensorError as exc:
-        raise LowRankError(f"{weights} is corrupt or not a safetensors file ({exc}); re-create it with `lowrank convert -o DIR`") from None
+        raise LowRankError(
+            f"{weights} is corrupt or not a safetensors file ({exc}); re-create it with `lowrank convert -o DIR`"
+        ) from None
     except (RuntimeError, ValueError) as exc:
         first = first_line(exc, with_type=False)
-        raise LowRankError(f"{weights} does not match the model rebuilt from the plan ({first}); save and load with the same model") from None
+        raise LowRankError(
+            f"{weights} does not match the model rebuilt from the plan ({first}); save and load with the same model"
+        ) from None
     if missing or unexpected:
         sample = ", ".join(list(missing)[:3] + list(unexpected)[:3])
         raise LowRankError(

@@ -19,7 +19,7 @@ The rank policies (``energy:F``, ``erank``) and the rank analysis both stand on 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -27,7 +27,13 @@ from torch import Tensor
 from .errors import LowRankError
 
 __all__ = [
-    "MODES", "unfold", "singular_values", "effective_rank", "stable_rank", "energy_kept", "rank_for_energy",
+    "MODES",
+    "unfold",
+    "singular_values",
+    "effective_rank",
+    "stable_rank",
+    "energy_kept",
+    "rank_for_energy",
     "orthogonality_error",
 ]
 
@@ -128,7 +134,9 @@ def energy_kept(s: SpectrumLike, r: int) -> float:
         0.9
     """
     if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-        raise LowRankError(f"rank {r!r} is not a non-negative integer; pass the number of singular values kept, e.g. 16")
+        raise LowRankError(
+            f"rank {r!r} is not a non-negative integer; pass the number of singular values kept, e.g. 16"
+        )
     sq = _spectrum(s) ** 2
     total = float(sq.sum())
     if total == 0.0:
@@ -148,7 +156,9 @@ def rank_for_energy(s: SpectrumLike, energy: float) -> int:
         2
     """
     if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0 < energy <= 1:
-        raise LowRankError(f"energy {energy!r} is not a fraction in (0, 1]; pass e.g. 0.9 to keep 90% of the squared norm")
+        raise LowRankError(
+            f"energy {energy!r} is not a fraction in (0, 1]; pass e.g. 0.9 to keep 90% of the squared norm"
+        )
     sq = _spectrum(s) ** 2
     total = float(sq.sum())
     if total == 0.0 or sq.numel() == 0:

@@ -20,37 +20,65 @@ import difflib
 import importlib
 import inspect
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 import torch
 import torchvision
 from torch import nn
 
-from .choices import SOURCES
+from .choices import SOURCES, TASK_NAMES
 from .errors import LowRankError, first_line
 from .zoo.cifar import CIFAR_MODELS
 
 __all__ = [
-    "ModelEntry", "register_model", "list_models", "get_entry", "build_model", "build_from_spec", "default_input_size",
-    "example_input", "parse_input_size", "TASKS", "SOURCES", "TIMM_PREFIX", "DOWNLOAD_KWARGS", "check_file_kwargs", "check_file_model", "is_factory",
+    "ModelEntry",
+    "register_model",
+    "list_models",
+    "get_entry",
+    "build_model",
+    "build_from_spec",
+    "default_input_size",
+    "example_input",
+    "parse_input_size",
+    "TASKS",
+    "SOURCES",
+    "TIMM_PREFIX",
+    "DOWNLOAD_KWARGS",
+    "check_file_kwargs",
+    "check_file_model",
+    "is_factory",
 ]
 
 #: Where model names come from (``lowrank models --source``).
 #: timm architectures are spelled ``timm/NAME``, the way the Hugging Face Hub names timm's models.
 TIMM_PREFIX = "timm/"
 #: Builder arguments that fetch weights from the network: never taken from a file.
-DOWNLOAD_KWARGS = ("weights", "weights_backbone", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
+DOWNLOAD_KWARGS = (
+    "weights",
+    "weights_backbone",
+    "pretrained",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "checkpoint_path",
+)
 
 #: Task name → the torchvision module whose ``list_models`` enumerates it.
-TASKS: dict[str, Any] = {
-    "classification": torchvision.models,
-    "quantization": torchvision.models.quantization,
-    "segmentation": torchvision.models.segmentation,
-    "detection": torchvision.models.detection,
-    "video": torchvision.models.video,
-    "optical_flow": torchvision.models.optical_flow,
-}
+TASKS: dict[str, Any] = dict(
+    zip(
+        TASK_NAMES,
+        (
+            torchvision.models,
+            torchvision.models.quantization,
+            torchvision.models.segmentation,
+            torchvision.models.detection,
+            torchvision.models.video,
+            torchvision.models.optical_flow,
+        ),
+        strict=True,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +93,12 @@ class ModelEntry:
 _EXTRA: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, builder: Callable[..., nn.Module], task: str = "classification", input_size: tuple[int, ...] = (3, 32, 32)) -> None:
+def register_model(
+    name: str,
+    builder: Callable[..., nn.Module],
+    task: str = "classification",
+    input_size: tuple[int, ...] = (3, 32, 32),
+) -> None:
     """Make ``name`` buildable by ``build_model`` / ``lowrank convert`` (a duplicate name raises)."""
     if name in _EXTRA or name in _torchvision_names():
         raise ValueError(f"model name {name!r} is already registered")
@@ -92,7 +125,7 @@ def _timm() -> Any:
 
 
 def _timm_entry(name: str) -> ModelEntry:
-    arch = name[len(TIMM_PREFIX):]
+    arch = name[len(TIMM_PREFIX) :]
     if ":" in arch:  # timm's hf-hub:/local-dir: names fetch or read a config: not a registered architecture
         raise LowRankError(
             f"{name!r}: timm's hf-hub:/local-dir: names are not a source here (they download or read files); "
@@ -140,11 +173,15 @@ def _import_factory(spec: str) -> ModelEntry:
     """``package.module:factory`` → an entry that calls ``factory(**kwargs)`` (the user's own code)."""
     module_name, _, attr = spec.partition(":")
     if module_name == "timm":
-        raise LowRankError(f"{spec!r}: timm's models are spelled timm/NAME, e.g. timm/resnet50 (list them with `lowrank models --source timm`)")
+        raise LowRankError(
+            f"{spec!r}: timm's models are spelled timm/NAME, e.g. timm/resnet50 (list them with `lowrank models --source timm`)"
+        )
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise LowRankError(f"cannot import {spec!r} ({exc}); write 'package.module:factory' with the package importable (on PYTHONPATH)") from None
+        raise LowRankError(
+            f"cannot import {spec!r} ({exc}); write 'package.module:factory' with the package importable (on PYTHONPATH)"
+        ) from None
     if not callable(factory):
         raise LowRankError(f"{spec!r} is not callable; point to a class or function that returns an nn.Module")
     return ModelEntry(spec, "classification", "import", factory)
@@ -211,7 +248,9 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise LowRankError(f"num_classes must be a positive integer, got {num_classes!r}")
         if kwargs.get("num_classes", num_classes) != num_classes:
-            raise LowRankError(f"num_classes={num_classes} and the model argument num_classes={kwargs['num_classes']!r} disagree; give it once")
+            raise LowRankError(
+                f"num_classes={num_classes} and the model argument num_classes={kwargs['num_classes']!r} disagree; give it once"
+            )
         kwargs["num_classes"] = num_classes
     if entry.source == "torchvision":
         given = dict(kwargs)
@@ -225,7 +264,9 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
         except OSError as exc:
             _fetch_failed(name, given, exc)
         except _BAD_ARGUMENT as exc:
-            raise LowRankError(f"cannot build {name!r} with arguments {given}: {first_line(exc, with_type=False)}") from None
+            raise LowRankError(
+                f"cannot build {name!r} with arguments {given}: {first_line(exc, with_type=False)}"
+            ) from None
     assert entry.builder is not None
     # a registered builder (zoo, timm) says "bad argument" in several ways; a user's own factory's errors
     # other than an unknown keyword are theirs to see in full
@@ -237,7 +278,9 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
             raise
         _fetch_failed(name, kwargs, exc)
     except refusals as exc:
-        raise LowRankError(f"cannot build {name!r} with arguments {kwargs}: {first_line(exc, with_type=False)}") from None
+        raise LowRankError(
+            f"cannot build {name!r} with arguments {kwargs}: {first_line(exc, with_type=False)}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise LowRankError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -249,7 +292,9 @@ def is_factory(name: str) -> bool:
 
 
 #: How to go on when a plan or ONNX metadata names a factory (the refusal names both ways).
-LOAD_INSTEAD = "pass the model (load(DIR, model=...)) or, if you trust this file, --trust-code (load(DIR, trust_code=True))"
+LOAD_INSTEAD = (
+    "pass the model (load(DIR, model=...)) or, if you trust this file, --trust-code (load(DIR, trust_code=True))"
+)
 
 
 def check_file_model(name: Any, *, where: str, trust_code: bool = False, instead: str = LOAD_INSTEAD) -> str:
@@ -259,9 +304,13 @@ def check_file_model(name: Any, *, where: str, trust_code: bool = False, instead
     its code); ``instead`` says how to go on. Returns the name.
     """
     if not isinstance(name, str) or not name:
-        raise LowRankError(f"{where}: model name {name!r} must be a non-empty string; the file is corrupt, re-create it")
+        raise LowRankError(
+            f"{where}: model name {name!r} must be a non-empty string; the file is corrupt, re-create it"
+        )
     if is_factory(name) and not trust_code:
-        raise LowRankError(f"{where} names the factory {name!r} (code); loading never imports code named by a file: {instead}")
+        raise LowRankError(
+            f"{where} names the factory {name!r} (code); loading never imports code named by a file: {instead}"
+        )
     return name
 
 
@@ -274,10 +323,14 @@ def _plain(value: Any) -> bool:
 def check_file_kwargs(kwargs: Any, where: str) -> dict[str, Any]:
     """Model arguments read from a file: plain JSON values, and nothing that downloads."""
     if not isinstance(kwargs, dict):
-        raise LowRankError(f"{where}: model kwargs must be a JSON object of plain values, got {type(kwargs).__name__}; re-create the file")
+        raise LowRankError(
+            f"{where}: model kwargs must be a JSON object of plain values, got {type(kwargs).__name__}; re-create the file"
+        )
     for key, value in kwargs.items():
         if not _plain(value):
-            raise LowRankError(f"{where}: model argument {key}={value!r} is not a plain JSON value (null, bool, number, string or a list of them)")
+            raise LowRankError(
+                f"{where}: model argument {key}={value!r} is not a plain JSON value (null, bool, number, string or a list of them)"
+            )
         if key in DOWNLOAD_KWARGS and value is not None and value is not False:
             raise LowRankError(
                 f"{where}: model argument {key}={value!r} would download weights; loading never downloads "
@@ -351,9 +404,11 @@ def build_from_spec(spec: Any, *, where: str, trust_code: bool = False) -> nn.Mo
         return build_model(name, **kwargs)
     except LowRankError as exc:
         raise LowRankError(f"{where}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - a builder refusing the file's arguments, however it says so
+    except Exception as exc:
         first = f"{type(exc).__name__}: {first_line(exc, with_type=False)}"
-        raise LowRankError(f"{where}: cannot build {name!r} with arguments {kwargs} ({first}); fix or remove them, or re-create the file") from None
+        raise LowRankError(
+            f"{where}: cannot build {name!r} with arguments {kwargs} ({first}); fix or remove them, or re-create the file"
+        ) from None
 
 
 def default_input_size(name: str, kwargs: dict[str, Any] | None = None) -> tuple[int, ...]:
@@ -366,7 +421,7 @@ def default_input_size(name: str, kwargs: dict[str, Any] | None = None) -> tuple
         size = kwargs.get("img_size")
         if isinstance(size, int):
             return (int(kwargs.get("in_chans", 3)), size, size)
-        cfg = _timm().models.get_pretrained_cfg(name[len(TIMM_PREFIX):].split(".")[0])
+        cfg = _timm().models.get_pretrained_cfg(name[len(TIMM_PREFIX) :].split(".")[0])
         shape = tuple(getattr(cfg, "input_size", None) or (3, 224, 224))
         return (int(kwargs.get("in_chans", shape[0])), *shape[1:])
     if entry.task == "detection":
@@ -384,7 +439,7 @@ def default_input_size(name: str, kwargs: dict[str, Any] | None = None) -> tuple
         crop = getattr(transforms, "crop_size", None)
         if crop:
             size = int(crop[0])
-    except Exception:  # noqa: BLE001 - no weights registered: keep 224
+    except Exception:
         pass
     if entry.task == "video":
         return (3, 16, size, size)
@@ -398,7 +453,9 @@ def parse_input_size(value: str | Sequence[int] | None) -> tuple[int, ...] | Non
     if isinstance(value, str):
         text = value.strip().lower().replace("×", "x")
         if not re.fullmatch(r"\d+(x\d+){2,3}", text):
-            raise LowRankError(f"input size {value!r} is malformed; write CxHxW such as 3x224x224 (or CxTxHxW for video, e.g. 3x16x112x112)")
+            raise LowRankError(
+                f"input size {value!r} is malformed; write CxHxW such as 3x224x224 (or CxTxHxW for video, e.g. 3x16x112x112)"
+            )
         dims = tuple(int(d) for d in text.split("x"))
     else:
         dims = tuple(int(d) for d in value)

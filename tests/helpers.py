@@ -29,8 +29,13 @@ def run_cli(argv: list[Any], capsys: Any, monkeypatch: Any) -> tuple[int, str, s
 
 def lowrank(*args: Any, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess:
     """``python -m lowrank_tool ARGS`` in a subprocess, output captured as text."""
-    return subprocess.run([sys.executable, "-m", "lowrank_tool", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "lowrank_tool", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 class TinyNet(nn.Module):
@@ -40,10 +45,14 @@ class TinyNet(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
         self.body = nn.Sequential(
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(64, 64, 1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1, groups=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 1),
+            nn.ReLU(),
         )
         self.extra = nn.Parameter(torch.randn(64, 64, 3, 3) * 0.01)
         self.head = nn.Linear(64, num_classes)

@@ -6,13 +6,21 @@ import os
 
 import pytest
 import torch
+from helpers import run_cli
 
 import lowrank_tool as lr
 from lowrank_tool import LowRankError
 from lowrank_tool.analysis.spectrum import (
-    LayerSpectrum, analyze, effective_rank, energy_kept, orthogonality_error, rank_for_energy, singular_values, stable_rank, unfold,
+    LayerSpectrum,
+    analyze,
+    effective_rank,
+    energy_kept,
+    orthogonality_error,
+    rank_for_energy,
+    singular_values,
+    stable_rank,
+    unfold,
 )
-from helpers import run_cli
 from lowrank_tool.convert.rank import RankSpec, ranks_for
 from lowrank_tool.layers.base import ConvGeometry
 
@@ -24,7 +32,9 @@ run = run_cli  # (argv, capsys, monkeypatch) -> (code, out, err)
 
 def rank_r(rows: int, cols: int, r: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, r, generator=gen, dtype=torch.float64) @ torch.randn(r, cols, generator=gen, dtype=torch.float64)
+    return torch.randn(rows, r, generator=gen, dtype=torch.float64) @ torch.randn(
+        r, cols, generator=gen, dtype=torch.float64
+    )
 
 
 def orthonormal(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
@@ -47,13 +57,20 @@ def test_unfold_shapes_and_layout():
 def test_diagonal_spectrum_by_hand():
     w = torch.diag(torch.tensor([4.0, 2.0, 2.0, 0.0])).reshape(4, 4, 1, 1)
     s = singular_values(w)
-    assert s.dtype == torch.float64 and torch.allclose(s, torch.tensor([4.0, 2.0, 2.0, 0.0], dtype=torch.float64), atol=EXACT)
+    assert s.dtype == torch.float64 and torch.allclose(
+        s, torch.tensor([4.0, 2.0, 2.0, 0.0], dtype=torch.float64), atol=EXACT
+    )
     # p = (1/2, 1/4, 1/4): entropy 1.5 ln 2, erank 2^1.5; the zero is ignored
     assert abs(effective_rank(s) - 2**1.5) < EXACT
     assert abs(stable_rank(s) - 24 / 16) < EXACT
     assert abs(energy_kept(s, 1) - 16 / 24) < EXACT and abs(energy_kept(s, 2) - 20 / 24) < EXACT
     assert energy_kept(s, 4) == 1.0 and energy_kept(s, 10) == 1.0 and energy_kept(s, 0) == 0.0
-    assert rank_for_energy(s, 0.6) == 1 and rank_for_energy(s, 0.8) == 2 and rank_for_energy(s, 0.9) == 3 and rank_for_energy(s, 1.0) == 3
+    assert (
+        rank_for_energy(s, 0.6) == 1
+        and rank_for_energy(s, 0.8) == 2
+        and rank_for_energy(s, 0.9) == 3
+        and rank_for_energy(s, 1.0) == 3
+    )
 
 
 def test_identity_has_full_effective_and_stable_rank():
@@ -175,7 +192,9 @@ def test_cli_model_name_json(capsys, monkeypatch):
 
 
 def test_cli_model_name_with_rank_uses_the_converters_plan(capsys, monkeypatch):
-    code, out, err = run(["analyze", "resnet20", "--rank", "0.3", "--input-size", "3x32x32", "--json"], capsys, monkeypatch)
+    code, out, err = run(
+        ["analyze", "resnet20", "--rank", "0.3", "--input-size", "3x32x32", "--json"], capsys, monkeypatch
+    )
     assert code == 0, err
     data = {d["name"]: d for d in json.loads(out)}
     assert data["conv1"]["ranks"] is None and "stem" in data["conv1"]["note"]  # the converter keeps the stem dense
@@ -221,7 +240,10 @@ BAD = [
     (["analyze", "{tmp}/nope"], "is not a directory; point to a directory written by `lowrank convert -o DIR`"),
     (["analyze", "resnet5"], "unknown model 'resnet5'"),
     (["analyze", "{tmp}/nope.onnx"], "does not exist; point to an .onnx file"),
-    (["analyze", "resnet20", "--plot", "{tmp}/missing/out.png"], "directory {tmp}/missing does not exist; create it first"),
+    (
+        ["analyze", "resnet20", "--plot", "{tmp}/missing/out.png"],
+        "directory {tmp}/missing does not exist; create it first",
+    ),
     (["analyze", "resnet20", "--plot", "{tmp}/afile/out.png"], "{tmp}/afile is not a directory"),
     (["analyze", "resnet20", "--plot", "{tmp}/out.jpeg"], "use one of .png, .svg, .pdf"),
     (["analyze", "resnet20", "--rank", "1.5"], "--rank 1.5 is a fraction above 1"),
@@ -262,6 +284,8 @@ def test_energy_and_erank_requests_give_ranks_from_the_spectrum():
     s = LayerSpectrum.from_weight("conv", w, rank="energy:0.9")
     assert s.energy_out >= 0.9 and s.energy_in >= 0.9 and s.note == "rank energy:0.9 as tucker2"
     r_in, r_out = s.ranks
-    assert r_out == rank_for_energy(singular_values(w, "out"), 0.9) and r_in == rank_for_energy(singular_values(w, "in"), 0.9)
+    assert r_out == rank_for_energy(singular_values(w, "out"), 0.9) and r_in == rank_for_energy(
+        singular_values(w, "in"), 0.9
+    )
     e = LayerSpectrum.from_weight("conv", w, rank="erank")
     assert e.ranks[1] == math.ceil(effective_rank(singular_values(w, "out")))

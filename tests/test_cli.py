@@ -3,15 +3,17 @@
 import json
 
 import pytest
-
 from helpers import lowrank, run_cli
-
 
 run = run_cli  # (argv, capsys, monkeypatch) -> (code, out, err)
 
 
 def test_convert_writes_artifact_and_prints_table(tmp_path, capsys, monkeypatch):
-    code, out, err = run(["convert", "resnet18", "--rank", "0.3", "--input-size", "3x64x64", "-o", str(tmp_path / "r18")], capsys, monkeypatch)
+    code, out, err = run(
+        ["convert", "resnet18", "--rank", "0.3", "--input-size", "3x64x64", "-o", str(tmp_path / "r18")],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert (tmp_path / "r18" / "plan.json").is_file() and (tmp_path / "r18" / "model.safetensors").is_file()
     assert "layer4.1.conv2" in out and "tucker2" in out and "160,160" in out
@@ -19,7 +21,9 @@ def test_convert_writes_artifact_and_prints_table(tmp_path, capsys, monkeypatch)
 
 
 def test_convert_json(capsys, monkeypatch):
-    code, out, _ = run(["convert", "resnet18", "--target-macs", "0.5", "--input-size", "3x64x64", "--json"], capsys, monkeypatch)
+    code, out, _ = run(
+        ["convert", "resnet18", "--target-macs", "0.5", "--input-size", "3x64x64", "--json"], capsys, monkeypatch
+    )
     assert code == 0
     data = json.loads(out)
     assert abs(data["totals"]["macs_ratio"] - 0.5) < 0.01 and data["policy"]["target_macs"] == 0.5
@@ -42,7 +46,10 @@ BAD = [
     (["convert", "resnet18", "--rank", "-1"], "rank -1 is not positive"),
     (["convert", "resnet18", "--rank", "1.5"], "rank 1.5 is a fraction above 1"),
     (["convert", "resnet18", "--input-size", "224x224"], "input size '224x224' is malformed"),
-    (["convert", "resnet18", "--input-size", "3x32x32", "--exclude", "layer9"], "'layer9' match no convolution; list the layer names with `lowrank layers resnet18`"),
+    (
+        ["convert", "resnet18", "--input-size", "3x32x32", "--exclude", "layer9"],
+        "'layer9' match no convolution; list the layer names with `lowrank layers resnet18`",
+    ),
     (["convert", "resnet18", "--input-size", "3x32x32", "--exclude", "re:.*"], "every convertible layer is excluded"),
     (["convert", "resnet18", "--input-size", "3x32x32", "--layer-rank", "layer1"], "is not NAME=RANK"),
     (["convert", "resnet18", "--input-size", "3x32x32", "--target-params", "2"], "must be a fraction in (0, 1)"),
@@ -61,9 +68,13 @@ def test_bad_input_one_line_exit_2_nothing_written(argv, message, tmp_path, caps
 
 def test_existing_output_needs_force(tmp_path, capsys, monkeypatch):
     (tmp_path / "out").mkdir()
-    code, _, err = run(["convert", "resnet18", "--input-size", "3x32x32", "-o", str(tmp_path / "out")], capsys, monkeypatch)
+    code, _, err = run(
+        ["convert", "resnet18", "--input-size", "3x32x32", "-o", str(tmp_path / "out")], capsys, monkeypatch
+    )
     assert code == 2 and "already exists" in err
-    code, _, _ = run(["convert", "resnet18", "--input-size", "3x32x32", "-o", str(tmp_path / "out"), "--force"], capsys, monkeypatch)
+    code, _, _ = run(
+        ["convert", "resnet18", "--input-size", "3x32x32", "-o", str(tmp_path / "out"), "--force"], capsys, monkeypatch
+    )
     assert code == 0 and (tmp_path / "out" / "plan.json").is_file()
 
 
@@ -89,12 +100,19 @@ def test_user_model_by_import_path(tmp_path, capsys, monkeypatch):
         "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    code, out, err = run(["convert", "mynets:small", "--num-classes", "4", "--input-size", "3x16x16", "-o", str(tmp_path / "m")], capsys, monkeypatch)
+    code, out, err = run(
+        ["convert", "mynets:small", "--num-classes", "4", "--input-size", "3x16x16", "-o", str(tmp_path / "m")],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
-    import lowrank_tool as lr
     import torch
 
-    with pytest.raises(lr.LowRankError, match="names the factory 'mynets:small'"):  # a file never imports code by itself
+    import lowrank_tool as lr
+
+    with pytest.raises(
+        lr.LowRankError, match="names the factory 'mynets:small'"
+    ):  # a file never imports code by itself
         lr.load(tmp_path / "m")
     model = lr.load(tmp_path / "m", trust_code=True)
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 4)
@@ -110,15 +128,22 @@ def test_inspect_loads_and_reports(tmp_path, capsys, monkeypatch):
     assert data["loaded_params"] == data["totals"]["params_after"]
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda d: (d / "plan.json").unlink(), "plan.json does not exist"),
-    (lambda d: (d / "plan.json").write_text("[1, 2"), "plan.json is not valid JSON"),
-    (lambda d: (d / "plan.json").write_text('{"name": "resnet18"}'), "is not a lowrank_tool plan"),
-    (lambda d: (d / "plan.json").write_text((d / "plan.json").read_text().replace('"schema_version": 1', '"schema_version": 2')),
-     "schema version 2, newer than the 1"),
-    (lambda d: (d / "model.safetensors").unlink(), "model.safetensors does not exist"),
-    (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), "model.safetensors is corrupt"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: (d / "plan.json").unlink(), "plan.json does not exist"),
+        (lambda d: (d / "plan.json").write_text("[1, 2"), "plan.json is not valid JSON"),
+        (lambda d: (d / "plan.json").write_text('{"name": "resnet18"}'), "is not a lowrank_tool plan"),
+        (
+            lambda d: (d / "plan.json").write_text(
+                (d / "plan.json").read_text().replace('"schema_version": 1', '"schema_version": 2')
+            ),
+            "schema version 2, newer than the 1",
+        ),
+        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors does not exist"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), "model.safetensors is corrupt"),
+    ],
+)
 def test_inspect_bad_artifacts(damage, message, tmp_path, capsys, monkeypatch):
     run(["convert", "resnet18", "--input-size", "3x32x32", "-o", str(tmp_path / "m")], capsys, monkeypatch)
     damage(tmp_path / "m")

@@ -54,7 +54,9 @@ def test_exact_and_plain_subclass_convert():
 
 def test_custom_forward_stays_dense_with_reason_and_model_keeps_its_meaning():
     model = Net(CustomForward).eval()
-    converted = lr.convert(model, rank=1.0, round_to=1, allow_growth=True, init="decompose", input_size=(3, 16, 16)).eval()
+    converted = lr.convert(
+        model, rank=1.0, round_to=1, allow_growth=True, init="decompose", input_size=(3, 16, 16)
+    ).eval()
     assert type(converted.a) is CustomForward
     reason = lr.summary(converted).layer("a").reason
     assert "CustomForward overrides forward" in reason and "register_conv_handler" in reason
@@ -135,7 +137,9 @@ def test_dynamic_same_flag_must_match_between_plan_and_model(tmp_path):
         torch.testing.assert_close(loaded(x), same.eval()(x))
 
 
-@pytest.mark.parametrize("source, se", [("efficientnet_b0", "features.2.0.block.2.fc2"), ("timm", "blocks.1.0.se.conv_expand")])
+@pytest.mark.parametrize(
+    "source, se", [("efficientnet_b0", "features.2.0.block.2.fc2"), ("timm", "blocks.1.0.se.conv_expand")]
+)
 def test_se_conv_with_four_inputs_is_not_called_a_stem(source, se):
     if source == "timm":
         timm = pytest.importorskip("timm")
@@ -201,5 +205,7 @@ def test_a_failure_in_the_models_own_forward_points_to_lowrank_layers():
             assert isinstance(self.last.weight, nn.Parameter), "needs a Parameter"  # a computed weight is not one
             return self.last(self.blocks(self.stem(x)))
 
-    with pytest.raises(LowRankError, match=r"fails at 'Deep'.*needs a Parameter.*list them with `lowrank layers MODEL`"):
+    with pytest.raises(
+        LowRankError, match=r"fails at 'Deep'.*needs a Parameter.*list them with `lowrank layers MODEL`"
+    ):
         lr.convert(Deep(), rank=0.5, input_size=(3, 16, 16))

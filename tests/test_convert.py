@@ -30,10 +30,10 @@ def test_plan_records_every_conv_with_reasons(resnet18):
     assert len(plan.layers) == 20 and len(plan.converted_layers) == 19
     stem = plan.layer("conv1")
     assert stem.format == "dense" and "stem" in stem.reason
-    l = plan.layer("layer3.0.conv2")
-    assert (l.ranks, l.format, l.output_size) == ([80, 80], "tucker2", [4, 4])
-    assert l.params_after == 256 * 80 + 80 * 80 * 9 + 80 * 256
-    assert l.macs_before == 4 * 4 * 256 * 256 * 9
+    entry = plan.layer("layer3.0.conv2")
+    assert (entry.ranks, entry.format, entry.output_size) == ([80, 80], "tucker2", [4, 4])
+    assert entry.params_after == 256 * 80 + 80 * 80 * 9 + 80 * 256
+    assert entry.macs_before == 4 * 4 * 256 * 256 * 9
     assert plan.trace["path"] == "fx"
     t = plan.totals()
     assert t["params_before"] == sum(p.numel() for p in resnet18.parameters())
@@ -50,10 +50,15 @@ def test_resnet50_rank_03_keeps_between_25_and_45_percent():
 
 
 def test_layer_rank_exact_beats_regex_and_exclude_wins(resnet18):
-    plan = lr.summary(lr.convert(
-        resnet18, rank=0.3, input_size=(3, 64, 64), exclude=["layer1.0.conv1"],
-        layer_rank=["re:layer4\\..*=0.5", "layer4.0.conv1=16", "layer3.1.conv2=dense", "conv1=0.5"],
-    ))
+    plan = lr.summary(
+        lr.convert(
+            resnet18,
+            rank=0.3,
+            input_size=(3, 64, 64),
+            exclude=["layer1.0.conv1"],
+            layer_rank=["re:layer4\\..*=0.5", "layer4.0.conv1=16", "layer3.1.conv2=dense", "conv1=0.5"],
+        )
+    )
     assert plan.layer("layer1.0.conv1").format == "dense" and "exclude" in plan.layer("layer1.0.conv1").reason
     assert plan.layer("layer4.0.conv1").ranks == [16, 16]
     assert plan.layer("layer4.1.conv2").ranks == [256, 256]
@@ -62,7 +67,9 @@ def test_layer_rank_exact_beats_regex_and_exclude_wins(resnet18):
 
 
 def test_unmatched_patterns_are_repeated_with_a_hint(resnet18):
-    with pytest.raises(LowRankError, match=r"'re:layer9.*', 'fc' match no convolution; list the layer names with `lowrank layers"):
+    with pytest.raises(
+        LowRankError, match=r"'re:layer9.*', 'fc' match no convolution; list the layer names with `lowrank layers"
+    ):
         lr.convert(resnet18, input_size=(3, 64, 64), exclude=["re:layer9.*", "fc"])
 
 
@@ -74,7 +81,7 @@ def test_everything_excluded_is_an_error(resnet18):
 def test_unprofitable_layers_stay_dense():
     model = nn.Sequential(nn.Conv2d(16, 8, 1), nn.Conv2d(8, 8, 3))
     plan = lr.plan(model, rank=0.9, input_size=(16, 8, 8))
-    assert all(l.format == "dense" and "no saving" in l.reason for l in plan.layers)
+    assert all(entry.format == "dense" and "no saving" in entry.reason for entry in plan.layers)
     assert any("nothing was converted" in n for n in plan.notes)
 
 
@@ -85,7 +92,7 @@ def test_custom_model_with_grouped_and_functional_convs(tiny):
     assert plan.base_model["source"] == "custom" and plan.base_model["class"].endswith("TinyNet")
     assert "grouped" in plan.layer("body.2").reason
     assert plan.layer("stem").format == "dense"
-    assert [l.name for l in plan.converted_layers] == ["body.0", "body.4"]
+    assert [entry.name for entry in plan.converted_layers] == ["body.0", "body.4"]
     assert "no saving" in plan.layer("body.6").reason  # 64->64 1x1 at rank 32: 4096 params either way
     assert any("torch.nn.functional" in n for n in plan.notes)
     assert converted(x).shape == tiny(x).shape
@@ -93,18 +100,20 @@ def test_custom_model_with_grouped_and_functional_convs(tiny):
 
 def test_full_rank_decompose_reproduces_the_dense_model(resnet18):
     model = resnet18.eval()
-    converted = lr.convert(model, rank=1.0, init="decompose", allow_growth=True, layer_rank={"conv1": 1.0}, input_size=(3, 64, 64)).eval()
+    converted = lr.convert(
+        model, rank=1.0, init="decompose", allow_growth=True, layer_rank={"conv1": 1.0}, input_size=(3, 64, 64)
+    ).eval()
     assert len(lr.summary(converted).converted_layers) == 20
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         err = (converted(x) - model(x)).abs().max().item()
     assert err < 1e-4, err
-    assert all(l.error < 1e-5 for l in lr.summary(converted).converted_layers)
+    assert all(entry.error < 1e-5 for entry in lr.summary(converted).converted_layers)
 
 
 def test_truncated_decompose_records_errors(resnet18):
     plan = lr.summary(lr.convert(resnet18, rank=0.3, init="decompose", input_size=(3, 64, 64)))
-    errors = [l.error for l in plan.converted_layers]
+    errors = [entry.error for entry in plan.converted_layers]
     assert all(0 < e < 1 for e in errors)
 
 
@@ -120,8 +129,12 @@ def test_training_only_modules_are_reached_without_touching_bn_stats():
 
 
 def test_detection_model_falls_back_to_hooks():
-    model = lr.convert("fasterrcnn_mobilenet_v3_large_320_fpn", rank=0.3, input_size="3x128x128",
-                       model_kwargs={"min_size": 128, "max_size": 128}).eval()
+    model = lr.convert(
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        rank=0.3,
+        input_size="3x128x128",
+        model_kwargs={"min_size": 128, "max_size": 128},
+    ).eval()
     plan = lr.summary(model)
     assert plan.trace["path"] == "hooks" and plan.trace["fx_error"]
     assert plan.converted_layers
@@ -151,8 +164,15 @@ def test_converting_twice_is_an_error(resnet18):
         lr.convert(once, input_size=(3, 32, 32))
 
 
-@pytest.mark.parametrize("size,message", [("3x224", "malformed"), ("axbxc", "malformed"), ("3x0x224", "zero dimension"),
-                                          ("3x16x16", "does not run on input size")])
+@pytest.mark.parametrize(
+    "size,message",
+    [
+        ("3x224", "malformed"),
+        ("axbxc", "malformed"),
+        ("3x0x224", "zero dimension"),
+        ("3x16x16", "does not run on input size"),
+    ],
+)
 def test_bad_input_sizes(size, message):
     model = torchvision.models.vit_b_16() if message.startswith("does not") else "resnet18"
     with pytest.raises(LowRankError, match=message):
@@ -166,6 +186,7 @@ def test_unknown_model_suggests_close_names():
 
 # -- shape capture on meta tensors --------------------------------------------------------------------
 
+
 def _force_real_forward(monkeypatch):
     from lowrank_tool.convert import trace
 
@@ -175,7 +196,9 @@ def _force_real_forward(monkeypatch):
     monkeypatch.setattr(trace, "_meta_state", refuse)
 
 
-@pytest.mark.parametrize("name, size", [("resnet18", "3x64x64"), ("efficientnet_b0", "3x96x96"), ("vit_b_32", "3x224x224")])
+@pytest.mark.parametrize(
+    "name, size", [("resnet18", "3x64x64"), ("efficientnet_b0", "3x96x96"), ("vit_b_32", "3x224x224")]
+)
 def test_meta_capture_gives_the_real_forwards_plan(name, size, monkeypatch):
     on_meta = lr.plan(name, rank=0.3, input_size=size)
     _force_real_forward(monkeypatch)

@@ -34,14 +34,17 @@ def test_dataset_names():
     assert DATASETS == ("digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "imagefolder")
 
 
-@pytest.mark.parametrize("text,name,path", [
-    ("digits", "digits", None),
-    ("synthetic", "synthetic", None),
-    ("cifar10:/data", "cifar10", "/data"),
-    ("SVHN:/x", "svhn", "/x"),
-    ("  fashion-mnist:/a b ", "fashion-mnist", "/a b"),
-    ("imagefolder:/mnt/c:/imagenet", "imagefolder", "/mnt/c:/imagenet"),  # only the first ':' separates
-])
+@pytest.mark.parametrize(
+    "text,name,path",
+    [
+        ("digits", "digits", None),
+        ("synthetic", "synthetic", None),
+        ("cifar10:/data", "cifar10", "/data"),
+        ("SVHN:/x", "svhn", "/x"),
+        ("  fashion-mnist:/a b ", "fashion-mnist", "/a b"),
+        ("imagefolder:/mnt/c:/imagenet", "imagefolder", "/mnt/c:/imagenet"),  # only the first ':' separates
+    ],
+)
 def test_parse(text, name, path):
     spec = DataSpec.parse(text)
     assert spec == DataSpec(name, path)
@@ -53,15 +56,24 @@ def test_parse_expands_home(monkeypatch, tmp_path):
     assert DataSpec.parse("cifar10:~/data") == DataSpec("cifar10", str(tmp_path / "data"))
 
 
-@pytest.mark.parametrize("text,message", [
-    ("cifar", "unknown dataset 'cifar'; did you mean 'cifar10' or 'cifar100'\\? expected one of digits, synthetic, cifar10"),
-    ("imagenet:/d", "unknown dataset 'imagenet'; did you mean 'imagefolder'\\?"),
-    ("fashion_mnist:/d", "did you mean 'fashion-mnist'\\?"),
-    ("qqq", "unknown dataset 'qqq'; expected one of digits, synthetic, cifar10, cifar100, mnist, fashion-mnist, svhn, imagefolder, written NAME\\[:PATH\\]"),
-    ("cifar10", "dataset 'cifar10' is read from a folder but no PATH was given; write cifar10:PATH"),
-    ("imagefolder:", "write imagefolder:PATH"),
-    ("digits:/data", "dataset 'digits' is built in and takes no PATH, got '/data'; write --data digits"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            "cifar",
+            "unknown dataset 'cifar'; did you mean 'cifar10' or 'cifar100'\\? expected one of digits, synthetic, cifar10",
+        ),
+        ("imagenet:/d", "unknown dataset 'imagenet'; did you mean 'imagefolder'\\?"),
+        ("fashion_mnist:/d", "did you mean 'fashion-mnist'\\?"),
+        (
+            "qqq",
+            "unknown dataset 'qqq'; expected one of digits, synthetic, cifar10, cifar100, mnist, fashion-mnist, svhn, imagefolder, written NAME\\[:PATH\\]",
+        ),
+        ("cifar10", "dataset 'cifar10' is read from a folder but no PATH was given; write cifar10:PATH"),
+        ("imagefolder:", "write imagefolder:PATH"),
+        ("digits:/data", "dataset 'digits' is built in and takes no PATH, got '/data'; write --data digits"),
+    ],
+)
 def test_parse_errors(text, message):
     with pytest.raises(LowRankError, match=message) as err:
         DataSpec.parse(text)
@@ -140,8 +152,16 @@ def test_digits_train_a_small_cnn_quickly():
     """The embedded default must be real, learnable data: a tiny CNN gets >= 90% in a few seconds."""
     torch.manual_seed(0)
     train, val, info = build_loaders("digits", batch_size=64, image_size=16)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, info.num_classes))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, info.num_classes),
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(3):
         for x, y in train:
@@ -194,7 +214,10 @@ def fake_cifar10(root, n=8):
     rng = np.random.default_rng(0)
     batches = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batches[name] = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": [int(v) for v in rng.integers(0, 10, n)]}
+        batches[name] = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "labels": [int(v) for v in rng.integers(0, 10, n)],
+        }
         with open(folder / name, "wb") as fh:
             pickle.dump(batches[name], fh)
     with open(folder / "batches.meta", "wb") as fh:
@@ -243,14 +266,19 @@ def test_cifar10_resized(tmp_path, skip_md5):
 
 def test_cifar10_with_wrong_checksums_is_reported(tmp_path):
     fake_cifar10(tmp_path)  # without skip_md5: torchvision sees files that are not the official ones
-    with pytest.raises(LowRankError, match=f"cannot read cifar10 from {tmp_path} \\(Dataset not found or corrupted.*checksum.*--download"):
+    with pytest.raises(
+        LowRankError,
+        match=f"cannot read cifar10 from {tmp_path} \\(Dataset not found or corrupted.*checksum.*--download",
+    ):
         build_datasets(f"cifar10:{tmp_path}")
 
 
 def write_idx(path, array):
     """The MNIST idx format: magic 0x0000 08 <ndim> (uint8 data), big-endian dims, raw bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes())
+    path.write_bytes(
+        bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    )
 
 
 def fake_mnist(root, folder="MNIST", n=6):
@@ -282,7 +310,14 @@ def test_fashion_mnist_flips_and_resizes(tmp_path):
     fake_mnist(tmp_path, folder="FashionMNIST")
     train, val, info = build_datasets(f"fashion-mnist:{tmp_path}", image_size=32)
     assert info.grey and info.image_size == 32 and train[0][0].shape == val[0][0].shape == (3, 32, 32)
-    assert transform_names(train) == ["Resize", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize", "_GreyToRGB"]
+    assert transform_names(train) == [
+        "Resize",
+        "RandomCrop",
+        "RandomHorizontalFlip",
+        "ToTensor",
+        "Normalize",
+        "_GreyToRGB",
+    ]
     assert transform_names(val) == ["Resize", "ToTensor", "Normalize", "_GreyToRGB"]
 
 
@@ -291,7 +326,10 @@ def test_svhn_from_mat_files(tmp_path, skip_md5):
 
     rng = np.random.default_rng(2)
     for split, n in (("train", 5), ("test", 3)):  # SVHN's .mat: X is (32, 32, 3, N), y is (N, 1) with 10 for digit 0
-        savemat(tmp_path / f"{split}_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8), "y": np.array([[10], [1], [2], [3], [4]][:n])})
+        savemat(
+            tmp_path / f"{split}_32x32.mat",
+            {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8), "y": np.array([[10], [1], [2], [3], [4]][:n])},
+        )
     train, val, info = build_datasets(f"svhn:{tmp_path}")
     assert info == DataInfo("svhn", 10, 3, 32, 5, 3, False)
     assert [val[i][1] for i in range(3)] == [0, 1, 2]
@@ -306,7 +344,9 @@ def make_imagefolder(root, train_classes=("cat", "dog"), val_classes=("cat", "do
             (root / split / c).mkdir(parents=True)
             for i in range(2):
                 Image.fromarray(np.full((40, 48, 3), 60 * i + 20, dtype=np.uint8)).save(root / split / c / f"{i}.png")
-    Image.fromarray(np.full((30, 30), 200, dtype=np.uint8)).save(root / "train" / "cat" / "grey.png")  # grey files become RGB
+    Image.fromarray(np.full((30, 30), 200, dtype=np.uint8)).save(
+        root / "train" / "cat" / "grey.png"
+    )  # grey files become RGB
 
 
 def test_imagefolder(tmp_path):
@@ -334,7 +374,9 @@ def test_imagefolder_default_size_and_no_augment(tmp_path):
 
 def test_imagefolder_class_mismatch(tmp_path):
     make_imagefolder(tmp_path, val_classes=("cat", "cow"))
-    with pytest.raises(LowRankError, match="train/ and val/ have different class folders \\(only in train: dog; only in val: cow\\)"):
+    with pytest.raises(
+        LowRankError, match="train/ and val/ have different class folders \\(only in train: dog; only in val: cow\\)"
+    ):
         build_datasets(f"imagefolder:{tmp_path}")
 
 
@@ -348,21 +390,29 @@ def test_missing_folder(tmp_path):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("cifar10", "cifar-10-batches-py/data_batch_1"),
-    ("cifar100", "cifar-100-python/train"),
-    ("mnist", "MNIST/raw/train-images-idx3-ubyte"),
-    ("fashion-mnist", "FashionMNIST/raw/train-images-idx3-ubyte"),
-    ("svhn", "train_32x32.mat"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("cifar10", "cifar-10-batches-py/data_batch_1"),
+        ("cifar100", "cifar-100-python/train"),
+        ("mnist", "MNIST/raw/train-images-idx3-ubyte"),
+        ("fashion-mnist", "FashionMNIST/raw/train-images-idx3-ubyte"),
+        ("svhn", "train_32x32.mat"),
+    ],
+)
 def test_dataset_missing_from_folder(tmp_path, name, expected):
-    with pytest.raises(LowRankError, match=f"{name} not found in {tmp_path}: expected {tmp_path / expected}; put the files there .* or add --download"):
+    with pytest.raises(
+        LowRankError,
+        match=f"{name} not found in {tmp_path}: expected {tmp_path / expected}; put the files there .* or add --download",
+    ):
         build_datasets(f"{name}:{tmp_path}")
 
 
 def test_imagefolder_missing_layout(tmp_path):
     (tmp_path / "train").mkdir()
-    with pytest.raises(LowRankError, match=f"imagefolder not found in {tmp_path}: expected {tmp_path / 'val'}; .*<class>/<image>") as err:
+    with pytest.raises(
+        LowRankError, match=f"imagefolder not found in {tmp_path}: expected {tmp_path / 'val'}; .*<class>/<image>"
+    ) as err:
         build_datasets(f"imagefolder:{tmp_path}", download=True)  # nothing can download an image folder
     assert "--download" not in str(err.value)
 
@@ -389,7 +439,10 @@ def test_download_hands_a_missing_folder_to_torchvision(tmp_path, monkeypatch):
         raise OSError("no route to host")
 
     monkeypatch.setattr(D.CIFAR10, "download", fake_download)
-    with pytest.raises(LowRankError, match=f"cannot download or read cifar10 in {tmp_path / 'new'} \\(no route to host\\); check the internet connection"):
+    with pytest.raises(
+        LowRankError,
+        match=f"cannot download or read cifar10 in {tmp_path / 'new'} \\(no route to host\\); check the internet connection",
+    ):
         build_datasets(f"cifar10:{tmp_path / 'new'}", download=True)
     assert calls == [str(tmp_path / "new")]
 
@@ -440,13 +493,16 @@ def test_distributed_samplers(tmp_path):
     assert list(val.sampler) == list(range(256))
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
-    ({"workers": -1}, "workers must be an integer >= 0, got -1"),
-    ({"image_size": 4}, "image_size must be an integer >= 8, got 4"),
-    ({"val_batch_size": 2.5}, "val_batch_size must be an integer >= 1, got 2.5"),
-    ({"seed": -1}, "seed must be an integer >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+        ({"workers": -1}, "workers must be an integer >= 0, got -1"),
+        ({"image_size": 4}, "image_size must be an integer >= 8, got 4"),
+        ({"val_batch_size": 2.5}, "val_batch_size must be an integer >= 1, got 2.5"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ],
+)
 def test_bad_loader_arguments(kwargs, message):
     with pytest.raises(LowRankError, match=message):
         build_loaders("synthetic", **kwargs)

@@ -4,14 +4,12 @@ import json
 
 import pytest
 import torch
+from helpers import lowrank
 from safetensors.torch import save_file
 
 import lowrank_tool as lr
-from helpers import lowrank
 from lowrank_tool.convert.rank import RankSpec
 from lowrank_tool.errors import LowRankError
-
-
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +31,15 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("name", ["r20.pth", "r20.safetensors"])
 def test_full_rank_decomposition_matches_the_dense_model(trained, name):
     model, root = trained
-    full = lr.convert("resnet20", num_classes=10, rank=1.0, allow_growth=True, weights=root / name, init="decompose",
-                      input_size="3x32x32").eval()
+    full = lr.convert(
+        "resnet20",
+        num_classes=10,
+        rank=1.0,
+        allow_growth=True,
+        weights=root / name,
+        init="decompose",
+        input_size="3x32x32",
+    ).eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         ref, got = model(x), full(x)
@@ -52,7 +57,9 @@ def test_energy_rule_finds_an_exactly_low_rank_kernel():
         conv.weight.copy_((a @ b).reshape(64, 64, 3, 3))  # rank 5 in the C_out x C_in*k unfolding
     plan = lr.plan(model, rank="energy:0.999999", format="svd", input_size="3x32x32", round_to=1)
     assert plan.layer("layer3.0.conv2").ranks == [5] and plan.layer("layer3.0.conv2").rank_spec == "energy:0.999999"
-    converted = lr.convert(model, rank="energy:0.999999", format="svd", init="decompose", input_size="3x32x32", round_to=1)
+    converted = lr.convert(
+        model, rank="energy:0.999999", format="svd", init="decompose", input_size="3x32x32", round_to=1
+    )
     assert lr.summary(converted).layer("layer3.0.conv2").error < 1e-5
 
 
@@ -93,30 +100,80 @@ def test_weight_file_errors(trained, tmp_path):
 
 def test_cli_decompose_a_trained_dense_artifact_then_fine_tune(tmp_path):
     dense = tmp_path / "dense"
-    assert lowrank("convert", "resnet20", "--dense", "--num-classes", "10", "--input-size", "3x16x16", "-o", str(dense)).returncode == 0
-    res = lowrank("train", str(dense), "--method", "dense", "--data", "digits", "--image-size", "16", "--epochs", "2", "--lr", "0.05", "-q")
+    assert (
+        lowrank(
+            "convert", "resnet20", "--dense", "--num-classes", "10", "--input-size", "3x16x16", "-o", str(dense)
+        ).returncode
+        == 0
+    )
+    res = lowrank(
+        "train",
+        str(dense),
+        "--method",
+        "dense",
+        "--data",
+        "digits",
+        "--image-size",
+        "16",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.05",
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     out = tmp_path / "dec"
-    res = lowrank("convert", "resnet20", "--num-classes", "10", "--input-size", "3x16x16", "--weights", str(dense), "--init", "decompose",
-                   "--energy", "0.7", "-o", str(out), "--json")
+    res = lowrank(
+        "convert",
+        "resnet20",
+        "--num-classes",
+        "10",
+        "--input-size",
+        "3x16x16",
+        "--weights",
+        str(dense),
+        "--init",
+        "decompose",
+        "--energy",
+        "0.7",
+        "-o",
+        str(out),
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     plan = json.loads(res.stdout)
     layers = [layer for layer in plan["layers"] if layer["format"] != "dense"]
     assert layers and all(layer["rank_spec"] == "energy:0.7" and 0 < layer["error"] < 0.75 for layer in layers)
-    res = lowrank("train", str(out), "--data", "digits", "--image-size", "16", "--epochs", "2", "--lr", "0.05", "--json", "-q")
+    res = lowrank(
+        "train", str(out), "--data", "digits", "--image-size", "16", "--epochs", "2", "--lr", "0.05", "--json", "-q"
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1])["last_top1"] > 50
     # a low-rank artifact is not a source of dense weights
-    res = lowrank("convert", "resnet20", "--num-classes", "10", "--weights", str(out), "--init", "decompose", "--rank", "0.5")
+    res = lowrank(
+        "convert", "resnet20", "--num-classes", "10", "--weights", str(out), "--init", "decompose", "--rank", "0.5"
+    )
     assert res.returncode == 2 and "holds a low-rank model" in res.stderr
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["convert", "resnet20", "--weights", "x.pth"], "--weights are only used to decompose trained weights; add --init decompose"),
-    (["convert", "resnet20", "--energy", "0.9", "--rank", "0.5"], "--energy and --rank exclude each other"),
-    (["convert", "resnet20", "--energy", "0.9"], "is computed from trained weights; add --weights FILE --init decompose"),
-    (["convert", "resnet20", "--rank", "energy:2", "--init", "decompose"], "the energy must be a fraction in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["convert", "resnet20", "--weights", "x.pth"],
+            "--weights are only used to decompose trained weights; add --init decompose",
+        ),
+        (["convert", "resnet20", "--energy", "0.9", "--rank", "0.5"], "--energy and --rank exclude each other"),
+        (
+            ["convert", "resnet20", "--energy", "0.9"],
+            "is computed from trained weights; add --weights FILE --init decompose",
+        ),
+        (
+            ["convert", "resnet20", "--rank", "energy:2", "--init", "decompose"],
+            "the energy must be a fraction in (0, 1]",
+        ),
+    ],
+)
 def test_cli_decompose_errors(argv, message):
     res = lowrank(*argv)
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1

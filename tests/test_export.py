@@ -6,15 +6,22 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import run_cli
 from torch import nn
 
 import lowrank_tool as lr
-from helpers import run_cli
 from lowrank_tool.errors import LowRankError, VerificationError
-from lowrank_tool.export import export_onnx, make_session, merge_factors, plan_from_onnx, providers_for, read_metadata, verify_onnx
+from lowrank_tool.export import (
+    export_onnx,
+    make_session,
+    merge_factors,
+    plan_from_onnx,
+    providers_for,
+    read_metadata,
+    verify_onnx,
+)
 from lowrank_tool.export.verify import _compare_detection
 from lowrank_tool.layers import LowRankConv
-
 
 FP32 = 1e-4  # the fp32 bound on max|onnx - torch| / max|torch|
 
@@ -138,7 +145,9 @@ def trained_digits(tmp_path_factory):
     directory = tmp_path_factory.mktemp("digits") / "r20"
     torch.manual_seed(0)
     lr.save(lr.convert("resnet20", rank=0.5, num_classes=10, input_size="3x16x16"), directory)
-    cfg = TrainConfig(data="digits", epochs=4, batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=1, image_size=16, seed=0)
+    cfg = TrainConfig(
+        data="digits", epochs=4, batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=1, image_size=16, seed=0
+    )
     _, summary = train_artifact(directory, cfg, progress=False)
     assert summary["last_top1"] > 90, summary  # the model learned something worth quantizing
     return directory
@@ -160,15 +169,23 @@ def test_int8_keeps_digits_accuracy_within_two_points(trained_digits, tmp_path):
 
 def test_int8_cli_reports_accuracy(trained_digits, tmp_path, capsys, monkeypatch):
     out_file = tmp_path / "q.onnx"
-    code, out, err = run(["export", str(trained_digits), "--onnx", str(out_file), "--int8", "--calib-data", "digits"], capsys, monkeypatch)
+    code, out, err = run(
+        ["export", str(trained_digits), "--onnx", str(out_file), "--int8", "--calib-data", "digits"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
-    assert "int8 accuracy on digits val (360 images): fp32" in out and "verification passed" in out and out_file.is_file()
+    assert (
+        "int8 accuracy on digits val (360 images): fp32" in out and "verification passed" in out and out_file.is_file()
+    )
 
 
 def test_int8_with_tensor_batches(tmp_path):
     model = lr.convert("resnet20", rank=0.5, input_size="3x16x16")
     batches = [torch.randn(8, 3, 16, 16) for _ in range(4)]
-    result = export_onnx(model, tmp_path / "q.onnx", precision="int8", calib_data=batches, calib_samples=32, verify=False)
+    result = export_onnx(
+        model, tmp_path / "q.onnx", precision="int8", calib_data=batches, calib_samples=32, verify=False
+    )
     assert result.quantization.calib_samples == 32 and result.quantization.fp32_top1 is None
 
 
@@ -184,7 +201,10 @@ def test_merge_all_restores_dense_conv_count(tmp_path):
     assert {layer.format for layer in layers} == {"tucker2", "svd"}
     expected = sum(extra_convs[layer.format] for layer in layers)
     assert onnx_ops(tmp_path / "fact.onnx").count("Conv") - onnx_ops(tmp_path / "merged.onnx").count("Conv") == expected
-    assert len(merged.merged) == n_lowrank and json.loads(read_metadata(tmp_path / "merged.onnx")["merged"]) == merged.merged
+    assert (
+        len(merged.merged) == n_lowrank
+        and json.loads(read_metadata(tmp_path / "merged.onnx")["merged"]) == merged.merged
+    )
 
 
 def test_merge_auto_decides_by_measured_latency():
@@ -256,7 +276,9 @@ def test_providers_cpu_without_gpu_and_cuda_with_one(monkeypatch):
         providers_for("cuda")
     import onnxruntime
 
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert providers_for("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert providers_for("cpu") == ["CPUExecutionProvider"]
@@ -275,9 +297,13 @@ def test_cli_export_prints_verification(r18_dir, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert "torchscript exporter, opset 17; inputs input batchx3x32x32 → outputs logits" in out
     assert "verification passed on CPU: input 3x3x32x32" in out and "tolerance 0.0001, fp32" in out
-    code, out, _ = run(["export", str(r18_dir), "--onnx", str(tmp_path / "m.onnx"), "--json", "--batch", "2"], capsys, monkeypatch)
+    code, out, _ = run(
+        ["export", str(r18_dir), "--onnx", str(tmp_path / "m.onnx"), "--json", "--batch", "2"], capsys, monkeypatch
+    )
     data = json.loads(out)
-    assert code == 0 and data["batch"] == 2 and data["verification"]["passed"] and data["verification"]["max_rel"] < FP32
+    assert (
+        code == 0 and data["batch"] == 2 and data["verification"]["passed"] and data["verification"]["max_rel"] < FP32
+    )
 
 
 def test_cli_export_no_verify(r18_dir, tmp_path, capsys, monkeypatch):
@@ -286,22 +312,42 @@ def test_cli_export_no_verify(r18_dir, tmp_path, capsys, monkeypatch):
 
 
 def test_cli_verification_failure_exits_1(r18_dir, tmp_path, capsys, monkeypatch):
-    code, out, err = run(["export", str(r18_dir), "--onnx", str(tmp_path / "m.onnx"), "--tolerance", "1e-12"], capsys, monkeypatch)
+    code, out, err = run(
+        ["export", str(r18_dir), "--onnx", str(tmp_path / "m.onnx"), "--tolerance", "1e-12"], capsys, monkeypatch
+    )
     assert code == 1 and "above the fp32 tolerance" in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
 
 
 BAD_EXPORT = [
-    (["export", "{missing}", "--onnx", "{out}"], "is not a directory; point to a directory written by `lowrank convert -o DIR`"),
-    (["export", "{art}", "--onnx", "{tmp}/no/such/dir/m.onnx"], "directory {tmp}/no/such/dir does not exist; create it first"),
+    (
+        ["export", "{missing}", "--onnx", "{out}"],
+        "is not a directory; point to a directory written by `lowrank convert -o DIR`",
+    ),
+    (
+        ["export", "{art}", "--onnx", "{tmp}/no/such/dir/m.onnx"],
+        "directory {tmp}/no/such/dir does not exist; create it first",
+    ),
     (["export", "{art}", "--onnx", "{tmp}"], "is a directory; give a file name"),
-    (["export", "{art}", "--onnx", "{out}", "--opset", "9"], "opset 9 is not supported; use an opset from 13 to 20 (default 17)"),
+    (
+        ["export", "{art}", "--onnx", "{out}", "--opset", "9"],
+        "opset 9 is not supported; use an opset from 13 to 20 (default 17)",
+    ),
     (["export", "{art}", "--onnx", "{out}", "--opset", "25"], "opset 25 is not supported"),
-    (["export", "{art}", "--onnx", "{out}", "--batch", "zero"], "batch 'zero' is not valid; use 'dynamic' or a positive integer"),
+    (
+        ["export", "{art}", "--onnx", "{out}", "--batch", "zero"],
+        "batch 'zero' is not valid; use 'dynamic' or a positive integer",
+    ),
     (["export", "{art}", "--onnx", "{out}", "--int8"], "--int8 needs calibration data; add --calib-data digits"),
-    (["export", "{art}", "--onnx", "{out}", "--fp16", "--int8", "--calib-data", "digits"], "--fp16 and --int8 exclude each other"),
+    (
+        ["export", "{art}", "--onnx", "{out}", "--fp16", "--int8", "--calib-data", "digits"],
+        "--fp16 and --int8 exclude each other",
+    ),
     (["export", "{art}", "--onnx", "{out}", "--calib-data", "digits"], "--calib-data is only used with --int8"),
-    (["export", "{art}", "--onnx", "{out}", "--int8", "--calib-data", "cifar10:{tmp}/none"], "data folder {tmp}/none does not exist"),
+    (
+        ["export", "{art}", "--onnx", "{out}", "--int8", "--calib-data", "cifar10:{tmp}/none"],
+        "data folder {tmp}/none does not exist",
+    ),
     (["export", "{art}", "--onnx", "{out}", "--input-size", "3x32"], "input size '3x32' is malformed"),
     (["bench", "{missing}"], "does not exist; point to a directory from `lowrank convert -o DIR` or an .onnx file"),
     (["bench", "{art}", "--batch", "0"], "batch '0' must be positive integers"),
@@ -311,7 +357,12 @@ BAD_EXPORT = [
 
 @pytest.mark.parametrize("argv,message", BAD_EXPORT, ids=[" ".join(a[2:]) for a, _ in BAD_EXPORT])
 def test_cli_bad_input_one_line_exit_2_nothing_written(argv, message, r18_dir, tmp_path, capsys, monkeypatch):
-    fill = {"missing": str(tmp_path / "missing"), "out": str(tmp_path / "m.onnx"), "art": str(r18_dir), "tmp": str(tmp_path)}
+    fill = {
+        "missing": str(tmp_path / "missing"),
+        "out": str(tmp_path / "m.onnx"),
+        "art": str(r18_dir),
+        "tmp": str(tmp_path),
+    }
     code, out, err = run([a.format(**fill) for a in argv], capsys, monkeypatch)
     assert code == 2
     assert message.format(**fill) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -319,7 +370,11 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(argv, message, r18_dir, t
 
 
 def test_cli_bench_vs_dense_json(r18_dir, capsys, monkeypatch):
-    code, out, err = run(["bench", str(r18_dir), "--vs-dense", "--runs", "3", "--warmup", "1", "--threads", "1", "--json"], capsys, monkeypatch)
+    code, out, err = run(
+        ["bench", str(r18_dir), "--vs-dense", "--runs", "3", "--warmup", "1", "--threads", "1", "--json"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     data = json.loads(out)
     rows = {(r["model"], r["engine"]) for r in data["rows"]}
@@ -329,14 +384,22 @@ def test_cli_bench_vs_dense_json(r18_dir, capsys, monkeypatch):
         assert c["mac_reduction"] == pytest.approx(totals["mac_reduction"])
         assert c["efficiency"] == pytest.approx(c["speedup"] / c["mac_reduction"])
     dense = next(r for r in data["rows"] if r["model"] == "dense")
-    assert dense["params"] == totals["params_before"] and dense["median_ms"] > 0 and dense["p90_ms"] >= dense["median_ms"]
+    assert (
+        dense["params"] == totals["params_before"] and dense["median_ms"] > 0 and dense["p90_ms"] >= dense["median_ms"]
+    )
 
 
 def test_cli_bench_table_and_onnx_file(r18_dir, tmp_path, capsys, monkeypatch):
-    code, out, _ = run(["bench", str(r18_dir), "--vs-dense", "--runs", "3", "--warmup", "1", "--engine", "onnxruntime"], capsys, monkeypatch)
+    code, out, _ = run(
+        ["bench", str(r18_dir), "--vs-dense", "--runs", "3", "--warmup", "1", "--engine", "onnxruntime"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0 and "low-rank" in out and "dense" in out and "speedup" in out and "efficiency" in out
     run(["export", str(r18_dir), "--onnx", str(tmp_path / "m.onnx"), "--no-verify"], capsys, monkeypatch)
-    code, out, err = run(["bench", str(tmp_path / "m.onnx"), "--runs", "3", "--warmup", "1", "--json", "--vs-dense"], capsys, monkeypatch)
+    code, out, err = run(
+        ["bench", str(tmp_path / "m.onnx"), "--runs", "3", "--warmup", "1", "--json", "--vs-dense"], capsys, monkeypatch
+    )
     assert code == 0, err
     data = json.loads(out)
     assert data["input_size"] == [3, 32, 32] and {r["model"] for r in data["rows"]} == {"low-rank", "dense"}

@@ -22,22 +22,64 @@ from lowrank_tool.layers import LowRankConv
 #: name → (kwargs, per-sample input). At least 40 architectures: plain and deep CNNs, weight-standardised
 #: convs (BiT, NF-nets), TF "same" padding (tf_*), re-parameterisable nets, hybrid conv/attention nets.
 TIMM = {
-    "resnet18": ({}, 64), "resnet26d": ({}, 64), "seresnext26d_32x4d": ({}, 64), "resnet50d": ({}, 64),
-    "resnetv2_50x1_bit": ({}, 64), "nf_resnet26": ({}, 64), "nfnet_l0": ({}, 64), "dm_nfnet_f0": ({}, 64),
-    "regnetx_002": ({}, 64), "regnety_002": ({}, 64), "dla34": ({}, 64), "densenet121": ({}, 64),
-    "hrnet_w18_small": ({}, 64), "cspresnet50": ({}, 64), "cs3darknet_focus_s": ({}, 64), "darknet53": ({}, 64),
-    "ghostnet_100": ({}, 64), "ghostnetv2_100": ({}, 64), "mobilenetv3_small_050": ({}, 64), "mnasnet_small": ({}, 64),
-    "mobilenetv2_050": ({}, 64), "mobilenetv4_conv_small": ({}, 64), "efficientnet_b0": ({}, 64),
-    "tf_efficientnet_b0": ({}, 64), "tf_mobilenetv3_small_100": ({}, 64), "tf_mixnet_s": ({}, 66), "mixnet_s": ({}, 64),
+    "resnet18": ({}, 64),
+    "resnet26d": ({}, 64),
+    "seresnext26d_32x4d": ({}, 64),
+    "resnet50d": ({}, 64),
+    "resnetv2_50x1_bit": ({}, 64),
+    "nf_resnet26": ({}, 64),
+    "nfnet_l0": ({}, 64),
+    "dm_nfnet_f0": ({}, 64),
+    "regnetx_002": ({}, 64),
+    "regnety_002": ({}, 64),
+    "dla34": ({}, 64),
+    "densenet121": ({}, 64),
+    "hrnet_w18_small": ({}, 64),
+    "cspresnet50": ({}, 64),
+    "cs3darknet_focus_s": ({}, 64),
+    "darknet53": ({}, 64),
+    "ghostnet_100": ({}, 64),
+    "ghostnetv2_100": ({}, 64),
+    "mobilenetv3_small_050": ({}, 64),
+    "mnasnet_small": ({}, 64),
+    "mobilenetv2_050": ({}, 64),
+    "mobilenetv4_conv_small": ({}, 64),
+    "efficientnet_b0": ({}, 64),
+    "tf_efficientnet_b0": ({}, 64),
+    "tf_mobilenetv3_small_100": ({}, 64),
+    "tf_mixnet_s": ({}, 66),
+    "mixnet_s": ({}, 64),
     "tf_efficientnetv2_b0": ({}, 66),
-    "convnext_atto": ({}, 64), "convnextv2_atto": ({}, 64), "res2net50_14w_8s": ({}, 64), "resnest14d": ({}, 64),
-    "rexnet_100": ({}, 64), "lcnet_050": ({}, 64), "tinynet_e": ({}, 64), "hardcorenas_a": ({}, 64),
-    "fbnetc_100": ({}, 64), "selecsls42b": ({}, 64), "ese_vovnet19b_dw": ({}, 64), "gernet_s": ({}, 64),
-    "repvgg_a0": ({}, 64), "mobileone_s0": ({}, 64), "fastvit_t8": ({}, 64), "repghostnet_050": ({}, 64),
-    "repvit_m1": ({}, 64), "edgenext_xx_small": ({}, 64), "mobilevit_xxs": ({}, 64), "mobilevitv2_050": ({}, 64),
-    "efficientformer_l1": ({}, 224), "poolformer_s12": ({}, 64), "coatnet_0_rw_224": ({}, 224),
-    "efficientvit_b0": ({}, 64), "xception41": ({}, 64), "dpn48b": ({}, 64), "hgnetv2_b0": ({}, 64),
-    "inception_v3": ({}, 96), "fasternet_t0": ({}, 64), "tresnet_m": ({}, 64),
+    "convnext_atto": ({}, 64),
+    "convnextv2_atto": ({}, 64),
+    "res2net50_14w_8s": ({}, 64),
+    "resnest14d": ({}, 64),
+    "rexnet_100": ({}, 64),
+    "lcnet_050": ({}, 64),
+    "tinynet_e": ({}, 64),
+    "hardcorenas_a": ({}, 64),
+    "fbnetc_100": ({}, 64),
+    "selecsls42b": ({}, 64),
+    "ese_vovnet19b_dw": ({}, 64),
+    "gernet_s": ({}, 64),
+    "repvgg_a0": ({}, 64),
+    "mobileone_s0": ({}, 64),
+    "fastvit_t8": ({}, 64),
+    "repghostnet_050": ({}, 64),
+    "repvit_m1": ({}, 64),
+    "edgenext_xx_small": ({}, 64),
+    "mobilevit_xxs": ({}, 64),
+    "mobilevitv2_050": ({}, 64),
+    "efficientformer_l1": ({}, 224),
+    "poolformer_s12": ({}, 64),
+    "coatnet_0_rw_224": ({}, 224),
+    "efficientvit_b0": ({}, 64),
+    "xception41": ({}, 64),
+    "dpn48b": ({}, 64),
+    "hgnetv2_b0": ({}, 64),
+    "inception_v3": ({}, 96),
+    "fasternet_t0": ({}, 64),
+    "tresnet_m": ({}, 64),
 }
 #: Weight-standardised convs (StdConv2d, ScaledStdConv2d[Same]): each stays dense with that reason.
 STANDARDISED = {"resnetv2_50x1_bit", "nf_resnet26", "nfnet_l0", "dm_nfnet_f0"}
@@ -56,13 +98,26 @@ def _hf_cases() -> dict[str, nn.Module]:
     """Small Hugging Face CNNs built from their configs (random weights, logits only)."""
     common = {"num_labels": 10}
     return {
-        "hf-resnet": hf.ResNetForImageClassification(hf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], **common)),
-        "hf-convnext": hf.ConvNextForImageClassification(hf.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], **common)),
-        "hf-regnet": hf.RegNetForImageClassification(hf.RegNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], groups_width=8, **common)),
+        "hf-resnet": hf.ResNetForImageClassification(
+            hf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], **common)
+        ),
+        "hf-convnext": hf.ConvNextForImageClassification(
+            hf.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], **common)
+        ),
+        "hf-regnet": hf.RegNetForImageClassification(
+            hf.RegNetConfig(
+                embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], groups_width=8, **common
+            )
+        ),
         "hf-mobilenet_v2": hf.MobileNetV2ForImageClassification(hf.MobileNetV2Config(depth_multiplier=0.35, **common)),
         "hf-efficientnet": hf.EfficientNetForImageClassification(
-            hf.EfficientNetConfig(width_coefficient=0.25, depth_coefficient=0.2, image_size=64, hidden_dim=320, **common)),
-        "hf-bit": hf.BitForImageClassification(hf.BitConfig(embedding_size=16, num_groups=8, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], **common)),
+            hf.EfficientNetConfig(
+                width_coefficient=0.25, depth_coefficient=0.2, image_size=64, hidden_dim=320, **common
+            )
+        ),
+        "hf-bit": hf.BitForImageClassification(
+            hf.BitConfig(embedding_size=16, num_groups=8, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], **common)
+        ),
     }
 
 
@@ -84,7 +139,9 @@ def rel_max_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def _full_rank_matches(model: nn.Module, size: int, name: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", lr.LowRankWarning)
-        converted = lr.convert(model, rank=1.0, round_to=1, allow_growth=True, init="decompose", input_size=(3, size, size)).eval()
+        converted = lr.convert(
+            model, rank=1.0, round_to=1, allow_growth=True, init="decompose", input_size=(3, size, size)
+        ).eval()
     plan = lr.summary(converted)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -111,7 +168,9 @@ def test_timm_full_rank_decomposition_equals_dense(name):
     assert bool(plan.converted_layers) == (name not in NOTHING_TO_CONVERT), [layer.reason for layer in plan.layers]
     standardised = [layer for layer in plan.layers if "StdConv2d" in (layer.conv_class or "")]
     assert bool(standardised) == (name in STANDARDISED)
-    assert all(not layer.converted and layer.reason.startswith(("weight-standardised", "grouped")) for layer in standardised)
+    assert all(
+        not layer.converted and layer.reason.startswith(("weight-standardised", "grouped")) for layer in standardised
+    )
     assert any(layer.reason.startswith("weight-standardised") for layer in standardised) == (name in STANDARDISED)
     same = [layer for layer in plan.converted_layers if layer.dynamic_same]
     assert bool(same) == (name in SAME_PADDING)
@@ -119,7 +178,9 @@ def test_timm_full_rank_decomposition_equals_dense(name):
 
 
 @pytest.mark.foreign
-@pytest.mark.parametrize("name", _params(TIMM, HEAVY | {"hrnet_w18_small", "res2net50_14w_8s", "densenet121", "inception_v3"}))
+@pytest.mark.parametrize(
+    "name", _params(TIMM, HEAVY | {"hrnet_w18_small", "res2net50_14w_8s", "densenet121", "inception_v3"})
+)
 def test_timm_rank_half_runs_and_exports(name, tmp_path):
     model, size = _timm(name)
     converted = lr.convert(model, rank=0.5, input_size=(3, size, size)).eval()
@@ -131,7 +192,11 @@ def test_timm_rank_half_runs_and_exports(name, tmp_path):
     assert lr.summary(converted).converted_layers
     if name in DENSE_EXPORT_DIFFERS:
         with pytest.raises(lr.VerificationError):
-            lr.export_onnx(lr.convert(model, dense=True, input_size=(3, size, size)), tmp_path / "d.onnx", input_size=(3, size, size))
+            lr.export_onnx(
+                lr.convert(model, dense=True, input_size=(3, size, size)),
+                tmp_path / "d.onnx",
+                input_size=(3, size, size),
+            )
         return
     result = lr.export_onnx(converted, tmp_path / "m.onnx", input_size=(3, size, size))
     assert result.verification.passed, result.verification
@@ -187,12 +252,14 @@ def test_timm_reparameterize_model_on_converted_model(name):
 @pytest.mark.foreign
 def test_timm_features_only_converts_and_matches_at_full_rank():
     model = timm.create_model("resnet18", features_only=True, out_indices=(1, 2, 3, 4)).eval()
-    converted = lr.convert(model, rank=1.0, round_to=1, allow_growth=True, init="decompose", input_size=(3, 64, 64)).eval()
+    converted = lr.convert(
+        model, rank=1.0, round_to=1, allow_growth=True, init="decompose", input_size=(3, 64, 64)
+    ).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref, got = model(x), converted(x)
     assert [t.shape for t in got] == [t.shape for t in ref]
-    assert max(rel_max_error(a, b) for a, b in zip(ref, got)) <= 1e-4
+    assert max(rel_max_error(a, b) for a, b in zip(ref, got, strict=True)) <= 1e-4
     assert any(isinstance(m, LowRankConv) for m in converted.modules())
 
 

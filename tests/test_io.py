@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
+from helpers import TinyNet
 
 import lowrank_tool as lr
 from lowrank_tool import LowRankError
 from lowrank_tool.conversion_plan import SCHEMA_VERSION
-
-from helpers import TinyNet
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +32,15 @@ def test_round_trip_gives_identical_outputs(artifact):
 def test_plan_json_schema(artifact):
     data = json.loads((artifact[1] / "plan.json").read_text())
     assert data["kind"] == "lowrank_tool.plan" and data["schema_version"] == SCHEMA_VERSION
-    assert data["base_model"] == {"source": "torchvision", "name": "resnet18", "task": "classification", "kwargs": {"num_classes": 7}}
-    assert {"name", "format", "ranks", "params_before", "params_after", "macs_before", "macs_after", "reason"} <= set(data["layers"][1])
+    assert data["base_model"] == {
+        "source": "torchvision",
+        "name": "resnet18",
+        "task": "classification",
+        "kwargs": {"num_classes": 7},
+    }
+    assert {"name", "format", "ranks", "params_before", "params_after", "macs_before", "macs_after", "reason"} <= set(
+        data["layers"][1]
+    )
 
 
 def test_custom_model_needs_a_dense_instance(tmp_path, tiny):
@@ -71,17 +77,28 @@ def _copy(src, dst):
     return dst
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda d: (d / "plan.json").unlink(), "plan.json does not exist"),
-    (lambda d: (d / "plan.json").write_text("{not json"), "not valid JSON"),
-    (lambda d: (d / "plan.json").write_text('{"hello": 1}'), "not a lowrank_tool plan"),
-    (lambda d: (d / "plan.json").write_text(json.dumps({**json.loads((d / "plan.json").read_text()), "schema_version": 99})),
-     "schema version 99, newer than"),
-    (lambda d: (d / "plan.json").write_text(json.dumps({**json.loads((d / "plan.json").read_text()), "layers": "x"})),
-     "malformed field"),
-    (lambda d: (d / "model.safetensors").unlink(), "model.safetensors does not exist"),
-    (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 64), "corrupt or not a safetensors file"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: (d / "plan.json").unlink(), "plan.json does not exist"),
+        (lambda d: (d / "plan.json").write_text("{not json"), "not valid JSON"),
+        (lambda d: (d / "plan.json").write_text('{"hello": 1}'), "not a lowrank_tool plan"),
+        (
+            lambda d: (d / "plan.json").write_text(
+                json.dumps({**json.loads((d / "plan.json").read_text()), "schema_version": 99})
+            ),
+            "schema version 99, newer than",
+        ),
+        (
+            lambda d: (d / "plan.json").write_text(
+                json.dumps({**json.loads((d / "plan.json").read_text()), "layers": "x"})
+            ),
+            "malformed field",
+        ),
+        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors does not exist"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 64), "corrupt or not a safetensors file"),
+    ],
+)
 def test_damaged_artifacts_give_one_clear_error(artifact, tmp_path, damage, message):
     d = _copy(artifact[1], tmp_path / "d")
     damage(d)
@@ -104,7 +121,9 @@ def test_plan_for_a_different_architecture_is_refused(artifact, tmp_path):
     data = json.loads((d / "plan.json").read_text())
     data["base_model"]["name"] = "resnet34"
     (d / "plan.json").write_text(json.dumps(data))
-    with pytest.raises(LowRankError, match="plan does not match the model at 'layer1.0.conv1'|does not match the model rebuilt"):
+    with pytest.raises(
+        LowRankError, match="plan does not match the model at 'layer1.0.conv1'|does not match the model rebuilt"
+    ):
         lr.load(d)
 
 

@@ -46,7 +46,7 @@ def test_rank_mode_picks_the_fastest_form_and_records_times(monkeypatch):
         if entry.converted:
             # the requested ranks or those rounded up to 8/16: never below the request
             requested = lr.plan("resnet18", rank=0.3, input_size="3x64x64").layer(entry.name).ranks
-            assert all(r >= q for r, q in zip(entry.ranks, requested))
+            assert all(r >= q for r, q in zip(entry.ranks, requested, strict=True))
     # the caricature makes every rounded candidate slower than the exact ranks (more MACs, same launches)
     conv = plan.layer("layer1.0.conv1")
     assert conv.ranks == [24, 24] and conv.format == "tucker2"
@@ -93,8 +93,11 @@ def test_target_speedup_reached_or_said_clearly(monkeypatch):
         return total + 0.2 * dense_layers(plan)
 
     def dense_layers(plan):
-        return sum(measure(e.geometry(), "dense", None, (1, e.in_channels, *e.input_size), threads=1)
-                   for e in plan.layers if e.input_size and e.in_channels > 3)
+        return sum(
+            measure(e.geometry(), "dense", None, (1, e.in_channels, *e.input_size), threads=1)
+            for e in plan.layers
+            if e.input_size and e.in_channels > 3
+        )
 
     monkeypatch.setattr(latency, "_model_ms", model_ms)
     plan = lr.plan("resnet18", input_size="3x64x64", policy="latency", target_speedup=2.0)
@@ -115,12 +118,15 @@ def test_real_measurement_on_a_small_model(tmp_path):
     assert again.layer("layer1.0.conv1").latency_ms == plan.layer("layer1.0.conv1").latency_ms
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"target_speedup": 2.0}, "target_speedup needs policy 'latency'"),
-    ({"policy": "latency", "target_speedup": 0.5}, "must be a number above 1"),
-    ({"policy": "latency", "target_speedup": 2.0, "rank": 0.3}, "give either a target speedup or a rank/budget"),
-    ({"policy": "fastest"}, "policy 'fastest' is not known"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"target_speedup": 2.0}, "target_speedup needs policy 'latency'"),
+        ({"policy": "latency", "target_speedup": 0.5}, "must be a number above 1"),
+        ({"policy": "latency", "target_speedup": 2.0, "rank": 0.3}, "give either a target speedup or a rank/budget"),
+        ({"policy": "fastest"}, "policy 'fastest' is not known"),
+    ],
+)
 def test_policy_errors(kwargs, message):
     with pytest.raises(LowRankError, match=message.replace("(", "\\(").replace(")", "\\)")):
         lr.plan("resnet18", input_size="3x32x32", **kwargs)

@@ -12,7 +12,9 @@ from lowrank_tool import CPConv2d, LowRankError, SVDConv2d, SVDConv3d, Tucker2Co
 
 GEOMETRIES = [
     dict(kernel_size=k, stride=s, padding=p, dilation=d, padding_mode=m, bias=b)
-    for k, s, p, d, m, b in itertools.product((1, 3, (3, 5)), (1, 2), (0, 1, "same"), (1, 2), ("zeros", "reflect", "circular"), (True, False))
+    for k, s, p, d, m, b in itertools.product(
+        (1, 3, (3, 5)), (1, 2), (0, 1, "same"), (1, 2), ("zeros", "reflect", "circular"), (True, False)
+    )
     if not (p == "same" and s != 1)
 ]
 
@@ -95,7 +97,11 @@ def test_factors_are_orthonormal_views_at_random_init(cls, ranks):
         torch.testing.assert_close(u.T @ u, eye, atol=1e-5, rtol=0)
     # the factors are views of the parameters: a penalty on them reaches the weights
     sum(((u.T @ u) ** 2).sum() for u in layer.factors()).backward()
-    assert all(p.grad is not None for p in layer.parameters() if p.dim() == 4 and p.shape[-1] == 1 and p.shape[-2] == 1 and p.shape[1] != 1)
+    assert all(
+        p.grad is not None
+        for p in layer.parameters()
+        if p.dim() == 4 and p.shape[-1] == 1 and p.shape[-2] == 1 and p.shape[1] != 1
+    )
 
 
 def test_random_init_matches_dense_kernel_energy():
@@ -173,7 +179,7 @@ def test_from_dense_writes_every_parameter(cls, ranks, init):
     a = cls.from_dense(conv, ranks, init=init)
     torch.manual_seed(0)
     b = cls.from_dense(conv, ranks, init=init)
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.isfinite(pa).all(), name
         assert torch.equal(pa, pb), name  # seeded: identical, so nothing comes from leftover memory
     torch.testing.assert_close(a.bias, conv.bias, rtol=0, atol=0)

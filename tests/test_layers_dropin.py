@@ -11,8 +11,18 @@ from torch import nn
 from lowrank_tool import CPConv2d, LowRankError, SVDConv2d, SVDConv3d, Tucker2Conv2d, Tucker2Conv3d
 from lowrank_tool.layers import ConvGeometry, SamePadConv2d, SamePadConv3d, pad_same
 
-ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode",
-         "transposed", "output_padding")
+ATTRS = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+    "transposed",
+    "output_padding",
+)
 
 CASES = [
     (Tucker2Conv2d, lambda: nn.Conv2d(8, 12, 3, stride=2, padding=1, dilation=1)),
@@ -48,7 +58,11 @@ def test_geometry_attributes_equal_the_dense_convs(cls, make):
         assert type(getattr(layer, attr)) is type(getattr(conv, attr)), attr
 
 
-@pytest.mark.parametrize("cls, make", [c for c in CASES if c[0] is not CPConv2d], ids=[i for i, c in zip(IDS, CASES) if c[0] is not CPConv2d])
+@pytest.mark.parametrize(
+    "cls, make",
+    [c for c in CASES if c[0] is not CPConv2d],
+    ids=[i for i, c in zip(IDS, CASES, strict=True) if c[0] is not CPConv2d],
+)
 def test_weight_is_the_reconstructed_kernel(cls, make):
     conv = make().double()
     layer = cls.from_dense(conv, _full(cls, conv), init="decompose")
@@ -63,7 +77,9 @@ def test_weight_is_the_reconstructed_kernel(cls, make):
 @pytest.mark.parametrize("attr", ["weight", "bias"])
 def test_assigning_weight_or_bias_is_a_clear_error(attr, value):
     layer = Tucker2Conv2d.from_dense(nn.Conv2d(8, 8, 3), 4)
-    with pytest.raises(AttributeError, match=rf"Tucker2Conv2d.{attr} is computed from the factor convs \(in_proj, core, out_proj\)"):
+    with pytest.raises(
+        AttributeError, match=rf"Tucker2Conv2d.{attr} is computed from the factor convs \(in_proj, core, out_proj\)"
+    ):
         setattr(layer, attr, value)
     assert "weight" not in layer._parameters
 
@@ -97,7 +113,9 @@ def test_dynamic_same_padding_keeps_the_function(cls, size, stride, dilation):
     g = ConvGeometry.of(conv, dynamic_same=True)
     layer = cls.from_dense(conv, _full(cls, conv), init="decompose", geometry=g)
     x = torch.randn(2, 6, *size, dtype=torch.float64)
-    ref = F.conv2d(pad_same(x, [3, 3], [stride, stride], [dilation, dilation]), conv.weight, conv.bias, stride, 0, dilation)
+    ref = F.conv2d(
+        pad_same(x, [3, 3], [stride, stride], [dilation, dilation]), conv.weight, conv.bias, stride, 0, dilation
+    )
     torch.testing.assert_close(layer(x), ref, rtol=1e-8, atol=1e-10)
     merged = layer.to_dense()
     assert isinstance(merged, SamePadConv2d)

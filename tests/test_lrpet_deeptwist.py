@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from helpers import lowrank
 
 import lowrank_tool as lr
-from helpers import lowrank
 from lowrank_tool.errors import LowRankError
 from lowrank_tool.layers import LowRankConv, SVDConv2d
-from lowrank_tool.methods import DeepTwist, LRPET, get_method
+from lowrank_tool.methods import LRPET, DeepTwist, get_method
 from lowrank_tool.methods.dense_training import following_batchnorms
 from lowrank_tool.methods.projection import BN_EPS_INVERSE, lower, project_svd, project_tiled
 from lowrank_tool.train.config import TrainConfig
@@ -181,13 +181,48 @@ def test_each_method_trains_on_digits_and_exports(method, convert_kwargs, option
 
 def test_cli_trains_lrpet_and_deeptwist(tmp_path):
     d = tmp_path / "lp"
-    lowrank("convert", "resnet20", "--rank", "0.5", "--format", "svd", "--num-classes", "10", "--input-size", "3x16x16", "-o", d, check=True)
-    res = lowrank("train", d, "--data", "digits", "--image-size", "16", "--epochs", "1",
-                  "--method", "lrpet", "--project-every", "5", "--energy-transfer", "0.5", "--no-bn-rectify", "--json", "-q")
+    lowrank(
+        "convert",
+        "resnet20",
+        "--rank",
+        "0.5",
+        "--format",
+        "svd",
+        "--num-classes",
+        "10",
+        "--input-size",
+        "3x16x16",
+        "-o",
+        d,
+        check=True,
+    )
+    res = lowrank(
+        "train",
+        d,
+        "--data",
+        "digits",
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--method",
+        "lrpet",
+        "--project-every",
+        "5",
+        "--energy-transfer",
+        "0.5",
+        "--no-bn-rectify",
+        "--json",
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["method"] == "lrpet"
     state = torch.load(d / "train_state.pt", weights_only=True)
-    assert state["method"]["project_every"] == 5 and state["method"]["energy_transfer"] == 0.5 and not state["method"]["bn_rectify"]
+    assert (
+        state["method"]["project_every"] == 5
+        and state["method"]["energy_transfer"] == 0.5
+        and not state["method"]["bn_rectify"]
+    )
     res = lowrank("train", d, "--method", "deeptwist", "--lowering", "diagonal", "--force")
     assert res.returncode == 2 and "diagonal" in res.stderr and "Traceback" not in res.stderr

@@ -31,9 +31,9 @@ def naive(model, kind):
             for u in m.factors():
                 g = u.T @ u - torch.eye(u.shape[1])
                 if kind == "so":
-                    total += (g ** 2).sum()
+                    total += (g**2).sum()
                 elif kind == "dso":
-                    total += (g ** 2).sum() + ((u @ u.T - torch.eye(u.shape[0])) ** 2).sum()
+                    total += (g**2).sum() + ((u @ u.T - torch.eye(u.shape[0])) ** 2).sum()
                 else:
                     total += torch.linalg.matrix_norm(g, ord=2)
     return total
@@ -59,7 +59,7 @@ def test_closed_form_gradient_equals_autograd_of_the_definition(converted, kind)
     model.zero_grad(set_to_none=True)
     (0.7 * naive(model, kind)).backward()
     assert sum(g is not None for g in fast) == 35  # 16 Tucker-2 layers x 2 factors + 3 SVD layers x 1
-    for p, g in zip(params, fast):
+    for p, g in zip(params, fast, strict=True):
         if g is None:
             assert p.grad is None
         else:
@@ -106,7 +106,9 @@ def test_batching_groups_factors_by_shape():
     assert sum(g.shape[0] for g in groups) == n_factors and len(groups) < n_factors / 4
 
 
-@pytest.mark.parametrize("kind,weight,message", [("l2", 1.0, "unknown orthogonality penalty 'l2'"), ("so", -1.0, "must be a number >= 0")])
+@pytest.mark.parametrize(
+    "kind,weight,message", [("l2", 1.0, "unknown orthogonality penalty 'l2'"), ("so", -1.0, "must be a number >= 0")]
+)
 def test_bad_arguments(converted, kind, weight, message):
     with pytest.raises(LowRankError, match=message):
         orthogonality_penalty(converted, kind, weight)

@@ -14,7 +14,9 @@ from lowrank_tool.models import build_from_spec, default_input_size, get_entry, 
 
 def test_timm_name_converts_saves_and_loads_without_model(tmp_path, cli):
     d = tmp_path / "r18"
-    code, out, err = cli("convert", "timm/resnet18", "--rank", "0.5", "--input-size", "3x64x64", "--model-arg", "num_classes=7", "-o", d)
+    code, out, err = cli(
+        "convert", "timm/resnet18", "--rank", "0.5", "--input-size", "3x64x64", "--model-arg", "num_classes=7", "-o", d
+    )
     assert code == 0, err
     spec = json.loads((d / "plan.json").read_text())["base_model"]
     assert spec == {"source": "timm", "name": "timm/resnet18", "task": "classification", "kwargs": {"num_classes": 7}}
@@ -29,7 +31,12 @@ def test_timm_name_converts_saves_and_loads_without_model(tmp_path, cli):
 def test_timm_model_loads_without_model_and_matches(tmp_path):
     pytest.importorskip("timm")
     model = lr.convert("timm/resnet18", rank=0.5, input_size=(3, 64, 64)).eval()
-    assert lr.summary(model).base_model == {"source": "timm", "name": "timm/resnet18", "task": "classification", "kwargs": {}}
+    assert lr.summary(model).base_model == {
+        "source": "timm",
+        "name": "timm/resnet18",
+        "task": "classification",
+        "kwargs": {},
+    }
     assert model.fc.out_features == 1000  # timm's default head; --model-arg num_classes=7 changes it (above)
     lr.save(model, tmp_path / "r18")
     loaded = lr.load(tmp_path / "r18").eval()
@@ -71,7 +78,9 @@ def test_timm_default_input_size_comes_from_its_pretrained_config():
 
 
 def test_unknown_timm_name_suggests_close_ones():
-    with pytest.raises(LowRankError, match=r"unknown timm model 'timm/resnet181'; did you mean timm/resnet18.*--source timm"):
+    with pytest.raises(
+        LowRankError, match=r"unknown timm model 'timm/resnet181'; did you mean timm/resnet18.*--source timm"
+    ):
         get_entry("timm/resnet181")
 
 
@@ -97,18 +106,23 @@ def test_models_source_lists(cli):
     assert {e.source for e in list_models(source="all")} == {"torchvision", "lowrank_tool", "timm"}
 
 
-@pytest.mark.parametrize("items, expected", [
-    (["num_classes=10"], {"num_classes": 10}),
-    (["drop_rate=0.1", "global_pool=avg"], {"drop_rate": 0.1, "global_pool": "avg"}),
-    (["features_only=true", "out_indices=[1,2]"], {"features_only": True, "out_indices": [1, 2]}),
-])
+@pytest.mark.parametrize(
+    "items, expected",
+    [
+        (["num_classes=10"], {"num_classes": 10}),
+        (["drop_rate=0.1", "global_pool=avg"], {"drop_rate": 0.1, "global_pool": "avg"}),
+        (["features_only=true", "out_indices=[1,2]"], {"features_only": True, "out_indices": [1, 2]}),
+    ],
+)
 def test_model_arg_values_are_json_else_strings(items, expected):
     from lowrank_tool.cli._common import parse_model_args
 
     assert parse_model_args(items) == expected
 
 
-@pytest.mark.parametrize("item, fragment", [("num_classes", "is not KEY=VALUE"), ("=3", "is not KEY=VALUE"), ("a-b=1", "Python identifier")])
+@pytest.mark.parametrize(
+    "item, fragment", [("num_classes", "is not KEY=VALUE"), ("=3", "is not KEY=VALUE"), ("a-b=1", "Python identifier")]
+)
 def test_bad_model_arg_is_one_line(item, fragment, cli):
     code, _, err = cli("convert", "resnet18", "--model-arg", item)
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
@@ -126,15 +140,42 @@ def test_num_classes_in_model_kwargs_and_conflicts():
     with pytest.raises(LowRankError, match="cannot be recorded in plan.json"):
         lr.plan("resnet18", rank=0.5, model_kwargs={"norm_layer": torch.nn.Identity})
     with pytest.raises(LowRankError, match="model_kwargs apply to a model given by name"):
-        lr.plan(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)), rank=0.5, input_size=(3, 8, 8), model_kwargs={"num_classes": 5})
+        lr.plan(
+            torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)),
+            rank=0.5,
+            input_size=(3, 8, 8),
+            model_kwargs={"num_classes": 5},
+        )
 
 
 def test_num_classes_in_model_kwargs_from_the_cli(tmp_path, cli):
-    code, out, err = cli("convert", "resnet20", "--rank", "0.5", "--input-size", "3x16x16", "--num-classes", "5",
-                         "--model-arg", "num_classes=5", "--json")
+    code, out, err = cli(
+        "convert",
+        "resnet20",
+        "--rank",
+        "0.5",
+        "--input-size",
+        "3x16x16",
+        "--num-classes",
+        "5",
+        "--model-arg",
+        "num_classes=5",
+        "--json",
+    )
     assert code == 0, err
     assert json.loads(out)["base_model"]["kwargs"] == {"num_classes": 5}
-    code, _, err = cli("convert", "resnet20", "--rank", "0.5", "--input-size", "3x16x16", "--num-classes", "5", "--model-arg", "num_classes=7")
+    code, _, err = cli(
+        "convert",
+        "resnet20",
+        "--rank",
+        "0.5",
+        "--input-size",
+        "3x16x16",
+        "--num-classes",
+        "5",
+        "--model-arg",
+        "num_classes=7",
+    )
     assert code == 2 and "disagree" in err and len(err.strip().splitlines()) == 1
 
 
@@ -151,7 +192,9 @@ def test_analyze_takes_model_args(cli):
 
 
 def test_list_kwargs_are_recorded_and_replayed(tmp_path):
-    model = lr.convert("resnet50", rank=0.3, input_size=(3, 64, 64), model_kwargs={"replace_stride_with_dilation": (False, True, True)})
+    model = lr.convert(
+        "resnet50", rank=0.3, input_size=(3, 64, 64), model_kwargs={"replace_stride_with_dilation": (False, True, True)}
+    )
     assert lr.summary(model).base_model["kwargs"] == {"replace_stride_with_dilation": [False, True, True]}
     lr.save(model, tmp_path / "a")
     assert lr.load(tmp_path / "a").layer4[0].conv2.dilation == (2, 2)
@@ -177,7 +220,10 @@ def test_download_arguments_are_used_now_but_never_replayed(enum, monkeypatch):
 
 
 def test_build_from_spec_registered_names_only():
-    assert isinstance(build_from_spec({"source": "lowrank_tool", "name": "resnet20", "kwargs": {"num_classes": 3}}, where="x"), torch.nn.Module)
+    assert isinstance(
+        build_from_spec({"source": "lowrank_tool", "name": "resnet20", "kwargs": {"num_classes": 3}}, where="x"),
+        torch.nn.Module,
+    )
     with pytest.raises(LowRankError, match="x: unknown model 'nope'"):
         build_from_spec({"source": "torchvision", "name": "nope", "kwargs": {}}, where="x")
     with pytest.raises(LowRankError, match="x: model name 3 must be a non-empty string"):

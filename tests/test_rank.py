@@ -15,15 +15,32 @@ def geom(cin, cout, k=3):
     return ConvGeometry.of(nn.Conv2d(cin, cout, k))
 
 
-@pytest.mark.parametrize("value,kind,number", [(0.3, "ratio", 0.3), ("0.3", "ratio", 0.3), (1.0, "ratio", 1.0),
-                                               (16, "absolute", 16), ("16", "absolute", 16), ("dense", "dense", 0)])
+@pytest.mark.parametrize(
+    "value,kind,number",
+    [
+        (0.3, "ratio", 0.3),
+        ("0.3", "ratio", 0.3),
+        (1.0, "ratio", 1.0),
+        (16, "absolute", 16),
+        ("16", "absolute", 16),
+        ("dense", "dense", 0),
+    ],
+)
 def test_rank_parsing(value, kind, number):
     spec = RankSpec.parse(value)
     assert (spec.kind, spec.value) == (kind, number)
 
 
-@pytest.mark.parametrize("value,message", [(0, "not positive"), (-0.5, "not positive"), (1.5, "fraction above 1"),
-                                           ("abc", "not a number"), (float("nan"), "not positive")])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (0, "not positive"),
+        (-0.5, "not positive"),
+        (1.5, "fraction above 1"),
+        ("abc", "not a number"),
+        (float("nan"), "not positive"),
+    ],
+)
 def test_bad_ranks(value, message):
     with pytest.raises(LowRankError, match=message):
         RankSpec.parse(value)
@@ -74,13 +91,16 @@ def test_unreachable_budget_says_what_is_reachable():
         lr.plan("resnet18", target_params=0.01, input_size="3x64x64")
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(rank=0.3, target_macs=0.4), "either rank or target_macs"),
-    (dict(target_macs=0.4, target_params=0.4), "at most one"),
-    (dict(target_macs=1.5), r"fraction in \(0, 1\)"),
-    (dict(round_to=0), "round_to 0"),
-    (dict(format="tt"), "unknown format 'tt'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(rank=0.3, target_macs=0.4), "either rank or target_macs"),
+        (dict(target_macs=0.4, target_params=0.4), "at most one"),
+        (dict(target_macs=1.5), r"fraction in \(0, 1\)"),
+        (dict(round_to=0), "round_to 0"),
+        (dict(format="tt"), "unknown format 'tt'"),
+    ],
+)
 def test_bad_options(kwargs, message):
     with pytest.raises(LowRankError, match=message):
         lr.plan("resnet18", input_size="3x32x32", **kwargs)

@@ -11,9 +11,22 @@ import lowrank_tool as lr
 from lowrank_tool.models import build_model, example_input, list_models
 
 HEAVY = {
-    "vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf", "regnet_y_32gf", "regnet_x_32gf", "convnext_large",
-    "efficientnet_v2_l", "fasterrcnn_resnet50_fpn_v2", "maskrcnn_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn",
-    "mvit_v1_b", "mvit_v2_s", "swin3d_b", "raft_large", "s3d",
+    "vit_h_14",
+    "vit_l_16",
+    "vit_l_32",
+    "regnet_y_128gf",
+    "regnet_y_32gf",
+    "regnet_x_32gf",
+    "convnext_large",
+    "efficientnet_v2_l",
+    "fasterrcnn_resnet50_fpn_v2",
+    "maskrcnn_resnet50_fpn_v2",
+    "keypointrcnn_resnet50_fpn",
+    "mvit_v1_b",
+    "mvit_v2_s",
+    "swin3d_b",
+    "raft_large",
+    "s3d",
 }
 #: Models torch.fx cannot trace whole (data-dependent control flow, fx-unfriendly ops): forward hooks.
 HOOKS_PATH = ("swin3d_", "raft_")
@@ -44,7 +57,11 @@ def structure(out):
 
 
 ENTRIES = list_models()
-PARAMS = [pytest.param(e, id=e.name, marks=[pytest.mark.heavy] if e.name in HEAVY else []) for e in ENTRIES if e.source == "torchvision"]
+PARAMS = [
+    pytest.param(e, id=e.name, marks=[pytest.mark.heavy] if e.name in HEAVY else [])
+    for e in ENTRIES
+    if e.source == "torchvision"
+]
 
 
 def test_sweep_covers_all_tasks():
@@ -57,7 +74,9 @@ def test_sweep_covers_all_tasks():
 
 @pytest.mark.parametrize("entry", PARAMS)
 def test_model_converts_and_runs(entry):
-    kwargs = {"min_size": 128, "max_size": 128} if entry.task == "detection" and not entry.name.startswith("ssd") else {}
+    kwargs = (
+        {"min_size": 128, "max_size": 128} if entry.task == "detection" and not entry.name.startswith("ssd") else {}
+    )
     model = build_model(entry.name, **kwargs).eval()
     size = small_size(entry.name, entry.task)
     converted = lr.convert(model, rank=0.3, input_size=size).eval()

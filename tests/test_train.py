@@ -4,12 +4,13 @@ import json
 import math
 import os
 import signal
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import TinyNet, lowrank
 from torch.utils.data import DataLoader, TensorDataset
 
 import lowrank_tool as lr
@@ -18,8 +19,6 @@ from lowrank_tool.train.checkpoint import load_train_state
 from lowrank_tool.train.config import TrainConfig
 from lowrank_tool.train.recipes import load_recipe
 from lowrank_tool.train.trainer import Trainer, TrainingDiverged, TrainingInterrupted, lr_factor
-
-from helpers import TinyNet, lowrank
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -50,9 +49,13 @@ def test_metrics_and_checkpoints_are_written(tmp_path):
     _, result = run(2, tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [0, 1]
-    assert {"train_loss", "val_top1", "val_top5", "lr", "orth_penalty", "epoch_seconds", "images_per_s"} <= set(lines[0])
+    assert {"train_loss", "val_top1", "val_top5", "lr", "orth_penalty", "epoch_seconds", "images_per_s"} <= set(
+        lines[0]
+    )
     assert lines[0]["orth_penalty"] > 0
-    assert {"train_state.pt", "model.safetensors", "best.safetensors", "metrics.jsonl"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"train_state.pt", "model.safetensors", "best.safetensors", "metrics.jsonl"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     state = load_train_state(tmp_path / "train_state.pt")
     assert state["epoch"] == 2 and state["step_in_epoch"] == 0 and state["config"]["epochs"] == 2
@@ -102,7 +105,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
     trainer.method.penalty = poison
     trainer.on_epoch = lambda r: good.update({k: v.clone() for k, v in trainer.raw_model.state_dict().items()})
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 3; the last good checkpoint \(after epoch 1\)"):
+    with pytest.raises(
+        TrainingDiverged, match=r"loss became nan at epoch 2, step 3; the last good checkpoint \(after epoch 1\)"
+    ):
         trainer.fit()
     state = load_train_state(tmp_path / "train_state.pt")
     assert state["epoch"] == 1
@@ -136,13 +141,16 @@ def test_elrt_needs_a_converted_model():
     lr.fit(TinyNet(), *loaders(), epochs=1, method="dense", progress=False)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(epochs=0), "epochs 0 must be a positive integer"),
-    (dict(lr=-1), "lr -1 must be a finite number"),
-    (dict(optimizer="adam"), "optimizer 'adam' is not known; expected one of sgd, adamw"),
-    (dict(orth="l2"), "orth 'l2' is not known"),
-    (dict(warmup_epochs=5, epochs=2), "warmup_epochs 5 exceeds epochs 2"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(epochs=0), "epochs 0 must be a positive integer"),
+        (dict(lr=-1), "lr -1 must be a finite number"),
+        (dict(optimizer="adam"), "optimizer 'adam' is not known; expected one of sgd, adamw"),
+        (dict(orth="l2"), "orth 'l2' is not known"),
+        (dict(warmup_epochs=5, epochs=2), "warmup_epochs 5 exceeds epochs 2"),
+    ],
+)
 def test_config_validation(kwargs, message):
     with pytest.raises(LowRankError, match=message):
         TrainConfig(**kwargs)
@@ -194,8 +202,25 @@ def test_cli_train_writes_metrics_and_weights(r20, tmp_path):
 
 def test_cli_sigterm_then_resume(r20, tmp_path):
     d = _copy(r20, tmp_path / "run")
-    proc = subprocess.Popen([sys.executable, "-m", "lowrank_tool", "train", str(d), "--data", "synthetic", "--image-size", "16",
-                             "--epochs", "40", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lowrank_tool",
+            "train",
+            str(d),
+            "--data",
+            "synthetic",
+            "--image-size",
+            "16",
+            "--epochs",
+            "40",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = proc.stdout.readline()  # the first epoch is done and checkpointed
     assert json.loads(first)["epoch"] == 0
     proc.send_signal(signal.SIGTERM)
@@ -210,7 +235,9 @@ def test_cli_sigterm_then_resume(r20, tmp_path):
 
 
 def test_cli_recipe_with_overrides(tmp_path):
-    res = cli("train", "--recipe", RECIPES / "quickstart_digits.yaml", "-o", str(tmp_path / "q"), "--epochs", "1", "--quiet")
+    res = cli(
+        "train", "--recipe", RECIPES / "quickstart_digits.yaml", "-o", str(tmp_path / "q"), "--epochs", "1", "--quiet"
+    )
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     metrics = [json.loads(x) for x in (tmp_path / "q" / "metrics.jsonl").read_text().splitlines()]
@@ -220,7 +247,21 @@ def test_cli_recipe_with_overrides(tmp_path):
 
 def test_cli_ddp_two_cpu_processes(r20, tmp_path):
     d = _copy(r20, tmp_path / "ddp")
-    res = cli("train", str(d), "--data", "synthetic", "--image-size", "16", "--epochs", "2", "--nproc", "2", "--quiet", "--workers", "0")
+    res = cli(
+        "train",
+        str(d),
+        "--data",
+        "synthetic",
+        "--image-size",
+        "16",
+        "--epochs",
+        "2",
+        "--nproc",
+        "2",
+        "--quiet",
+        "--workers",
+        "0",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((d / "summary.json").read_text())
     assert summary["world_size"] == 2
@@ -237,7 +278,11 @@ def test_cli_demo(tmp_path):
     data = json.loads(res.stdout)
     dense, low = data["results"]
     assert low["params"] < 0.5 * dense["params"] and low["macs"] < dense["macs"]
-    assert math.isfinite(low["last_top1"]) and low["best_top1"] >= low["last_top1"] and dense["best_top1"] >= dense["last_top1"]
+    assert (
+        math.isfinite(low["last_top1"])
+        and low["best_top1"] >= low["last_top1"]
+        and dense["best_top1"] >= dense["last_top1"]
+    )
     # the ONNX step: both exports verified within the fp32 tolerance, both timed
     assert dense["onnx_max_rel_error"] < 1e-4 and low["onnx_max_rel_error"] < 1e-4
     assert dense["onnx_ms"] > 0 and low["onnx_ms"] > 0 and dense["onnx_file"] is None
@@ -261,13 +306,16 @@ def test_bf16_autocast_on_cpu():
 
 # -- memory format ------------------------------------------------------------------------------------
 
+
 def test_memory_format_auto_is_channels_last_for_low_rank_on_cpu():
     from lowrank_tool.train.trainer import resolve_memory_format
 
     cpu = torch.device("cpu")
     assert resolve_memory_format("auto", make_model(), cpu) == torch.channels_last
     assert resolve_memory_format("auto", TinyNet(), cpu) == torch.contiguous_format  # dense: unchanged
-    assert resolve_memory_format("auto", make_model(), torch.device("cuda")) == torch.contiguous_format  # not measured there
+    assert (
+        resolve_memory_format("auto", make_model(), torch.device("cuda")) == torch.contiguous_format
+    )  # not measured there
     assert resolve_memory_format("channels_last", TinyNet(), cpu) == torch.channels_last
     assert resolve_memory_format("contiguous", make_model(), cpu) == torch.contiguous_format
 
@@ -287,5 +335,7 @@ def test_channels_last_trains_to_the_same_weights_and_hands_the_model_back_conti
 
 
 def test_unknown_memory_format_is_a_clear_error():
-    with pytest.raises(LowRankError, match="memory_format 'nhwc' is not known; expected one of auto, channels_last, contiguous"):
+    with pytest.raises(
+        LowRankError, match="memory_format 'nhwc' is not known; expected one of auto, channels_last, contiguous"
+    ):
         TrainConfig(memory_format="nhwc")

@@ -14,12 +14,12 @@ import textwrap
 import onnx
 import pytest
 import torch
+from helpers import lowrank
 
 import lowrank_tool as lr
-from helpers import lowrank
 from lowrank_tool.errors import LowRankError
 
-FACTORY_MODULE = textwrap.dedent('''
+FACTORY_MODULE = textwrap.dedent("""
     import torch
     from torch import nn
 
@@ -29,7 +29,7 @@ FACTORY_MODULE = textwrap.dedent('''
         CALLS.append(width)
         return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 32, 3, padding=1),
                              nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def artifact(tmp_path_factory):
     """A small converted resnet20 artifact and its ONNX export, written by `lowrank export`."""
     from typer.testing import CliRunner
 
-    from lowrank_tool.cli import app
+    from lowrank_tool.cli import typer_app as app
 
     root = tmp_path_factory.mktemp("trust")
     model = lr.convert("resnet20", rank=0.5, num_classes=10, input_size=(3, 16, 16))
@@ -101,7 +101,9 @@ def test_load_refuses_factories_and_explains_both_ways(factory, artifact, tmp_pa
     marker = tmp_path / "PWNED"
     spec = _system(marker) if factory == "os:system" else {"source": "import", "name": factory, "kwargs": {}}
     d = _hostile_dir(artifact / "good", tmp_path / "h", spec)
-    with pytest.raises(LowRankError, match=rf"names the factory '{factory}'.*load\(DIR, model=\.\.\.\).*trust_code=True") as info:
+    with pytest.raises(
+        LowRankError, match=rf"names the factory '{factory}'.*load\(DIR, model=\.\.\.\).*trust_code=True"
+    ) as info:
         lr.load(d)
     assert "\n" not in str(info.value) and str(d / "plan.json") in str(info.value)
     assert not marker.exists() and "somepkg" not in sys.modules
@@ -169,18 +171,21 @@ def test_train_under_torchrun_forwards_trust_code(artifact, tmp_path, cli, monke
     assert "--trust-code" not in launched[0][1] and "--trust-code" in launched[1][1]
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"weights": "DEFAULT"}, "would download weights; loading never downloads"),
-    ({"weights": "ResNet18_Weights.IMAGENET1K_V1"}, "would download weights"),
-    ({"weights_backbone": "DEFAULT"}, "would download weights"),
-    ({"pretrained": True}, "would download weights"),
-    ({"checkpoint_path": "/tmp/x.pth"}, "would download weights"),
-    ({"num_classes": {"__class__": "x"}}, "not a plain JSON value"),
-    ({"norm_layer": [{"a": 1}]}, "not a plain JSON value"),
-    ({"bogus": 1}, "cannot build"),
-    ({"replace_stride_with_dilation": [True]}, "replace_stride_with_dilation should be None or a 3-element tuple"),
-    (["a", "list"], "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"weights": "DEFAULT"}, "would download weights; loading never downloads"),
+        ({"weights": "ResNet18_Weights.IMAGENET1K_V1"}, "would download weights"),
+        ({"weights_backbone": "DEFAULT"}, "would download weights"),
+        ({"pretrained": True}, "would download weights"),
+        ({"checkpoint_path": "/tmp/x.pth"}, "would download weights"),
+        ({"num_classes": {"__class__": "x"}}, "not a plain JSON value"),
+        ({"norm_layer": [{"a": 1}]}, "not a plain JSON value"),
+        ({"bogus": 1}, "cannot build"),
+        ({"replace_stride_with_dilation": [True]}, "replace_stride_with_dilation should be None or a 3-element tuple"),
+        (["a", "list"], "must be a JSON object"),
+    ],
+)
 def test_plan_kwargs_are_checked_before_anything_is_built(kwargs, fragment, artifact, tmp_path, cli, monkeypatch):
     import torchvision
 
@@ -205,7 +210,13 @@ def test_harmless_download_kwargs_are_accepted(artifact, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     spec = json.loads((artifact / "good" / "plan.json").read_text())["base_model"]
     # null/false mean "no download": accepted even by a builder that takes no such argument (the zoo's resnet20)
-    spec["kwargs"] = {**spec["kwargs"], "pretrained": False, "weights": None, "weights_backbone": False, "checkpoint_path": None}
+    spec["kwargs"] = {
+        **spec["kwargs"],
+        "pretrained": False,
+        "weights": None,
+        "weights_backbone": False,
+        "checkpoint_path": None,
+    }
     d = _hostile_dir(artifact / "good", tmp_path / "h", spec)
     reference = lr.load(artifact / "good").eval()
     model = lr.load(d).eval()
@@ -214,12 +225,15 @@ def test_harmless_download_kwargs_are_accepted(artifact, tmp_path, monkeypatch):
         torch.testing.assert_close(model(x), reference(x))
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("resnet18", {"weights": None, "pretrained": False}),
-    ("resnet18", {"weights": False}),
-    ("fasterrcnn_mobilenet_v3_large_fpn", {"weights_backbone": False, "weights": None}),
-    ("timm/resnet18", {"pretrained": False, "pretrained_cfg": None, "checkpoint_path": None, "weights": False}),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("resnet18", {"weights": None, "pretrained": False}),
+        ("resnet18", {"weights": False}),
+        ("fasterrcnn_mobilenet_v3_large_fpn", {"weights_backbone": False, "weights": None}),
+        ("timm/resnet18", {"pretrained": False, "pretrained_cfg": None, "checkpoint_path": None, "weights": False}),
+    ],
+)
 def test_harmless_download_kwargs_build_every_source(name, kwargs, monkeypatch):
     from lowrank_tool.models import build_from_spec
 
@@ -255,7 +269,9 @@ def factory_module(tmp_path, monkeypatch):
 
 def test_user_factory_artifact_loads_with_model_or_trust_code(factory_module, tmp_path, cli):
     d = tmp_path / "art"
-    code, _, err = cli("convert", "mynets:make_net", "--rank", "0.5", "--input-size", "3x16x16", "--model-arg", "width=24", "-o", d)
+    code, _, err = cli(
+        "convert", "mynets:make_net", "--rank", "0.5", "--input-size", "3x16x16", "--model-arg", "width=24", "-o", d
+    )
     assert code == 0, err
     import mynets
 
@@ -277,8 +293,22 @@ def test_user_factory_artifact_loads_with_model_or_trust_code(factory_module, tm
 
 def test_recipe_factory_with_trust_code(factory_module, tmp_path, cli):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: mynets:make_net\noutput: {tmp_path / 'out'}\nconvert:\n  rank: 0.5\n  input_size: 3x16x16\n")
-    code, _, err = cli("train", "--recipe", recipe, "--data", "synthetic", "--epochs", "1", "--image-size", "16", "--trust-code", "--quiet")
+    recipe.write_text(
+        f"model: mynets:make_net\noutput: {tmp_path / 'out'}\nconvert:\n  rank: 0.5\n  input_size: 3x16x16\n"
+    )
+    code, _, err = cli(
+        "train",
+        "--recipe",
+        recipe,
+        "--data",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--image-size",
+        "16",
+        "--trust-code",
+        "--quiet",
+    )
     assert code == 0, err
     assert (tmp_path / "out" / "summary.json").is_file()
 

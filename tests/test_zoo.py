@@ -44,7 +44,9 @@ def test_forward_shapes(name, num_classes):
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, num_classes)
 
 
-@pytest.mark.parametrize("name,shortcut", [("resnet20", "A"), ("resnet20", "B"), ("resnet110", "A"), ("vgg16_cifar", None)])
+@pytest.mark.parametrize(
+    "name,shortcut", [("resnet20", "A"), ("resnet20", "B"), ("resnet110", "A"), ("vgg16_cifar", None)]
+)
 def test_fx_traceable(name, shortcut):
     model = lr.build_model(name, **({"shortcut": shortcut} if shortcut else {})).eval()
     traced = torch.fx.symbolic_trace(model)
@@ -74,13 +76,17 @@ def test_option_b_has_projections_and_kaiming_init():
     assert abs(w.std().item() / (2 / 576) ** 0.5 - 1) < 0.05
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: lr.build_model("resnet20", shortcut="C"), "shortcut 'C' is not supported; use shortcut='A'"),
-    (lambda: CifarResNet(21), "depth 21 is not 6n+2"),
-    (lambda: CifarResNet(2), "depth 2 is not 6n+2"),
-    (lambda: lr.zoo.resnet20(num_classes=0), "num_classes must be a positive integer, got 0"),
-    (lambda: CifarVGG(cfg=(64, "X")), "VGG cfg entry 'X'"),
-], ids=["shortcut", "depth", "depth-too-small", "num-classes", "vgg-cfg"])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: lr.build_model("resnet20", shortcut="C"), "shortcut 'C' is not supported; use shortcut='A'"),
+        (lambda: CifarResNet(21), "depth 21 is not 6n+2"),
+        (lambda: CifarResNet(2), "depth 2 is not 6n+2"),
+        (lambda: lr.zoo.resnet20(num_classes=0), "num_classes must be a positive integer, got 0"),
+        (lambda: CifarVGG(cfg=(64, "X")), "VGG cfg entry 'X'"),
+    ],
+    ids=["shortcut", "depth", "depth-too-small", "num-classes", "vgg-cfg"],
+)
 def test_bad_options_raise_one_line_errors(call, message):
     with pytest.raises(LowRankError, match=re.escape(message)) as info:
         call()
@@ -169,7 +175,9 @@ def test_cifar_stem_on_resnext_and_a_converted_pipeline():
 
 
 def test_cifar_stem_refuses_other_models():
-    with pytest.raises(LowRankError, match=r"ResNet-family models \(resnet\*, resnext\*, wide_resnet\*\), not MobileNetV2") as info:
+    with pytest.raises(
+        LowRankError, match=r"ResNet-family models \(resnet\*, resnext\*, wide_resnet\*\), not MobileNetV2"
+    ) as info:
         cifar_stem_(torchvision.models.mobilenet_v2())
     assert "\n" not in str(info.value)
     with pytest.raises(LowRankError, match="not CifarResNet"):

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,6 @@ from ..models import build_from_spec, parse_input_size
 from ..runtime import make_session, provider_name, time_onnx, time_torch
 
 __all__ = ["BenchRow", "BenchReport", "bench", "ENGINES"]
-
 
 
 @dataclass
@@ -68,13 +68,26 @@ class BenchReport:
                 continue
             speedup = d.median_ms / r.median_ms
             mac_reduction = (d.macs / r.macs) if d.macs and r.macs else None
-            out.append({"engine": r.engine, "batch": r.batch, "threads": r.threads, "speedup": speedup,
-                        "mac_reduction": mac_reduction, "efficiency": speedup / mac_reduction if mac_reduction else None})
+            out.append(
+                {
+                    "engine": r.engine,
+                    "batch": r.batch,
+                    "threads": r.threads,
+                    "speedup": speedup,
+                    "mac_reduction": mac_reduction,
+                    "efficiency": speedup / mac_reduction if mac_reduction else None,
+                }
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "input_size": self.input_size, "rows": [asdict(r) for r in self.rows],
-                "comparisons": self.comparisons(), "notes": self.notes}
+        return {
+            "target": self.target,
+            "input_size": self.input_size,
+            "rows": [asdict(r) for r in self.rows],
+            "comparisons": self.comparisons(),
+            "notes": self.notes,
+        }
 
 
 def _parse_list(value: str | Sequence[int], what: str) -> list[int]:
@@ -98,8 +111,10 @@ def _onnx_params(path: Path) -> int:
 def _dense_of(plan: Any, where: str, trust_code: bool) -> nn.Module:
     spec = plan.base_model
     if spec.get("source") == "custom" or not spec.get("name"):
-        raise LowRankError(f"--vs-dense needs a model given by name; this one is a custom {spec.get('class', 'model')} "
-                           "(benchmark your dense model's own ONNX file beside it instead)")
+        raise LowRankError(
+            f"--vs-dense needs a model given by name; this one is a custom {spec.get('class', 'model')} "
+            "(benchmark your dense model's own ONNX file beside it instead)"
+        )
     return build_from_spec(spec, where=where, trust_code=trust_code)
 
 
@@ -155,7 +170,9 @@ def bench(
         raise LowRankError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     target = Path(target).expanduser()
     if not target.exists():
-        raise LowRankError(f"{target} does not exist; point to a directory from `lowrank convert -o DIR` or an .onnx file")
+        raise LowRankError(
+            f"{target} does not exist; point to a directory from `lowrank convert -o DIR` or an .onnx file"
+        )
     torch_device = torch.device("cuda" if device == "cuda" else "cpu")
 
     report_notes: list[str] = []
@@ -172,11 +189,15 @@ def bench(
             meta = read_metadata(target)
             if "torch" in engines:
                 if plan is None or plan.base_model.get("source") == "custom":
-                    report_notes.append("PyTorch eager not measured: the ONNX file does not name a torchvision/toolkit base model")
+                    report_notes.append(
+                        "PyTorch eager not measured: the ONNX file does not name a torchvision/toolkit base model"
+                    )
                 else:
                     lowrank = _lowrank_from_plan(plan, str(target), trust_code).eval()
             if meta.get("precision", "fp32") != "fp32":
-                report_notes.append(f"{target.name} is {meta['precision']}; the dense model and PyTorch eager run in fp32")
+                report_notes.append(
+                    f"{target.name} is {meta['precision']}; the dense model and PyTorch eager run in fp32"
+                )
             if input_size is None and meta.get("input_size"):
                 input_size = meta["input_size"]
         size = parse_input_size(input_size) or (tuple(plan.input_size) if plan is not None else None)
@@ -193,11 +214,20 @@ def bench(
             onnx_file = tmpdir / "lowrank.onnx"
             export_onnx(lowrank, onnx_file, input_size=size, verify=False, merge=merge, device=device)
         params = totals["params_after"] if totals else _onnx_params(onnx_file)
-        models.append(("low-rank" if target.is_dir() or plan is not None else target.name, lowrank, onnx_file, params,
-                       totals["macs_after"] if totals else None))
+        models.append(
+            (
+                "low-rank" if target.is_dir() or plan is not None else target.name,
+                lowrank,
+                onnx_file,
+                params,
+                totals["macs_after"] if totals else None,
+            )
+        )
         if vs_dense:
             if plan is None:
-                raise LowRankError(f"--vs-dense needs the conversion plan; {target} carries none (export it with `lowrank export`)")
+                raise LowRankError(
+                    f"--vs-dense needs the conversion plan; {target} carries none (export it with `lowrank export`)"
+                )
             dense = _dense_of(plan, str(target), trust_code).eval()
             note("exporting the dense model")
             dense_file = tmpdir / "dense.onnx"
@@ -218,8 +248,10 @@ def bench(
                             session = sessions[key]
                             spec = session.get_inputs()[0]
                             if isinstance(spec.shape[0], int) and spec.shape[0] != batch:
-                                raise LowRankError(f"{path.name} was exported with a fixed batch of {spec.shape[0]}; bench it with "
-                                                   f"--batch {spec.shape[0]} or re-export with --batch dynamic")
+                                raise LowRankError(
+                                    f"{path.name} was exported with a fixed batch of {spec.shape[0]}; bench it with "
+                                    f"--batch {spec.shape[0]} or re-export with --batch dynamic"
+                                )
                             note(f"{name}: onnxruntime, batch {batch}, {n_threads} threads")
                             feed = x.numpy().astype(np.float16 if spec.type == "tensor(float16)" else np.float32)
                             lat = time_onnx(session, {spec.name: feed}, runs=runs, warmup=warmup)
@@ -231,7 +263,11 @@ def bench(
                             module.to(torch_device)
                             lat = time_torch(module, x.to(torch_device), threads=n_threads, runs=runs, warmup=warmup)
                             provider = torch_device.type.upper()
-                        report.rows.append(BenchRow(name, engine, provider, batch, n_threads, params, macs, lat.median_ms, lat.p90_ms, runs))
+                        report.rows.append(
+                            BenchRow(
+                                name, engine, provider, batch, n_threads, params, macs, lat.median_ms, lat.p90_ms, runs
+                            )
+                        )
         # release sessions before the temporary files go
         sessions.clear()
     return report

@@ -22,7 +22,9 @@ def check_plot_path(path: Path) -> None:
     """One-line errors before any work: a known extension, an existing writable directory, not a directory."""
     ext = path.suffix.lower().lstrip(".")
     if ext not in PLOT_FORMATS:
-        raise LowRankError(f"plot file {path} has extension {path.suffix or '(none)'!r}; use one of .{', .'.join(PLOT_FORMATS)}, e.g. ranks.png")
+        raise LowRankError(
+            f"plot file {path} has extension {path.suffix or '(none)'!r}; use one of .{', .'.join(PLOT_FORMATS)}, e.g. ranks.png"
+        )
     if path.is_dir():
         raise LowRankError(f"plot path {path} is a directory; give a file name such as {path / 'ranks.png'}")
     parent = path.parent
@@ -65,8 +67,12 @@ def write_plot(spectra: Sequence[LayerSpectrum], path: str | os.PathLike[str], t
     chosen = [(s.ranks[-1] if s.ranks else 0) for s in spectra]
     if any(chosen):
         top.bar(x, chosen, width=0.55, color="tab:blue", label="chosen rank (r_out or r)")
-    top.plot(x, [s.effective_rank_out for s in spectra], "o-", color="tab:orange", ms=3, lw=1.2, label="effective rank, out")
-    top.plot(x, [s.effective_rank_in for s in spectra], "s--", color="tab:green", ms=2.5, lw=1.0, label="effective rank, in")
+    top.plot(
+        x, [s.effective_rank_out for s in spectra], "o-", color="tab:orange", ms=3, lw=1.2, label="effective rank, out"
+    )
+    top.plot(
+        x, [s.effective_rank_in for s in spectra], "s--", color="tab:green", ms=2.5, lw=1.0, label="effective rank, in"
+    )
     top.set_yscale("log", base=2)  # ranks are often powers of two: ticks 1, 2, 4, 8, ...
     top.yaxis.set_major_formatter(ScalarFormatter())
     top.yaxis.set_minor_formatter(NullFormatter())

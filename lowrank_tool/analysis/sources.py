@@ -24,8 +24,14 @@ from .spectrum import LayerSpectrum, analyze
 __all__ = ["spectra_of"]
 
 
-def spectra_of(target: str, rank: str | None = None, *, input_size: str | None = None, trust_code: bool = False,
-               model_kwargs: dict[str, Any] | None = None) -> tuple[list[LayerSpectrum], list[str]]:
+def spectra_of(
+    target: str,
+    rank: str | None = None,
+    *,
+    input_size: str | None = None,
+    trust_code: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[list[LayerSpectrum], list[str]]:
     """The spectra of a model name, artifact directory or .onnx file, and notes about how they were read.
 
     Args:
@@ -37,25 +43,35 @@ def spectra_of(target: str, rank: str | None = None, *, input_size: str | None =
     """
     spec = RankSpec.parse(rank, what="--rank") if rank is not None else None
     if spec is not None and spec.kind == "dense":
-        raise LowRankError("--rank dense gives no ranks to analyse; use a fraction in (0, 1] (e.g. 0.3) or an integer rank (e.g. 16)")
+        raise LowRankError(
+            "--rank dense gives no ranks to analyse; use a fraction in (0, 1] (e.g. 0.3) or an integer rank (e.g. 16)"
+        )
     path = Path(target).expanduser()
     is_path = path.suffix.lower() == ".onnx" or path.exists() or os.sep in target or target.startswith(".")
     if is_path and input_size is not None:
         raise LowRankError(f"--input-size applies to a model name with --rank, not to {target}; drop --input-size")
     if is_path and model_kwargs:
-        raise LowRankError(f"--model-arg applies to a model name, not to {target} (its plan records the model's arguments); drop --model-arg")
+        raise LowRankError(
+            f"--model-arg applies to a model name, not to {target} (its plan records the model's arguments); drop --model-arg"
+        )
     if input_size is not None and spec is None:
-        raise LowRankError("--input-size only sets where the converter's plan is traced, which --rank asks for; add --rank 0.3 or drop --input-size")
+        raise LowRankError(
+            "--input-size only sets where the converter's plan is traced, which --rank asks for; add --rank 0.3 or drop --input-size"
+        )
     if path.suffix.lower() == ".onnx":
         return _onnx_spectra(path, spec)
     if is_path:
         if path.exists() and not path.is_dir():
-            raise LowRankError(f"{target} is neither an artifact directory nor an .onnx file; point to a directory from `lowrank convert -o DIR` or a file from `lowrank export`")
+            raise LowRankError(
+                f"{target} is neither an artifact directory nor an .onnx file; point to a directory from `lowrank convert -o DIR` or a file from `lowrank export`"
+            )
         return analyze(load(path, trust_code=trust_code), rank=spec), []
     return _model_spectra(target, spec, input_size, model_kwargs or {})
 
 
-def _model_spectra(name: str, spec: RankSpec | None, input_size: str | None, model_kwargs: dict[str, Any]) -> tuple[list[LayerSpectrum], list[str]]:
+def _model_spectra(
+    name: str, spec: RankSpec | None, input_size: str | None, model_kwargs: dict[str, Any]
+) -> tuple[list[LayerSpectrum], list[str]]:
     """A model by name, with random weights; with a rank, the converter's plan gives the ranks."""
     try:
         get_entry(name)
@@ -65,8 +81,12 @@ def _model_spectra(name: str, spec: RankSpec | None, input_size: str | None, mod
     notes = ["random weights (the model is built untrained): spectra show initialisation, not a trained model"]
     if spec is None:
         return analyze(model), notes
-    attach_plan(model, plan(model, rank=spec.to_json(), input_size=input_size or default_input_size(name, model_kwargs)))
-    notes.append(f"ranks are those `lowrank convert {name} --rank {spec}` would choose; layers it keeps dense have none")
+    attach_plan(
+        model, plan(model, rank=spec.to_json(), input_size=input_size or default_input_size(name, model_kwargs))
+    )
+    notes.append(
+        f"ranks are those `lowrank convert {name} --rank {spec}` would choose; layers it keeps dense have none"
+    )
     return analyze(model), notes
 
 
@@ -98,23 +118,41 @@ def _onnx_spectra(path: Path, spec: RankSpec | None) -> tuple[list[LayerSpectrum
         if len(init.dims) not in (4, 5):  # Conv1d: not a 2-D/3-D kernel
             continue
         weight = torch.from_numpy(numpy_helper.to_array(init).astype("float64"))
-        name = _module_path(node.name) or (init.name.removesuffix(".weight") if not init.name.startswith("onnx::") else node.name or f"Conv_{index}")
+        name = _module_path(node.name) or (
+            init.name.removesuffix(".weight") if not init.name.startswith("onnx::") else node.name or f"Conv_{index}"
+        )
         entry = entries.get(name)
         owner = next((e for n, e in entries.items() if e.converted and name.startswith(n + ".")), None)
         if entry is not None and entry.converted:
-            spectra.append(LayerSpectrum.from_weight(name, weight, format=entry.format, ranks=entry.ranks, note="factor chain merged into one Conv"))
+            spectra.append(
+                LayerSpectrum.from_weight(
+                    name, weight, format=entry.format, ranks=entry.ranks, note="factor chain merged into one Conv"
+                )
+            )
         elif owner is not None:
             factors += 1
             ranks = ",".join(map(str, owner.ranks or []))
-            spectra.append(LayerSpectrum.from_weight(name, weight, note=f"factor conv of {owner.name} ({owner.format} {ranks})"))
+            spectra.append(
+                LayerSpectrum.from_weight(name, weight, note=f"factor conv of {owner.name} ({owner.format} {ranks})")
+            )
         else:
-            spectra.append(LayerSpectrum.from_weight(name, weight, rank=spec, note=entry.reason if entry is not None else None))
-    notes = ["ONNX Conv weights have batch norm folded in (each output channel scaled by γ/√(var+ε)): spectra differ from the PyTorch model's"]
+            spectra.append(
+                LayerSpectrum.from_weight(name, weight, rank=spec, note=entry.reason if entry is not None else None)
+            )
+    notes = [
+        "ONNX Conv weights have batch norm folded in (each output channel scaled by γ/√(var+ε)): spectra differ from the PyTorch model's"
+    ]
     if plan_ is None:
-        notes.append(f"{path} carries no conversion plan (exported without lowrank_tool metadata): layer names come from the graph")
+        notes.append(
+            f"{path} carries no conversion plan (exported without lowrank_tool metadata): layer names come from the graph"
+        )
     if factors:
-        notes.append(f"{factors} Conv nodes are factors of low-rank layers, stored as separate convs (1x1 → kxk → 1x1); each is analysed as a "
-                     "dense conv — analyse the artifact directory for the merged kernels and the factors' orthogonality")
+        notes.append(
+            f"{factors} Conv nodes are factors of low-rank layers, stored as separate convs (1x1 → kxk → 1x1); each is analysed as a "
+            "dense conv — analyse the artifact directory for the merged kernels and the factors' orthogonality"
+        )
     if computed:
-        notes.append(f"{computed} Conv nodes compute their weights (quantized or cast) instead of storing them; they are not analysed")
+        notes.append(
+            f"{computed} Conv nodes compute their weights (quantized or cast) instead of storing them; they are not analysed"
+        )
     return spectra, notes

@@ -11,8 +11,9 @@ regulariser drives to zero). ``lowrank analyze`` prints it as a table, JSON or a
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,8 +33,16 @@ from ..linalg import (
 )
 
 __all__ = [
-    "unfold", "singular_values", "effective_rank", "stable_rank", "energy_kept", "rank_for_energy",
-    "orthogonality_error", "LayerSpectrum", "analyze", "MODES",
+    "unfold",
+    "singular_values",
+    "effective_rank",
+    "stable_rank",
+    "energy_kept",
+    "rank_for_energy",
+    "orthogonality_error",
+    "LayerSpectrum",
+    "analyze",
+    "MODES",
 ]
 
 
@@ -84,7 +93,7 @@ class LayerSpectrum:
         factors: Iterable[Tensor] = (),
         rank: RankSpec | float | int | str | None = None,
         note: str | None = None,
-    ) -> "LayerSpectrum":
+    ) -> LayerSpectrum:
         """Analyse one kernel.
 
         Args:
@@ -119,14 +128,22 @@ class LayerSpectrum:
                 energy_out = energy_kept(s_out, ranks[0])
         errors = [orthogonality_error(f) for f in factors]
         return cls(
-            name=name, format=format, kernel=list(weight.shape[2:]),
-            in_channels=int(weight.shape[1]), out_channels=int(weight.shape[0]),
+            name=name,
+            format=format,
+            kernel=list(weight.shape[2:]),
+            in_channels=int(weight.shape[1]),
+            out_channels=int(weight.shape[0]),
             ranks=list(ranks) if ranks else None,
-            effective_rank_out=effective_rank(s_out), effective_rank_in=effective_rank(s_in),
-            stable_rank_out=stable_rank(s_out), stable_rank_in=stable_rank(s_in),
-            energy_out=energy_out, energy_in=energy_in,
-            orth_error=max(errors) if errors else None, note=note,
-            singular_values_out=s_out.tolist(), singular_values_in=s_in.tolist(),
+            effective_rank_out=effective_rank(s_out),
+            effective_rank_in=effective_rank(s_in),
+            stable_rank_out=stable_rank(s_out),
+            stable_rank_in=stable_rank(s_in),
+            energy_out=energy_out,
+            energy_in=energy_in,
+            orth_error=max(errors) if errors else None,
+            note=note,
+            singular_values_out=s_out.tolist(),
+            singular_values_in=s_in.tolist(),
         )
 
     def to_dict(self, spectra: bool = False) -> dict[str, Any]:
@@ -137,14 +154,22 @@ class LayerSpectrum:
             ['effective_rank_in', 'effective_rank_out', 'energy_in']
         """
         data = {
-            "name": self.name, "format": self.format, "kernel": list(self.kernel),
-            "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "name": self.name,
+            "format": self.format,
+            "kernel": list(self.kernel),
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
             "ranks": list(self.ranks) if self.ranks else None,
-            "full_rank_out": self.full_rank_out, "full_rank_in": self.full_rank_in,
-            "effective_rank_out": self.effective_rank_out, "effective_rank_in": self.effective_rank_in,
-            "stable_rank_out": self.stable_rank_out, "stable_rank_in": self.stable_rank_in,
-            "energy_out": self.energy_out, "energy_in": self.energy_in,
-            "orth_error": self.orth_error, "note": self.note,
+            "full_rank_out": self.full_rank_out,
+            "full_rank_in": self.full_rank_in,
+            "effective_rank_out": self.effective_rank_out,
+            "effective_rank_in": self.effective_rank_in,
+            "stable_rank_out": self.stable_rank_out,
+            "stable_rank_in": self.stable_rank_in,
+            "energy_out": self.energy_out,
+            "energy_in": self.energy_in,
+            "orth_error": self.orth_error,
+            "note": self.note,
         }
         if spectra:
             data["singular_values_out"] = list(self.singular_values_out)
@@ -193,14 +218,24 @@ def analyze(model: nn.Module, rank: RankSpec | float | int | str | None = None) 
             entry = entries.get(name)
             if isinstance(module, LowRankConv):
                 inside.append(name)
-                out.append(LayerSpectrum.from_weight(
-                    name, module.dense_weight(), format=module.format_name, ranks=module.ranks,
-                    factors=module.factors(), note=entry.reason if entry is not None else None,
-                ))
+                out.append(
+                    LayerSpectrum.from_weight(
+                        name,
+                        module.dense_weight(),
+                        format=module.format_name,
+                        ranks=module.ranks,
+                        factors=module.factors(),
+                        note=entry.reason if entry is not None else None,
+                    )
+                )
             elif isinstance(module, (nn.Conv2d, nn.Conv3d)) and module.groups == 1:
                 ranks = entry.ranks if entry is not None and entry.ranks else None
                 note = entry.reason if entry is not None else None
                 if ranks and not note:
                     note = f"would be {entry.format} (plan not applied)"
-                out.append(LayerSpectrum.from_weight(name or type(module).__name__, module.weight, ranks=ranks, rank=spec, note=note))
+                out.append(
+                    LayerSpectrum.from_weight(
+                        name or type(module).__name__, module.weight, ranks=ranks, rank=spec, note=note
+                    )
+                )
     return out

@@ -1,42 +1,69 @@
-"""The `lowrank` command line: a thin typer shell over the Python API, one module per command."""
+"""The `lowrank` command line: a thin typer shell over the Python API, one module per command.
+
+Commands are loaded when they run (or when their own ``--help`` is asked for): ``lowrank --help``
+lists them from :data:`COMMANDS` without importing any of them, and no command module imports torch at
+module level, so help and ``--version`` answer at once. ``tests/test_cli_startup.py`` keeps
+:data:`COMMANDS` equal to each command's docstring.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import Any
 
 import typer
+import typer.core
 
 from .._version import __version__
 from ..errors import LowRankError, VerificationError
 from ._common import fail
-from .analyze import analyze
-from .bench import bench
-from .convert import convert
-from .demo import demo
-from .export import export
-from .inspect import inspect
-from .layers import layers
-from .models import models
-from .train import train
 
-app = typer.Typer(
-    name="lowrank",
-    help="Low-rank CNNs: convert torchvision models (or yours) to ELRT Tucker-2 layers, train from scratch, export to ONNX.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.command()(convert)
-app.command()(train)
-app.command()(export)
-app.command()(bench)
-app.command()(demo)
-app.command()(models)
-app.command()(layers)
-app.command()(inspect)
-app.command()(analyze)
+#: Command → its one-line help (the first line of the command function's docstring), in help order.
+COMMANDS = {
+    "convert": "Convert a model's convolutions into ELRT low-rank layers at initialisation and show the plan.",
+    "train": "Train a low-rank model from scratch (ELRT) or a dense baseline; results are written back into DIR.",
+    "export": "Export an artifact to ONNX for GPU or edge inference, verified with ONNX Runtime against PyTorch.",
+    "bench": "Measure latency (median and p90 after warm-up) of a low-rank model, and of its dense counterpart with --vs-dense.",
+    "demo": "Train a dense network and its ELRT low-rank version from scratch on digits, export both to ONNX, compare them.",
+    "models": "List the models that can be converted (torchvision's, the toolkit's own, and timm's as timm/NAME).",
+    "layers": "List a model's convolutions by fully qualified name, with shapes and whether they are eligible.",
+    "inspect": "Load a converted model from DIR (rebuilding it from plan.json, loading model.safetensors) and show its plan.",
+    "analyze": "Per-layer rank analysis: effective rank, stable rank, energy kept at the chosen ranks, factor orthogonality.",
+}
+
+_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
+
+def load_command(name: str) -> Any:
+    """The click command of ``lowrank NAME``, built from ``lowrank_tool.cli.NAME.NAME`` (imports that module)."""
+    function = getattr(importlib.import_module(f"{__name__}.{name}"), name)
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command(name=name, context_settings=_SETTINGS)(function)
+    return typer.main.get_command(single)
+
+
+class _LazyGroup(typer.core.TyperGroup):
+    """A typer group whose commands are imported only when one runs or shows its own help."""
+
+    _listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        if self._listing:  # the group's help lists names and one-line helps only
+            return typer.core.TyperCommand(cmd_name, help=COMMANDS[cmd_name], short_help=COMMANDS[cmd_name])
+        return load_command(cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
 
 
 def _version(value: bool) -> None:
@@ -45,15 +72,35 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit.")) -> None:
-    """Low-rank CNNs: convert, train from scratch, export."""
+_typer_app = typer.Typer(
+    name="lowrank",
+    cls=_LazyGroup,
+    help="Low-rank CNNs: convert torchvision models (or yours) to ELRT Tucker-2 layers, train from scratch, export to ONNX.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings=_SETTINGS,
+)
+
+
+@_typer_app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Low-rank CNNs: convert torchvision models (or yours) to ELRT Tucker-2 layers, train from scratch, export to ONNX."""
+
+
+#: The ``lowrank`` command group (a click group; ``typer.testing``'s runner takes :data:`typer_app`).
+app = typer.main.get_command(_typer_app)
+typer_app = _typer_app
 
 
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app()
+        app.main(prog_name="lowrank")
     except LowRankError as exc:
         fail(str(exc))
     except VerificationError as exc:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from enum import Enum
-from typing import Any, Iterable, NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -41,7 +42,9 @@ def parse_model_args(items: Iterable[str] | None) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise LowRankError(f"--model-arg {item!r} is not KEY=VALUE with KEY a Python identifier; write e.g. --model-arg num_classes=10")
+            raise LowRankError(
+                f"--model-arg {item!r} is not KEY=VALUE with KEY a Python identifier; write e.g. --model-arg num_classes=10"
+            )
         if key in out:
             raise LowRankError(f"--model-arg {key} is given twice; give each argument once")
         try:

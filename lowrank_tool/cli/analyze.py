@@ -8,8 +8,9 @@ The numbers come from :mod:`lowrank_tool.analysis.sources` (which reads the targ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, List, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -35,12 +36,39 @@ DEFINITIONS = (
 
 
 def analyze(
-    target: Annotated[str, typer.Argument(help="Model name (see `lowrank models`), artifact directory (`lowrank convert -o DIR`) or .onnx file (`lowrank export`).", show_default=False)],
-    rank: Annotated[Optional[str], typer.Option("--rank", "-r", help="Ranks for the layers that have none, as `lowrank convert --rank` computes them: a fraction in (0, 1] or an integer rank. For a model name: the ranks `lowrank convert NAME --rank R` would choose.")] = None,
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Model name (see `lowrank models`), artifact directory (`lowrank convert -o DIR`) or .onnx file (`lowrank export`).",
+            show_default=False,
+        ),
+    ],
+    rank: Annotated[
+        str | None,
+        typer.Option(
+            "--rank",
+            "-r",
+            help="Ranks for the layers that have none, as `lowrank convert --rank` computes them: a fraction in (0, 1] or an integer rank. For a model name: the ranks `lowrank convert NAME --rank R` would choose.",
+        ),
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per layer.")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a figure (.png, .svg or .pdf): effective vs chosen rank per layer, and normalised singular-value spectra.", show_default=False)] = None,
-    input_size: Annotated[Optional[str], typer.Option(help="With a model name and --rank: the per-sample input CxHxW the converter's plan is traced at. [default: the model family's]")] = None,
-    model_arg: Annotated[Optional[List[str]], typer.Option("--model-arg", "-m", help="With a model name: " + MODEL_ARG_HELP)] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Write a figure (.png, .svg or .pdf): effective vs chosen rank per layer, and normalised singular-value spectra.",
+            show_default=False,
+        ),
+    ] = None,
+    input_size: Annotated[
+        str | None,
+        typer.Option(
+            help="With a model name and --rank: the per-sample input CxHxW the converter's plan is traced at. [default: the model family's]"
+        ),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None, typer.Option("--model-arg", "-m", help="With a model name: " + MODEL_ARG_HELP)
+    ] = None,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
     """Per-layer rank analysis: effective rank, stable rank, energy kept at the chosen ranks, factor orthogonality.
@@ -58,9 +86,13 @@ def analyze(
     if plot is not None:
         check_plot_path(plot)
     with err_console.status("analysing", spinner="dots"):
-        spectra, notes = spectra_of(target, rank, input_size=input_size, trust_code=trust_code, model_kwargs=parse_model_args(model_arg))
+        spectra, notes = spectra_of(
+            target, rank, input_size=input_size, trust_code=trust_code, model_kwargs=parse_model_args(model_arg)
+        )
     if not spectra:
-        raise LowRankError(f"{target} has no convolution with groups=1 to analyse; analyze a CNN, its artifact directory or its .onnx file")
+        raise LowRankError(
+            f"{target} has no convolution with groups=1 to analyse; analyze a CNN, its artifact directory or its .onnx file"
+        )
     if plot is not None:
         write_plot(spectra, plot, title=f"lowrank analyze {target}" + (f" --rank {rank}" if rank else ""))
     if json:
@@ -82,16 +114,36 @@ def _pair(a: float | None, b: float | None, fmt: str) -> str:
 
 def _table(spectra: Sequence[LayerSpectrum], title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold", pad_edge=False)
-    for col in ("layer", "kernel", "channels", "format", "ranks", "erank out/in", "stable rank out/in", "energy kept out/in", "orth err", "note"):
-        table.add_column(col, justify="left" if col in ("layer", "format", "note") else "right", overflow="fold",
-                         no_wrap=col not in ("layer", "note"))
+    for col in (
+        "layer",
+        "kernel",
+        "channels",
+        "format",
+        "ranks",
+        "erank out/in",
+        "stable rank out/in",
+        "energy kept out/in",
+        "orth err",
+        "note",
+    ):
+        table.add_column(
+            col,
+            justify="left" if col in ("layer", "format", "note") else "right",
+            overflow="fold",
+            no_wrap=col not in ("layer", "note"),
+        )
     for s in spectra:
         table.add_row(
-            s.name, "x".join(map(str, s.kernel)), f"{s.in_channels}→{s.out_channels}", s.format,
+            s.name,
+            "x".join(map(str, s.kernel)),
+            f"{s.in_channels}→{s.out_channels}",
+            s.format,
             ",".join(map(str, s.ranks)) if s.ranks else "-",
-            _pair(s.effective_rank_out, s.effective_rank_in, ".1f"), _pair(s.stable_rank_out, s.stable_rank_in, ".1f"),
+            _pair(s.effective_rank_out, s.effective_rank_in, ".1f"),
+            _pair(s.stable_rank_out, s.stable_rank_in, ".1f"),
             _pair(s.energy_out, s.energy_in, ".3f") if s.ranks else "-",
-            "-" if s.orth_error is None else f"{s.orth_error:.1e}", s.note or "",
+            "-" if s.orth_error is None else f"{s.orth_error:.1e}",
+            s.note or "",
             style=None if s.ranks else "dim",
         )
     return table
@@ -100,12 +152,16 @@ def _table(spectra: Sequence[LayerSpectrum], title: str | None = None) -> Table:
 def _summary(spectra: Sequence[LayerSpectrum]) -> str:
     low_rank = sum(s.format != "dense" for s in spectra)
     share = sum(s.effective_rank_out / s.full_rank_out for s in spectra) / len(spectra)
-    text = (f"[bold]{len(spectra)} convs[/bold] ({low_rank} low-rank): effective rank (out) is {100 * share:.0f}% of full rank "
-            f"min(C_out, C_in·k) on average")
+    text = (
+        f"[bold]{len(spectra)} convs[/bold] ({low_rank} low-rank): effective rank (out) is {100 * share:.0f}% of full rank "
+        f"min(C_out, C_in·k) on average"
+    )
     kept = [(e, s.name) for s in spectra for e in (s.energy_out, s.energy_in) if e is not None]
     if kept:
         low, where = min(kept)
-        text += f"; energy kept at the ranks: mean {sum(e for e, _ in kept) / len(kept):.3f}, lowest {low:.3f} ({where})"
+        text += (
+            f"; energy kept at the ranks: mean {sum(e for e, _ in kept) / len(kept):.3f}, lowest {low:.3f} ({where})"
+        )
     orth = [s.orth_error for s in spectra if s.orth_error is not None]
     if orth:
         text += f"; orth err max {max(orth):.1e}"

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from ..analysis.bench import ENGINES
-from ..export.merge import MERGE_MODES
-from ..runtime import DEVICES
+from ..choices import DEVICES, ENGINES, MERGE_MODES
 from ._common import TRUST_CODE_HELP, choices, console, err_console, human, print_json
 
 Merge = choices("Merge", MERGE_MODES)
@@ -18,15 +16,34 @@ Device = choices("Device", DEVICES)
 
 
 def bench(
-    target: Annotated[Path, typer.Argument(help="Artifact directory (`lowrank convert -o DIR`) or .onnx file (`lowrank export`).", show_default=False)],
-    vs_dense: Annotated[bool, typer.Option("--vs-dense", help="Also measure the dense base model, in the same run, and report speedup and efficiency.")] = False,
+    target: Annotated[
+        Path,
+        typer.Argument(
+            help="Artifact directory (`lowrank convert -o DIR`) or .onnx file (`lowrank export`).", show_default=False
+        ),
+    ],
+    vs_dense: Annotated[
+        bool,
+        typer.Option(
+            "--vs-dense", help="Also measure the dense base model, in the same run, and report speedup and efficiency."
+        ),
+    ] = False,
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1",
-    threads: Annotated[Optional[str], typer.Option(help="Intra-op thread counts, comma-separated. [default: every core]")] = None,
-    engine: Annotated[str, typer.Option(help="Engines, comma-separated: onnxruntime, torch (eager).")] = ",".join(ENGINES),
+    threads: Annotated[
+        str | None, typer.Option(help="Intra-op thread counts, comma-separated. [default: every core]")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="Engines, comma-separated: onnxruntime, torch (eager).")] = ",".join(
+        ENGINES
+    ),
     runs: Annotated[int, typer.Option(help="Timed runs per measurement (median and p90 reported).")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs before each measurement.")] = 10,
-    input_size: Annotated[Optional[str], typer.Option(help="Per-sample input CxHxW. [default: the plan's]")] = None,
-    merge: Annotated[Merge, typer.Option(help="How an artifact's low-rank model is exported for ONNX Runtime (see `lowrank export --merge`).")] = Merge.none,
+    input_size: Annotated[str | None, typer.Option(help="Per-sample input CxHxW. [default: the plan's]")] = None,
+    merge: Annotated[
+        Merge,
+        typer.Option(
+            help="How an artifact's low-rank model is exported for ONNX Runtime (see `lowrank export --merge`)."
+        ),
+    ] = Merge.none,
     device: Annotated[Device, typer.Option(help="ONNX Runtime device (PyTorch follows: cuda or CPU).")] = Device.cpu,
     json: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON (for scripts).")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
@@ -43,25 +60,57 @@ def bench(
 
     engines = [e.strip() for e in engine.split(",") if e.strip()]
     with err_console.status("benchmarking", spinner="dots") as status:
-        report = run_bench(target, vs_dense=vs_dense, batches=batch, threads=threads, engines=engines, runs=runs, warmup=warmup,
-                           input_size=input_size, device=device.value, merge=merge.value,
-                           progress=None if json else status.update, trust_code=trust_code)
+        report = run_bench(
+            target,
+            vs_dense=vs_dense,
+            batches=batch,
+            threads=threads,
+            engines=engines,
+            runs=runs,
+            warmup=warmup,
+            input_size=input_size,
+            device=device.value,
+            merge=merge.value,
+            progress=None if json else status.update,
+            trust_code=trust_code,
+        )
     if json:
         print_json(report.to_dict())
         return
     comparisons = {(c["engine"], c["batch"], c["threads"]): c for c in report.comparisons()}
     size = "x".join(map(str, report.input_size))
     table = Table(title=f"{target} at {size}, {runs} runs after {warmup} warm-up", header_style="bold")
-    for col in ("model", "engine", "batch", "threads", "params", "MACs", "median ms", "p90 ms", "speedup", "efficiency"):
+    for col in (
+        "model",
+        "engine",
+        "batch",
+        "threads",
+        "params",
+        "MACs",
+        "median ms",
+        "p90 ms",
+        "speedup",
+        "efficiency",
+    ):
         table.add_column(col, justify="left" if col in ("model", "engine") else "right")
     for r in report.rows:
         c = comparisons.get((r.engine, r.batch, r.threads)) if r.model != "dense" else None
-        table.add_row(r.model, f"{r.engine} ({r.provider})", str(r.batch), str(r.threads),
-                      human(r.params) if r.params else "-", human(r.macs) if r.macs else "-",
-                      f"{r.median_ms:.2f}", f"{r.p90_ms:.2f}",
-                      f"{c['speedup']:.2f}x" if c else "", f"{c['efficiency']:.2f}" if c and c["efficiency"] else "")
+        table.add_row(
+            r.model,
+            f"{r.engine} ({r.provider})",
+            str(r.batch),
+            str(r.threads),
+            human(r.params) if r.params else "-",
+            human(r.macs) if r.macs else "-",
+            f"{r.median_ms:.2f}",
+            f"{r.p90_ms:.2f}",
+            f"{c['speedup']:.2f}x" if c else "",
+            f"{c['efficiency']:.2f}" if c and c["efficiency"] else "",
+        )
     console.print(table)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False)
     if comparisons:
-        console.print("speedup = dense median / low-rank median; efficiency = speedup / MAC reduction (1.0 = every saved MAC saves time)")
+        console.print(
+            "speedup = dense median / low-rank median; efficiency = speedup / MAC reduction (1.0 = every saved MAC saves time)"
+        )

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from ..export.merge import MERGE_MODES
-from ..export.onnx import DEFAULT_OPSET, EXPORTERS, MAX_OPSET, MIN_OPSET
-from ..export.verify import TOLERANCES
-from ..runtime import DEVICES
+from ..choices import DEFAULT_OPSET, DEVICES, EXPORTERS, MAX_OPSET, MERGE_MODES, MIN_OPSET, TOLERANCES
 from ._common import TRUST_CODE_HELP, choices, console, err_console, human, print_json
 
 Merge = choices("Merge", MERGE_MODES)
@@ -19,21 +16,59 @@ Device = choices("Device", DEVICES)
 
 
 def export(
-    directory: Annotated[Path, typer.Argument(help="Artifact directory from `lowrank convert -o DIR` (trained or not).", show_default=False)],
-    onnx: Annotated[Path, typer.Option("--onnx", help="The .onnx file to write (replaced atomically).", show_default=False)],
+    directory: Annotated[
+        Path,
+        typer.Argument(help="Artifact directory from `lowrank convert -o DIR` (trained or not).", show_default=False),
+    ],
+    onnx: Annotated[
+        Path, typer.Option("--onnx", help="The .onnx file to write (replaced atomically).", show_default=False)
+    ],
     opset: Annotated[int, typer.Option(help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET}.")] = DEFAULT_OPSET,
     batch: Annotated[str, typer.Option(help="'dynamic' (any batch size) or a fixed batch size N.")] = "dynamic",
-    input_size: Annotated[Optional[str], typer.Option(help="Per-sample input CxHxW. [default: the size the model was converted at]")] = None,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Half-precision weights, activations, inputs and outputs.")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="Static int8 quantization (QDQ), calibrated on --calib-data.")] = False,
-    calib_data: Annotated[Optional[str], typer.Option(help="Data spec for int8 calibration (train split) and fp32-vs-int8 accuracy (val split): digits, cifar10:PATH, ...")] = None,
+    input_size: Annotated[
+        str | None, typer.Option(help="Per-sample input CxHxW. [default: the size the model was converted at]")
+    ] = None,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Half-precision weights, activations, inputs and outputs.")
+    ] = False,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Static int8 quantization (QDQ), calibrated on --calib-data.")
+    ] = False,
+    calib_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Data spec for int8 calibration (train split) and fp32-vs-int8 accuracy (val split): digits, cifar10:PATH, ..."
+        ),
+    ] = None,
     calib_samples: Annotated[int, typer.Option(help="Images used to calibrate int8.")] = 256,
-    merge: Annotated[Merge, typer.Option(help="Merge factor chains back into dense convs: none, all, or auto (per layer, whichever ONNX Runtime runs faster).")] = Merge.none,
-    exporter: Annotated[Exporter, typer.Option(help="auto: TorchScript exporter, dynamo where it fails.")] = Exporter.auto,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the file and compare ONNX Runtime with PyTorch (exit 1 above tolerance).")] = True,
-    tolerance: Annotated[Optional[float], typer.Option(help=f"Maximum relative error. [default: fp32 {TOLERANCES['fp32']:g}, fp16 {TOLERANCES['fp16']:g}, int8 {TOLERANCES['int8']:g}]")] = None,
-    device: Annotated[Device, typer.Option(help="ONNX Runtime device for verification: auto = CUDA when a GPU is present, else CPU.")] = Device.auto,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime threads for --merge auto timings. [default: all cores]")] = None,
+    merge: Annotated[
+        Merge,
+        typer.Option(
+            help="Merge factor chains back into dense convs: none, all, or auto (per layer, whichever ONNX Runtime runs faster)."
+        ),
+    ] = Merge.none,
+    exporter: Annotated[
+        Exporter, typer.Option(help="auto: TorchScript exporter, dynamo where it fails.")
+    ] = Exporter.auto,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Check the file and compare ONNX Runtime with PyTorch (exit 1 above tolerance).",
+        ),
+    ] = True,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Maximum relative error. [default: fp32 {TOLERANCES['fp32']:g}, fp16 {TOLERANCES['fp16']:g}, int8 {TOLERANCES['int8']:g}]"
+        ),
+    ] = None,
+    device: Annotated[
+        Device, typer.Option(help="ONNX Runtime device for verification: auto = CUDA when a GPU is present, else CPU.")
+    ] = Device.auto,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime threads for --merge auto timings. [default: all cores]")
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
@@ -47,14 +82,16 @@ def export(
     lowrank export r20 --onnx r20-int8.onnx --int8 --calib-data digits ·
     lowrank export r50 --onnx r50.onnx --merge auto --batch 1
     """
-    from .. import load
     from ..errors import LowRankError
     from ..export.onnx import check_output_path, export_onnx, parse_batch
+    from ..io import load
 
     if fp16 and int8:
         raise LowRankError("--fp16 and --int8 exclude each other; choose one precision")
     if int8 and calib_data is None:
-        raise LowRankError("--int8 needs calibration data; add --calib-data digits (or cifar10:PATH, imagefolder:PATH, ...)")
+        raise LowRankError(
+            "--int8 needs calibration data; add --calib-data digits (or cifar10:PATH, imagefolder:PATH, ...)"
+        )
     if calib_data is not None and not int8:
         raise LowRankError("--calib-data is only used with --int8; add --int8 or drop --calib-data")
     parse_batch(batch)
@@ -67,24 +104,46 @@ def export(
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     with err_console.status("exporting", spinner="dots") as status:
         result = export_onnx(
-            model, onnx, input_size=input_size, batch=batch, opset=opset, precision=precision, merge=merge.value,
-            exporter=exporter.value, calib_data=calib_data, calib_samples=calib_samples, verify=verify, tolerance=tolerance,
-            device=device.value, threads=threads, progress=lambda message: status.update(message) if not json else None,
+            model,
+            onnx,
+            input_size=input_size,
+            batch=batch,
+            opset=opset,
+            precision=precision,
+            merge=merge.value,
+            exporter=exporter.value,
+            calib_data=calib_data,
+            calib_samples=calib_samples,
+            verify=verify,
+            tolerance=tolerance,
+            device=device.value,
+            threads=threads,
+            progress=lambda message: status.update(message) if not json else None,
         )
     if json:
         print_json(result.to_dict())
         return
-    shapes = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in zip(result.input_names, result.input_shapes))
-    console.print(f"wrote {result.path} ({human(result.size_bytes, 'B')}, {precision}) in {result.seconds:.1f}s: "
-                  f"{result.exporter} exporter, opset {result.opset}; inputs {shapes} → outputs {', '.join(result.output_names)}",
-                  highlight=False)
+    shapes = ", ".join(
+        f"{n} {'x'.join(map(str, s))}" for n, s in zip(result.input_names, result.input_shapes, strict=True)
+    )
+    console.print(
+        f"wrote {result.path} ({human(result.size_bytes, 'B')}, {precision}) in {result.seconds:.1f}s: "
+        f"{result.exporter} exporter, opset {result.opset}; inputs {shapes} → outputs {', '.join(result.output_names)}",
+        highlight=False,
+    )
     if merge.value != "none":
         total = len(result.merge_decisions)
-        console.print(f"merged {len(result.merged)}/{total} low-rank layers back into dense convs ({merge.value})", highlight=False)
+        console.print(
+            f"merged {len(result.merged)}/{total} low-rank layers back into dense convs ({merge.value})",
+            highlight=False,
+        )
     if result.quantization is not None and result.quantization.fp32_top1 is not None:
         q = result.quantization
-        console.print(f"int8 accuracy on {q.data} val ({q.eval_samples} images): fp32 {q.fp32_top1:.2f}% → int8 {q.int8_top1:.2f}% "
-                      f"({q.int8_top1 - q.fp32_top1:+.2f} points; calibrated on {q.calib_samples} train images)", highlight=False)
+        console.print(
+            f"int8 accuracy on {q.data} val ({q.eval_samples} images): fp32 {q.fp32_top1:.2f}% → int8 {q.int8_top1:.2f}% "
+            f"({q.int8_top1 - q.fp32_top1:+.2f} points; calibrated on {q.calib_samples} train images)",
+            highlight=False,
+        )
     if result.verification is not None:
         console.print(result.verification.line(), highlight=False)
         for note in result.verification.notes:

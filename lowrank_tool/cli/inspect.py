@@ -12,13 +12,16 @@ from .render import print_plan
 
 
 def inspect(
-    directory: Annotated[Path, typer.Argument(help="A directory written by `lowrank convert -o DIR`.", show_default=False)],
+    directory: Annotated[
+        Path, typer.Argument(help="A directory written by `lowrank convert -o DIR`.", show_default=False)
+    ],
     json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
     """Load a converted model from DIR (rebuilding it from plan.json, loading model.safetensors) and show its plan."""
-    from .. import load, summary
     from ..artifact import WEIGHTS_FILE
+    from ..convert.api import summary
+    from ..io import load
 
     model = load(directory, trust_code=trust_code)
     plan = summary(model)
@@ -28,5 +31,7 @@ def inspect(
         return
     print_plan(plan, title=str(directory))
     size = (directory / WEIGHTS_FILE).stat().st_size
-    console.print(f"loaded {plan.base_model.get('name') or plan.base_model.get('class')}: {human(params)} parameters, "
-                  f"{WEIGHTS_FILE} {human(size, 'B')}, plan schema v{plan.schema_version} (lowrank-tool {plan.toolkit_version})")
+    console.print(
+        f"loaded {plan.base_model.get('name') or plan.base_model.get('class')}: {human(params)} parameters, "
+        f"{WEIGHTS_FILE} {human(size, 'B')}, plan schema v{plan.schema_version} (lowrank-tool {plan.toolkit_version})"
+    )

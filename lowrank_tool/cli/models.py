@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..models import SOURCES, TASKS, list_models
+from ..choices import SOURCES, TASK_NAMES
 from ._common import console, print_json
 
 
 def models(
-    task: Annotated[Optional[str], typer.Option(help=f"Only this task: {', '.join(TASKS)}.")] = None,
-    source: Annotated[Optional[str], typer.Option(help=f"Only this source: {', '.join(SOURCES)}, or all. [default: torchvision and lowrank_tool; timm's names only when asked]")] = None,
-    pattern: Annotated[Optional[str], typer.Argument(help="Only names containing this text (e.g. resnet).", show_default=False)] = None,
+    task: Annotated[str | None, typer.Option(help=f"Only this task: {', '.join(TASK_NAMES)}.")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Only this source: {', '.join(SOURCES)}, or all. [default: torchvision and lowrank_tool; timm's names only when asked]"
+        ),
+    ] = None,
+    pattern: Annotated[
+        str | None, typer.Argument(help="Only names containing this text (e.g. resnet).", show_default=False)
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List the models that can be converted (torchvision's, the toolkit's own, and timm's as timm/NAME).
@@ -23,6 +30,8 @@ def models(
     Any other nn.Module can be converted from Python (lowrank_tool.convert(model)) or from the CLI as
     'package.module:factory'. Examples: lowrank models · lowrank models --source timm convnext
     """
+    from ..models import list_models
+
     entries = list_models(task, source=source)
     if pattern:
         entries = [e for e in entries if pattern.lower() in e.name.lower()]

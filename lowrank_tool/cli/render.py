@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 
-from ..conversion_plan import ConversionPlan
 from ._common import console, human
+
+if TYPE_CHECKING:
+    from ..conversion_plan import ConversionPlan
 
 
 def rank_meaning(plan: ConversionPlan) -> str:
@@ -18,8 +22,11 @@ def rank_meaning(plan: ConversionPlan) -> str:
         return f"rank {rank} = absolute rank in every factorised mode (capped at the mode's channels)"
     else:
         head, r = f"rank {rank} = fraction of channels kept in each factorised mode", f"{rank}"
-    return (f"{head}: tucker2 r_in=⌈{r}·C_in⌉, r_out=⌈{r}·C_out⌉; svd r=⌈{r}·min(C_out, C_in·k)⌉; "
-            f"cp R=⌈{r}·min(C_in, C_out)⌉" + (f"; rounded up to multiples of {policy['round_to']}" if policy.get("round_to", 1) > 1 else ""))
+    return (
+        f"{head}: tucker2 r_in=⌈{r}·C_in⌉, r_out=⌈{r}·C_out⌉; svd r=⌈{r}·min(C_out, C_in·k)⌉; "
+        f"cp R=⌈{r}·min(C_in, C_out)⌉"
+        + (f"; rounded up to multiples of {policy['round_to']}" if policy.get("round_to", 1) > 1 else "")
+    )
 
 
 def _size(sizes: list[int] | None) -> str:
@@ -28,8 +35,17 @@ def _size(sizes: list[int] | None) -> str:
 
 def plan_table(plan: ConversionPlan, title: str | None = None) -> Table:
     table = Table(title=title, show_lines=False, header_style="bold", pad_edge=False)
-    for col, just in (("layer", "left"), ("kernel", "right"), ("channels", "right"), ("out size", "right"),
-                      ("format", "left"), ("ranks", "right"), ("params", "right"), ("MACs", "right"), ("note", "left")):
+    for col, just in (
+        ("layer", "left"),
+        ("kernel", "right"),
+        ("channels", "right"),
+        ("out size", "right"),
+        ("format", "left"),
+        ("ranks", "right"),
+        ("params", "right"),
+        ("MACs", "right"),
+        ("note", "left"),
+    ):
         table.add_column(col, justify=just, overflow="fold", no_wrap=col not in ("layer", "note"))
     for layer in plan.layers:
         style = None if layer.converted else "dim"
@@ -48,9 +64,16 @@ def plan_table(plan: ConversionPlan, title: str | None = None) -> Table:
     t = plan.totals()
     table.add_section()
     table.add_row(
-        f"total ({t['converted']}/{t['layers']} convs converted)", "", "", "", "", "",
-        f"{human(t['params_before'])}→{human(t['params_after'])}", f"{human(t['macs_before'])}→{human(t['macs_after'])}",
-        f"{t['compression']:.2f}x params, {t['mac_reduction']:.2f}x MACs", style="bold",
+        f"total ({t['converted']}/{t['layers']} convs converted)",
+        "",
+        "",
+        "",
+        "",
+        "",
+        f"{human(t['params_before'])}→{human(t['params_after'])}",
+        f"{human(t['macs_before'])}→{human(t['macs_after'])}",
+        f"{t['compression']:.2f}x params, {t['mac_reduction']:.2f}x MACs",
+        style="bold",
     )
     return table
 
@@ -66,6 +89,8 @@ def print_plan(plan: ConversionPlan, title: str | None = None) -> None:
     )
     console.print(f"[dim]{rank_meaning(plan)}; MACs count conv and linear layers[/dim]")
     if plan.trace.get("path") == "hooks":
-        console.print(f"[dim]torch.fx could not trace the whole model ({plan.trace.get('fx_error')}); shapes came from forward hooks[/dim]")
+        console.print(
+            f"[dim]torch.fx could not trace the whole model ({plan.trace.get('fx_error')}); shapes came from forward hooks[/dim]"
+        )
     for note in plan.notes:
         console.print(f"[yellow]note:[/yellow] {note}")

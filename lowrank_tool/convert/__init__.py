@@ -10,12 +10,23 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "convert": ".api", "plan": ".api", "summary": ".api",
-    "ConvertOptions": ".options", "RankSpec": ".options", "option_help": ".options",
-    "register_conv_handler": ".support", "conv_support": ".support", "plain_conv": ".support",
-    "dynamic_same_conv": ".support", "list_conv_handlers": ".support",
+    "convert": ".api",
+    "plan": ".api",
+    "summary": ".api",
+    "ConvertOptions": ".options",
+    "RankSpec": ".options",
+    "option_help": ".options",
+    "register_conv_handler": ".support",
+    "conv_support": ".support",
+    "plain_conv": ".support",
+    "dynamic_same_conv": ".support",
+    "list_conv_handlers": ".support",
     "parse_input_size": "..models",
-    "ConversionPlan": "..conversion_plan", "LayerPlan": "..conversion_plan", "PLAN_ATTR": "..conversion_plan", "plan_of": "..conversion_plan", "attach_plan": "..conversion_plan",
+    "ConversionPlan": "..conversion_plan",
+    "LayerPlan": "..conversion_plan",
+    "PLAN_ATTR": "..conversion_plan",
+    "plan_of": "..conversion_plan",
+    "attach_plan": "..conversion_plan",
 }
 
 __all__ = list(_EXPORTS)

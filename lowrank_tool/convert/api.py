@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,16 +37,22 @@ _HF_NOTE = (
 )
 
 
-def _resolve(model: nn.Module | str, num_classes: int | None, model_kwargs: Mapping[str, Any] | None) -> tuple[nn.Module, dict[str, Any], str, str]:
+def _resolve(
+    model: nn.Module | str, num_classes: int | None, model_kwargs: Mapping[str, Any] | None
+) -> tuple[nn.Module, dict[str, Any], str, str]:
     """(module, base-model spec, task, name hint for messages)."""
     if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
-        raise LowRankError(f"model_kwargs must be a mapping of argument names to values, got {type(model_kwargs).__name__}")
+        raise LowRankError(
+            f"model_kwargs must be a mapping of argument names to values, got {type(model_kwargs).__name__}"
+        )
     kwargs = dict(model_kwargs or {})
     if isinstance(model, str):
         entry = get_entry(model)
         # Weights fetched at build time are the user's doing; a file never asks for a download again
         # (the artifact carries the weights), so those arguments are kept apart from the kwargs.
-        fetched = {k: kwargs[k] for k in DOWNLOAD_KWARGS if k in kwargs and kwargs[k] is not None and kwargs[k] is not False}
+        fetched = {
+            k: kwargs[k] for k in DOWNLOAD_KWARGS if k in kwargs and kwargs[k] is not None and kwargs[k] is not False
+        }
         # before building: a value plan.json cannot hold is refused first
         recorded = _jsonable({k: v for k, v in kwargs.items() if k not in fetched})
         if num_classes is not None and kwargs.get("num_classes", num_classes) != num_classes:
@@ -74,7 +81,13 @@ def _resolve(model: nn.Module | str, num_classes: int | None, model_kwargs: Mapp
         raise LowRankError("model_kwargs apply to a model given by name; build your module with the arguments you want")
     cls = type(model)
     task = _task_of_class(cls)
-    spec = {"source": "custom", "name": None, "task": task, "class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": {}}
+    spec = {
+        "source": "custom",
+        "name": None,
+        "task": task,
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "kwargs": {},
+    }
     return model, spec, task, "MODEL"
 
 
@@ -118,7 +131,7 @@ def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _plan(model: nn.Module | str, opts: ConvertOptions, example_input: Any = None) -> "_Planned":
+def _plan(model: nn.Module | str, opts: ConvertOptions, example_input: Any = None) -> _Planned:
     module, spec, task, hint = _resolve(model, opts.num_classes, opts.model_kwargs)
     weights = opts.weights
     if weights is not None:
@@ -130,7 +143,9 @@ def _plan(model: nn.Module | str, opts: ConvertOptions, example_input: Any = Non
     if size is None:
         size = default_input_size(spec["name"], spec["kwargs"]) if spec["name"] else _size_of_module(module)
     if task == "video" and len(size) != 4:
-        raise LowRankError(f"video models take CxTxHxW input, got input size {'x'.join(map(str, size))}; write e.g. 3x16x112x112")
+        raise LowRankError(
+            f"video models take CxTxHxW input, got input size {'x'.join(map(str, size))}; write e.g. 3x16x112x112"
+        )
     if task != "video" and len(size) != 3 and example_input is None:
         raise LowRankError(f"input size {'x'.join(map(str, size))} must be CxHxW for a {task} model, e.g. 3x224x224")
     ref = next((p for p in module.parameters() if p.is_floating_point()), None)
@@ -144,12 +159,14 @@ def _plan(model: nn.Module | str, opts: ConvertOptions, example_input: Any = Non
         cap = capture(module, example, train_example=train_example)
     except LowRankError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the user's input does not fit the model
+    except Exception as exc:
         msg = first_line(exc, with_type=False)
         raise LowRankError(
             f"the model does not run on input size {'x'.join(map(str, size))} ({msg}); pass the size it expects with --input-size"
         ) from None
-    plan = build_plan(module, cap, opts, base_model=spec, input_size=size, model_hint=hint, image_shape=_image_shape(example))
+    plan = build_plan(
+        module, cap, opts, base_model=spec, input_size=size, model_hint=hint, image_shape=_image_shape(example)
+    )
     if device.type == "meta":
         plan.notes.append(
             "the model is on the meta device: its low-rank layers are too; materialise with model.to_empty(device=...) "
@@ -159,7 +176,9 @@ def _plan(model: nn.Module | str, opts: ConvertOptions, example_input: Any = Non
         plan.notes.append(_HF_NOTE)
     if opts.policy == "latency":
         if task not in ("classification", "segmentation"):
-            raise LowRankError(f"policy 'latency' measures models with one image input; this is a {task} model, use the rank policy")
+            raise LowRankError(
+                f"policy 'latency' measures models with one image input; this is a {task} model, use the rank policy"
+            )
         apply_latency_policy(module, plan, opts)
     return _Planned(module, plan, example, cap.meta or device.type == "meta")
 
@@ -214,8 +233,14 @@ def _to(x: Any, device: torch.device, dtype: torch.dtype) -> Any:
     return x
 
 
-def plan(model: nn.Module | str, rank: float | int | str | None = None, *, options: ConvertOptions | None = None,
-         example_input: Any = None, **kwargs: Any) -> ConversionPlan:
+def plan(
+    model: nn.Module | str,
+    rank: float | int | str | None = None,
+    *,
+    options: ConvertOptions | None = None,
+    example_input: Any = None,
+    **kwargs: Any,
+) -> ConversionPlan:
     """Decide what :func:`convert` would do, without changing anything. Same arguments as ``convert``.
 
     ``model_kwargs`` are the builder's keyword arguments for a model given by name (``--model-arg`` on
@@ -313,5 +338,7 @@ def summary(model: nn.Module) -> ConversionPlan:
     """
     p = plan_of(model)
     if p is None:
-        raise LowRankError("this model carries no conversion plan; convert it with lowrank_tool.convert (or load it with lowrank_tool.load)")
+        raise LowRankError(
+            "this model carries no conversion plan; convert it with lowrank_tool.convert (or load it with lowrank_tool.load)"
+        )
     return p

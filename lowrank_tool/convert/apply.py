@@ -8,7 +8,7 @@ on a freshly built model, and lets detection models (which fx cannot trace whole
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,7 +26,9 @@ def get_submodule(model: nn.Module, name: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError:
-        raise LowRankError(f"the model has no layer {name!r} that the plan names; pass the model class the plan was made from") from None
+        raise LowRankError(
+            f"the model has no layer {name!r} that the plan names; pass the model class the plan was made from"
+        ) from None
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -52,7 +54,9 @@ def _check_matches(module: nn.Module, entry: LayerPlan) -> ConvGeometry:
     # plan says (a plan cannot make a weight-standardised conv plain, nor drop a "same" padding).
     support = conv_support(module)
     if isinstance(support, str):
-        raise LowRankError(f"the plan converts {entry.name!r}, but that layer stays dense here ({support}); re-create the plan with this model")
+        raise LowRankError(
+            f"the plan converts {entry.name!r}, but that layer stays dense here ({support}); re-create the plan with this model"
+        )
     if support.dynamic_same != entry.dynamic_same:
         raise LowRankError(
             f"the plan does not match the model at {entry.name!r}: dynamic 'same' padding is {entry.dynamic_same} in the plan "
@@ -85,7 +89,9 @@ def apply_plan(
         layer = cls.from_dense(module, tuple(entry.ranks or ()), init=init, geometry=geometry)
         if init == "decompose":
             ref = module.weight.detach().double()
-            err = torch.linalg.vector_norm(layer.dense_weight().double() - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30)
+            err = torch.linalg.vector_norm(layer.dense_weight().double() - ref) / torch.linalg.vector_norm(
+                ref
+            ).clamp_min(1e-30)
             entry.error = float(err)
         layer.train(module.training)
         set_submodule(model, entry.name, layer)

@@ -31,9 +31,9 @@ import json
 import math
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -116,10 +116,20 @@ def _module(g: ConvGeometry, fmt: str, ranks: tuple[int, ...] | None) -> nn.Modu
     return get_format(fmt, g.ndim).from_geometry(g, ranks)
 
 
-def measure_form(g: ConvGeometry, fmt: str, ranks: tuple[int, ...] | None, input_shape: tuple[int, ...], *,
-                 threads: int | None, runs: int = 20, warmup: int = 5) -> float:
+def measure_form(
+    g: ConvGeometry,
+    fmt: str,
+    ranks: tuple[int, ...] | None,
+    input_shape: tuple[int, ...],
+    *,
+    threads: int | None,
+    runs: int = 20,
+    warmup: int = 5,
+) -> float:
     """Median ONNX Runtime latency (ms) of one layer form on ``input_shape`` (batch, C, *spatial)."""
-    return time_module(_module(g, fmt, ranks).eval(), input_shape, device="cpu", threads=threads, runs=runs, warmup=warmup)
+    return time_module(
+        _module(g, fmt, ranks).eval(), input_shape, device="cpu", threads=threads, runs=runs, warmup=warmup
+    )
 
 
 @dataclass
@@ -140,7 +150,9 @@ def _round_up(ranks: tuple[int, ...], fmt: str, g: ConvGeometry, multiple: int) 
     return tuple(min(math.ceil(r / multiple) * multiple, full) for r, full in zip(ranks, _full(fmt, g), strict=True))
 
 
-def _requested(entry: LayerPlan, fmt: str, g: ConvGeometry, plan: ConversionPlan, options: ConvertOptions) -> tuple[str, tuple[int, ...]]:
+def _requested(
+    entry: LayerPlan, fmt: str, g: ConvGeometry, plan: ConversionPlan, options: ConvertOptions
+) -> tuple[str, tuple[int, ...]]:
     """The format and ranks the rank/budget request gives this layer (also for layers it left dense)."""
     if entry.converted:
         return entry.format, tuple(entry.ranks or ())
@@ -177,12 +189,28 @@ def apply_latency_policy(
     cache = cache or LatencyCache()
     eligible = [e for e in plan.layers if e.input_size and (e.converted or (e.reason or "").startswith("no saving"))]
     if not eligible:
-        raise LowRankError("no layer can be factorised under this plan (all excluded, stems or grouped); nothing to measure")
+        raise LowRankError(
+            "no layer can be factorised under this plan (all excluded, stems or grouped); nothing to measure"
+        )
 
     def timed(entry: LayerPlan, g: ConvGeometry, fmt: str, ranks: tuple[int, ...] | None) -> float:
         shape = (batch, g.in_channels, *entry.input_size)
-        key = json.dumps([fmt, list(ranks or []), g.in_channels, g.out_channels, list(g.kernel_size), list(g.stride),
-                          str(g.padding), list(g.dilation), g.padding_mode, g.bias, list(shape), threads])
+        key = json.dumps(
+            [
+                fmt,
+                list(ranks or []),
+                g.in_channels,
+                g.out_channels,
+                list(g.kernel_size),
+                list(g.stride),
+                str(g.padding),
+                list(g.dilation),
+                g.padding_mode,
+                g.bias,
+                list(shape),
+                threads,
+            ]
+        )
         value = cache.get(key)
         if value is None:
             value = measure_form(g, fmt, ranks, shape, threads=threads)
@@ -233,11 +261,19 @@ def apply_latency_policy(
         predicted = dense_total / current if current > 0 else float("inf")
         achieved = dense_total / measured
         reached = achieved >= target_speedup
-        note = (f"target speedup {target_speedup:g}: measured {achieved:.2f}x on the whole model (predicted {predicted:.2f}x from "
-                f"per-layer timings; dense model {dense_total:.2f} ms, low-rank {measured:.2f} ms)"
-                + ("" if reached else f"; cannot reach {target_speedup:g}x with the candidate ranks on this machine"))
-        plan.policy["latency_prediction"] = {"dense_ms": dense_total, "predicted_ms": current, "predicted_speedup": predicted,
-                                             "measured_ms": measured, "measured_speedup": achieved, "reached": reached}
+        note = (
+            f"target speedup {target_speedup:g}: measured {achieved:.2f}x on the whole model (predicted {predicted:.2f}x from "
+            f"per-layer timings; dense model {dense_total:.2f} ms, low-rank {measured:.2f} ms)"
+            + ("" if reached else f"; cannot reach {target_speedup:g}x with the candidate ranks on this machine")
+        )
+        plan.policy["latency_prediction"] = {
+            "dense_ms": dense_total,
+            "predicted_ms": current,
+            "predicted_speedup": predicted,
+            "measured_ms": measured,
+            "measured_speedup": achieved,
+            "reached": reached,
+        }
     for entry in eligible:
         g = entry.geometry()
         pick = chosen[entry.name]
@@ -252,8 +288,17 @@ def apply_latency_policy(
             entry.params_after, entry.macs_after = layer_cost(pick.format, g, pick.ranks, _sizes(entry))
             entry.reason = f"latency: {pick.ms:.3f} ms vs dense {dense_ms:.3f} ms"
         entry.rank_spec = "latency" if target_speedup is None else f"latency:{target_speedup:g}x"
-    plan.policy.update({"policy": "latency", "target_speedup": target_speedup, "latency_threads": threads, "latency_batch": batch,
-                        "latency_cache": str(cache.path), "latency_cache_hits": cache.hits, "latency_measured": cache.misses})
+    plan.policy.update(
+        {
+            "policy": "latency",
+            "target_speedup": target_speedup,
+            "latency_threads": threads,
+            "latency_batch": batch,
+            "latency_cache": str(cache.path),
+            "latency_cache_hits": cache.hits,
+            "latency_measured": cache.misses,
+        }
+    )
     if note:
         plan.notes.append(note)
     return plan

@@ -34,7 +34,7 @@ class RankSpec:
         return self.kind in ("energy", "erank")
 
     @classmethod
-    def parse(cls, value: "RankSpec | float | int | str", what: str = "rank") -> "RankSpec":
+    def parse(cls, value: RankSpec | float | int | str, what: str = "rank") -> RankSpec:
         """Accept ``0.3`` / ``"0.3"`` (ratio), ``16`` / ``"16"`` (absolute), ``"dense"``, ``"energy:0.9"`` or ``"erank"``."""
         if isinstance(value, RankSpec):
             return value
@@ -63,10 +63,14 @@ class RankSpec:
             raise LowRankError(f"{what} must be a number, got {value!r}; use e.g. 0.3 or 16")
         if isinstance(value, int):
             if value < 1:
-                raise LowRankError(f"{what} {value} is not positive; use a fraction in (0, 1] (e.g. 0.3) or an integer rank >= 1")
+                raise LowRankError(
+                    f"{what} {value} is not positive; use a fraction in (0, 1] (e.g. 0.3) or an integer rank >= 1"
+                )
             return cls("absolute", value)
         if not math.isfinite(value) or value <= 0:
-            raise LowRankError(f"{what} {value} is not positive; use a fraction in (0, 1] (e.g. 0.3) or an integer rank >= 1")
+            raise LowRankError(
+                f"{what} {value} is not positive; use a fraction in (0, 1] (e.g. 0.3) or an integer rank >= 1"
+            )
         if value > 1:
             raise LowRankError(
                 f"{what} {value} is a fraction above 1; use a fraction in (0, 1] (e.g. 0.3) or an integer rank written without a decimal point (e.g. {int(value)})"
@@ -114,9 +118,16 @@ class ConvertOptions:
         "integer absolute rank, 'energy:0.9' (per mode, the smallest rank keeping 90% of the kernel's Frobenius energy) or "
         "'erank' (ceil of each mode's effective rank); the last two read trained weights. Default 0.3 when no budget is given.",
     )
-    format: str = _opt("auto", f"Low-rank format, one of {', '.join(FORMAT_CHOICES)}; auto = svd for 1x1 convs, tucker2 (ELRT) otherwise.")
-    target_params: float | None = _opt(None, "Keep this fraction of the dense model's parameters; ranks are solved across layers.")
-    target_macs: float | None = _opt(None, "Keep this fraction of the dense model's MACs; ranks are solved across layers.")
+    format: str = _opt(
+        "auto",
+        f"Low-rank format, one of {', '.join(FORMAT_CHOICES)}; auto = svd for 1x1 convs, tucker2 (ELRT) otherwise.",
+    )
+    target_params: float | None = _opt(
+        None, "Keep this fraction of the dense model's parameters; ranks are solved across layers."
+    )
+    target_macs: float | None = _opt(
+        None, "Keep this fraction of the dense model's MACs; ranks are solved across layers."
+    )
     round_to: int = _opt(
         DEFAULT_ROUND_TO,
         "Round every rank up to a multiple of N (8: channel counts the CPU/GPU kernels like, measured faster; 1: exact ceil(rank*C)).",
@@ -133,11 +144,16 @@ class ConvertOptions:
         "by measuring it in ONNX Runtime on this machine (cached).",
     )
     target_speedup: float | None = _opt(
-        None, "With policy latency: lower ranks until the model is predicted S times faster than dense (instead of a rank)."
+        None,
+        "With policy latency: lower ranks until the model is predicted S times faster than dense (instead of a rank).",
     )
-    latency_threads: int | None = _opt(None, "With policy latency: ONNX Runtime threads of the measurements (default: every core).")
+    latency_threads: int | None = _opt(
+        None, "With policy latency: ONNX Runtime threads of the measurements (default: every core)."
+    )
     latency_batch: int = _opt(1, "With policy latency: batch size of the measurements.")
-    input_size: str | Sequence[int] | None = _opt(None, "Per-sample input CxHxW (CxTxHxW for video); default from the model family.")
+    input_size: str | Sequence[int] | None = _opt(
+        None, "Per-sample input CxHxW (CxTxHxW for video); default from the model family."
+    )
     num_classes: int | None = _opt(None, "Number of output classes of a model given by name.")
     model_kwargs: Mapping[str, Any] | None = _opt(
         None,
@@ -157,21 +173,31 @@ class ConvertOptions:
         if len(budgets) > 1:
             raise LowRankError("give at most one of target_params and target_macs (--target-params / --target-macs)")
         if budgets and self.rank is not None:
-            raise LowRankError(f"give either rank or {budgets[0]} (--rank or --{budgets[0].replace('_', '-')}), not both")
+            raise LowRankError(
+                f"give either rank or {budgets[0]} (--rank or --{budgets[0].replace('_', '-')}), not both"
+            )
         for b in budgets:
             value = getattr(self, b)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise LowRankError(f"{b} {value!r} must be a fraction in (0, 1) of the dense model, e.g. 0.4")
         self.rank_spec = RankSpec.parse(0.3 if self.rank is None else self.rank)
         if self.policy not in POLICIES:
-            raise LowRankError(f"policy {self.policy!r} is not known; use 'rank' (ranks as requested) or 'latency' (measured per layer)")
+            raise LowRankError(
+                f"policy {self.policy!r} is not known; use 'rank' (ranks as requested) or 'latency' (measured per layer)"
+            )
         if self.target_speedup is not None:
             if self.policy != "latency":
                 raise LowRankError("target_speedup needs policy 'latency' (CLI: --policy latency --target-speedup S)")
             if budgets or self.rank is not None:
                 raise LowRankError("give either a target speedup or a rank/budget with --policy latency, not both")
-            if isinstance(self.target_speedup, bool) or not isinstance(self.target_speedup, (int, float)) or not self.target_speedup > 1:
-                raise LowRankError(f"target_speedup {self.target_speedup!r} must be a number above 1, e.g. 2 (twice as fast as dense)")
+            if (
+                isinstance(self.target_speedup, bool)
+                or not isinstance(self.target_speedup, (int, float))
+                or not self.target_speedup > 1
+            ):
+                raise LowRankError(
+                    f"target_speedup {self.target_speedup!r} must be a number above 1, e.g. 2 (twice as fast as dense)"
+                )
         for name in ("latency_threads", "latency_batch"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -182,10 +208,14 @@ class ConvertOptions:
             raise LowRankError(f"round_to {self.round_to!r} must be a positive integer (1 = no rounding), e.g. 8")
         if self.init not in INITS:
             raise LowRankError(f"init={self.init!r} is not known; allowed: {', '.join(INITS)}")
-        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1):
+        if self.num_classes is not None and (
+            isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1
+        ):
             raise LowRankError(f"num_classes {self.num_classes!r} must be a positive integer, e.g. 10")
         if self.model_kwargs is not None and not isinstance(self.model_kwargs, Mapping):
-            raise LowRankError(f"model_kwargs must be a mapping of argument names to values, got {type(self.model_kwargs).__name__}")
+            raise LowRankError(
+                f"model_kwargs must be a mapping of argument names to values, got {type(self.model_kwargs).__name__}"
+            )
         if isinstance(self.exclude, str):
             self.exclude = [self.exclude]
         self.exclude = list(self.exclude)
@@ -198,7 +228,9 @@ class ConvertOptions:
         names = [f.name for f in dataclasses.fields(cls) if f.init]
         unknown = [k for k in kwargs if k not in names]
         if unknown:
-            raise TypeError(f"unexpected keyword argument {unknown[0]!r}; the conversion options are: {', '.join(names)}")
+            raise TypeError(
+                f"unexpected keyword argument {unknown[0]!r}; the conversion options are: {', '.join(names)}"
+            )
         if options is None:
             return cls(**kwargs)
         if not isinstance(options, cls):

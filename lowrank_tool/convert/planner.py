@@ -10,8 +10,9 @@ numbers in its ``reason``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -71,10 +72,22 @@ def _candidates(model: nn.Module, capture: Capture) -> list[_Candidate]:
             calls = len(shapes.outputs)
             in_hw, out_hw = list(shapes.inputs[0][2:]), list(shapes.outputs[0][2:])
             # CP's vertical conv output: H_out × W_in (only 2-D convs have a CP form).
-            mid = sum(o[2] * i[-1] * i[0] for i, o in zip(shapes.inputs, shapes.outputs, strict=True)) // shapes.batch if module.weight.dim() == 4 else 0
+            mid = (
+                sum(o[2] * i[-1] * i[0] for i, o in zip(shapes.inputs, shapes.outputs, strict=True)) // shapes.batch
+                if module.weight.dim() == 4
+                else 0
+            )
             sizes = SpatialSizes(shapes.spatial_numel("inputs"), shapes.spatial_numel("outputs"), mid)
-        plain = ConvGeometry(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                             module.padding, module.dilation, module.padding_mode, module.bias is not None)
+        plain = ConvGeometry(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.padding_mode,
+            module.bias is not None,
+        )
         dense = dense_cost(plain, sizes or SpatialSizes(0, 0, 0), groups)
         support = conv_support(module) if groups == 1 else None
         geometry = support if isinstance(support, ConvGeometry) else None
@@ -107,7 +120,9 @@ def _stems(cands: list[_Candidate], capture: Capture, image_shape: Sequence[int]
     return exact or set(reading[:1])
 
 
-def _decide(c: _Candidate, fmt_request: str, spec: RankSpec, round_to: int, allow_growth: bool = False) -> tuple[str, tuple[int, ...] | None, tuple[int, int], str | None]:
+def _decide(
+    c: _Candidate, fmt_request: str, spec: RankSpec, round_to: int, allow_growth: bool = False
+) -> tuple[str, tuple[int, ...] | None, tuple[int, int], str | None]:
     """(format, ranks, (params, macs), reason) for one layer under one rank request."""
     assert c.geometry is not None and c.sizes is not None
     if spec.kind == "dense":
@@ -117,8 +132,13 @@ def _decide(c: _Candidate, fmt_request: str, spec: RankSpec, round_to: int, allo
     cost = layer_cost(fmt, c.geometry, ranks, c.sizes)
     if not allow_growth and (cost[0] >= c.dense[0] or cost[1] >= c.dense[1]):
         r = "x".join(map(str, ranks))
-        return "dense", None, c.dense, (
-            f"no saving at rank {r} ({fmt}: {cost[0]:,} vs {c.dense[0]:,} params, {cost[1]:,} vs {c.dense[1]:,} MACs)"
+        return (
+            "dense",
+            None,
+            c.dense,
+            (
+                f"no saving at rank {r} ({fmt}: {cost[0]:,} vs {c.dense[0]:,} params, {cost[1]:,} vs {c.dense[1]:,} MACs)"
+            ),
         )
     return fmt, ranks, cost, note
 
@@ -142,7 +162,7 @@ def build_plan(
     stems = _stems(cands, capture, input_size if image_shape is None else image_shape)
     if any(isinstance(m, LowRankConv) for m in model.modules()):
         raise LowRankError("this model is already converted (it has low-rank layers); convert the dense model instead")
-    exclude = FqnMatcher({p: True for p in options.exclude}, "--exclude")
+    exclude = FqnMatcher(dict.fromkeys(options.exclude, True), "--exclude")
     overrides = FqnMatcher(options.layer_specs, "--layer-rank")
     for c in cands:
         hit_ex, _ = exclude.lookup(c.name)
@@ -172,7 +192,9 @@ def build_plan(
 
     total_params = sum(p.numel() for p in model.parameters())
     other_params = total_params - sum(c.dense[0] for c in cands)
-    other_macs = sum(s.linear_macs(m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and (s := capture.shapes.get(n)))
+    other_macs = sum(
+        s.linear_macs(m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and (s := capture.shapes.get(n))
+    )
     global_spec = options.rank_spec
     budget_note: str | None = None
 
@@ -187,7 +209,9 @@ def build_plan(
 
         def total(ratio: float) -> int:
             spec = RankSpec("ratio", ratio)
-            return base + sum(_decide(c, options.format, spec, options.round_to, options.allow_growth)[2][idx] for c in free)
+            return base + sum(
+                _decide(c, options.format, spec, options.round_to, options.allow_growth)[2][idx] for c in free
+            )
 
         smallest = total(1e-6)
         if smallest > target:
@@ -207,36 +231,70 @@ def build_plan(
             fmt, ranks, cost, note = _decide(c, options.format, spec, options.round_to, options.allow_growth)
             source = str(spec) if c.spec is not None or budget is None else f"budget:{spec.value:.4f}"
             if fmt != "dense" and c.geometry is not None and c.geometry.dynamic_same:
-                note = "; ".join(filter(None, [note, f"{type(m).__name__}: dynamic 'same' padding kept (pad, then the factors)"]))
+                note = "; ".join(
+                    filter(None, [note, f"{type(m).__name__}: dynamic 'same' padding kept (pad, then the factors)"])
+                )
         else:
             fmt, ranks, cost, note, source = "dense", None, c.dense, c.reason, None
-        layers.append(LayerPlan(
-            name=c.name, kind="Conv3d" if isinstance(m, nn.Conv3d) else "Conv2d",
-            in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
-            stride=list(m.stride), padding=m.padding if isinstance(m.padding, str) else list(m.padding),
-            dilation=list(m.dilation), groups=m.groups, padding_mode=m.padding_mode, bias=m.bias is not None,
-            input_size=c.input_size, output_size=c.output_size, calls=c.calls,
-            params_before=c.dense[0], params_after=cost[0], macs_before=c.dense[1], macs_after=cost[1],
-            format=fmt, ranks=list(ranks) if ranks else None, rank_spec=source, reason=note,
-            conv_class=None if type(m) in CONV_TYPES else qualified_name(type(m)),
-            dynamic_same=bool(c.geometry is not None and c.geometry.dynamic_same),
-        ))
+        layers.append(
+            LayerPlan(
+                name=c.name,
+                kind="Conv3d" if isinstance(m, nn.Conv3d) else "Conv2d",
+                in_channels=m.in_channels,
+                out_channels=m.out_channels,
+                kernel_size=list(m.kernel_size),
+                stride=list(m.stride),
+                padding=m.padding if isinstance(m.padding, str) else list(m.padding),
+                dilation=list(m.dilation),
+                groups=m.groups,
+                padding_mode=m.padding_mode,
+                bias=m.bias is not None,
+                input_size=c.input_size,
+                output_size=c.output_size,
+                calls=c.calls,
+                params_before=c.dense[0],
+                params_after=cost[0],
+                macs_before=c.dense[1],
+                macs_after=cost[1],
+                format=fmt,
+                ranks=list(ranks) if ranks else None,
+                rank_spec=source,
+                reason=note,
+                conv_class=None if type(m) in CONV_TYPES else qualified_name(type(m)),
+                dynamic_same=bool(c.geometry is not None and c.geometry.dynamic_same),
+            )
+        )
 
     plan = ConversionPlan(
-        base_model=base_model, input_size=list(input_size),
-        trace={"path": capture.path, "fx_error": capture.fx_error, "train_only": capture.train_only,
-               "train_error": capture.train_error, "shapes_on_meta": capture.meta},
-        policy=options.to_json(), layers=layers, other_params=other_params, other_macs=other_macs,
+        base_model=base_model,
+        input_size=list(input_size),
+        trace={
+            "path": capture.path,
+            "fx_error": capture.fx_error,
+            "train_only": capture.train_only,
+            "train_error": capture.train_error,
+            "shapes_on_meta": capture.meta,
+        },
+        policy=options.to_json(),
+        layers=layers,
+        other_params=other_params,
+        other_macs=other_macs,
     )
     if budget_note:
         plan.notes.append(budget_note)
         plan.policy["solved_ratio"] = global_spec.value
     elif budget is not None:
-        plan.notes.append(f"target_{budget[0]} was not applied: no layer follows the global rank (all are pinned or dense)")
+        plan.notes.append(
+            f"target_{budget[0]} was not applied: no layer follows the global rank (all are pinned or dense)"
+        )
     if capture.train_error:
-        plan.notes.append(f"the train-mode pass failed ({capture.train_error}); layers only used in training stay dense")
+        plan.notes.append(
+            f"the train-mode pass failed ({capture.train_error}); layers only used in training stay dense"
+        )
     if capture.functional_convs:
-        plan.notes.append(f"{capture.functional_convs} convolution(s) are called through torch.nn.functional and cannot be converted")
+        plan.notes.append(
+            f"{capture.functional_convs} convolution(s) are called through torch.nn.functional and cannot be converted"
+        )
     if options.dense:
         plan.notes.append("dense baseline: nothing converted (--dense)")
     elif not plan.converted_layers:

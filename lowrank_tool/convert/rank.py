@@ -17,8 +17,9 @@ Definitions (also in the README):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES
 from ..errors import LowRankError
@@ -27,8 +28,16 @@ from ..layers.base import ConvGeometry
 from ..linalg import effective_rank, rank_for_energy, singular_values
 from .options import RankSpec
 
-__all__ = ["DEFAULT_ROUND_TO", "RankSpec", "choose_format", "ranks_for", "layer_cost", "dense_cost", "solve_ratio", "FORMAT_CHOICES"]
-
+__all__ = [
+    "DEFAULT_ROUND_TO",
+    "RankSpec",
+    "choose_format",
+    "ranks_for",
+    "layer_cost",
+    "dense_cost",
+    "solve_ratio",
+    "FORMAT_CHOICES",
+]
 
 
 def choose_format(requested: str, g: ConvGeometry) -> tuple[str, str | None]:
@@ -66,7 +75,9 @@ def ranks_for(fmt: str, g: ConvGeometry, spec: RankSpec, round_to: int = 1, weig
         raise LowRankError(f"unknown format {fmt!r}")
     if spec.needs_weights:
         if weight is None:
-            raise LowRankError(f"rank {spec} is computed from the layer's weights; pass the model with its trained weights")
+            raise LowRankError(
+                f"rank {spec} is computed from the layer's weights; pass the model with its trained weights"
+            )
         raw = _spectral_ranks(fmt, weight, spec)
     elif spec.kind == "ratio":
         raw = [math.ceil(spec.value * d - 1e-9) for d in dims]
@@ -123,7 +134,9 @@ def layer_cost(fmt: str, g: ConvGeometry, ranks: Sequence[int], sizes: SpatialSi
     return params, macs
 
 
-def solve_ratio(total: Callable[[float], int], target: int, lo: float = 1e-4, hi: float = 1.0, iters: int = 40) -> float:
+def solve_ratio(
+    total: Callable[[float], int], target: int, lo: float = 1e-4, hi: float = 1.0, iters: int = 40
+) -> float:
     """Largest ratio ρ with ``total(ρ) ≤ target`` by bisection (``total`` non-decreasing in ρ)."""
     for _ in range(iters):
         mid = (lo + hi) / 2

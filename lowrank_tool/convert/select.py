@@ -7,7 +7,8 @@ repeats the patterns and points to ``lowrank layers MODEL``, which lists the can
 from __future__ import annotations
 
 import re
-from typing import Generic, Iterable, Mapping, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Generic, TypeVar
 
 from ..errors import LowRankError
 
@@ -20,7 +21,9 @@ def _compile(pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern[3:])
     except re.error as exc:
-        raise LowRankError(f"pattern {pattern!r} is not a valid regular expression ({exc}); write e.g. 're:layer4\\..*'") from None
+        raise LowRankError(
+            f"pattern {pattern!r} is not a valid regular expression ({exc}); write e.g. 're:layer4\\..*'"
+        ) from None
 
 
 class FqnMatcher(Generic[T]):
@@ -62,6 +65,8 @@ def parse_layer_rank(items: Iterable[str] | Mapping[str, object] | None) -> dict
     for item in items:
         name, sep, value = str(item).rpartition("=")
         if not sep or not name or not value:
-            raise LowRankError(f"--layer-rank {item!r} is not NAME=RANK; write e.g. 'layer1.0.conv2=0.5' or 're:layer4\\..*=16'")
+            raise LowRankError(
+                f"--layer-rank {item!r} is not NAME=RANK; write e.g. 'layer1.0.conv2=0.5' or 're:layer4\\..*=16'"
+            )
         out[name] = value
     return out

@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 from torch.nn.utils import parametrize
@@ -33,7 +33,12 @@ from ..errors import LowRankError
 from ..layers.base import ConvGeometry
 
 __all__ = [
-    "ConvHandler", "register_conv_handler", "conv_support", "qualified_name", "plain_conv", "dynamic_same_conv",
+    "ConvHandler",
+    "register_conv_handler",
+    "conv_support",
+    "qualified_name",
+    "plain_conv",
+    "dynamic_same_conv",
     "list_conv_handlers",
 ]
 
@@ -151,13 +156,17 @@ def _call(handler: ConvHandler, module: nn.Module) -> ConvGeometry | str:
 
 _WS = "weight-standardised conv: the kernel is normalised on every call, which a low-rank factorisation cannot keep"
 for _name in (
-    "timm.layers.std_conv.StdConv2d", "timm.layers.std_conv.StdConv2dSame",
-    "timm.layers.std_conv.ScaledStdConv2d", "timm.layers.std_conv.ScaledStdConv2dSame",
+    "timm.layers.std_conv.StdConv2d",
+    "timm.layers.std_conv.StdConv2dSame",
+    "timm.layers.std_conv.ScaledStdConv2d",
+    "timm.layers.std_conv.ScaledStdConv2dSame",
     "transformers.models.bit.modeling_bit.WeightStandardizedConv2d",
 ):
     register_conv_handler(_name, _dense(_WS))
 for _name in (
-    "timm.layers.conv2d_same.Conv2dSame", "timm.layers.conv2d_same.Conv2dSameExport",
-    "lowrank_tool.layers.base.SamePadConv2d", "lowrank_tool.layers.base.SamePadConv3d",
+    "timm.layers.conv2d_same.Conv2dSame",
+    "timm.layers.conv2d_same.Conv2dSameExport",
+    "lowrank_tool.layers.base.SamePadConv2d",
+    "lowrank_tool.layers.base.SamePadConv3d",
 ):
     register_conv_handler(_name, dynamic_same_conv)

@@ -171,7 +171,7 @@ def _fx_shapes(gm: fx.GraphModule, example: Any, batch: int) -> tuple[dict[str, 
         with torch.no_grad():
             functional_call(runner, _meta_state(runner), _args(_to_meta(example)), tie_weights=False)
         return shapes, True
-    except Exception:  # noqa: BLE001 - anything meta cannot do (data-dependent ops, CPU constants): run for real
+    except Exception:
         pass
     shapes = {}
     with torch.no_grad():
@@ -225,12 +225,13 @@ def capture(model: nn.Module, example: Any, train_example: Any | None = None, ba
             graph = _Tracer().trace(model)
             gm = fx.GraphModule(model, graph)
             functional = sum(
-                1 for n in graph.nodes
+                1
+                for n in graph.nodes
                 if n.op == "call_function" and getattr(n.target, "__name__", "") in {"conv2d", "conv3d"}
             )
             shapes, on_meta = _fx_shapes(gm, example, batch)
             path: Literal["fx", "hooks"] = "fx"
-        except Exception as exc:  # noqa: BLE001 - any trace failure means: use the eager fallback
+        except Exception as exc:
             fx_error = first_line(exc)
             functional = 0
             shapes, on_meta = _hook_pass(model, example, batch), False
@@ -243,14 +244,21 @@ def capture(model: nn.Module, example: Any, train_example: Any | None = None, ba
             try:
                 extra = _train_mode_pass(model, train_example, 2, missing)
                 on_meta = False
-            except Exception as exc:  # noqa: BLE001 - a model that cannot run in train mode keeps them unreached
+            except Exception as exc:
                 extra, train_error = {}, first_line(exc)
             shapes.update(extra)
             train_only = sorted(extra)
     finally:
         model.train(was_training)
-    return Capture(path=path, shapes=shapes, fx_error=fx_error, train_only=train_only, functional_convs=functional,
-                   train_error=train_error, meta=on_meta)
+    return Capture(
+        path=path,
+        shapes=shapes,
+        fx_error=fx_error,
+        train_only=train_only,
+        functional_convs=functional,
+        train_error=train_error,
+        meta=on_meta,
+    )
 
 
 @dataclass
@@ -272,7 +280,7 @@ def check_forward(model: nn.Module, example: Any, *, meta: bool) -> ForwardFailu
     try:
         _forward(model, example, meta)
         return None
-    except Exception as exc:  # noqa: BLE001 - reported to the caller with the failing module
+    except Exception as exc:
         error = first_line(exc)
     stack: list[str] = []
     handles = []
@@ -280,12 +288,14 @@ def check_forward(model: nn.Module, example: Any, *, meta: bool) -> ForwardFailu
     def enter(name: str) -> Any:
         def hook(mod: nn.Module, args: Any) -> None:
             stack.append(name)
+
         return hook
 
     def leave(name: str) -> Any:
         def hook(mod: nn.Module, args: Any, out: Any) -> None:
             if stack and stack[-1] == name:
                 stack.pop()
+
         return hook
 
     for name, module in model.named_modules():
@@ -293,7 +303,7 @@ def check_forward(model: nn.Module, example: Any, *, meta: bool) -> ForwardFailu
         handles.append(module.register_forward_hook(leave(name)))
     try:
         _forward(model, example, meta)
-    except Exception:  # noqa: BLE001 - the same failure, now located
+    except Exception:
         pass
     finally:
         for h in handles:

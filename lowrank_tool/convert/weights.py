@@ -48,14 +48,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise LowRankError(f"weights {path} do not exist; pass a .safetensors/.pt file or a dense artifact directory")
     if path.suffix == ".safetensors":
-
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
-            raise LowRankError(f"{path} is not a readable safetensors file ({exc}); re-save the weights with safetensors.torch.save_file") from None
+            raise LowRankError(
+                f"{path} is not a readable safetensors file ({exc}); re-save the weights with safetensors.torch.save_file"
+            ) from None
     try:
         data: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle errors of every kind
+    except Exception as exc:
         first = first_line(exc, with_type=False)
         raise LowRankError(
             f"{path} cannot be read as a weights-only PyTorch checkpoint ({first}); save a state dict "
@@ -67,9 +68,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 data = data[key]
                 break
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise LowRankError(f"{path} holds no state dict (name → tensor); save one with torch.save(model.state_dict(), path)")
+        raise LowRankError(
+            f"{path} holds no state dict (name → tensor); save one with torch.save(model.state_dict(), path)"
+        )
     if data and all(k.startswith("module.") for k in data):
-        data = {k[len("module."):]: v for k, v in data.items()}
+        data = {k[len("module.") :]: v for k, v in data.items()}
     return data
 
 
@@ -79,8 +82,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
-        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).splitlines()[0])[:200]
-        raise LowRankError(f"weights {path} do not fit the model ({detail}); pass the weights of the same architecture (and --num-classes)") from None
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).splitlines()[0])[
+            :200
+        ]
+        raise LowRankError(
+            f"weights {path} do not fit the model ({detail}); pass the weights of the same architecture (and --num-classes)"
+        ) from None
     # num_batches_tracked is bookkeeping some checkpoints drop
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:

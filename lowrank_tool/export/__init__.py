@@ -22,9 +22,23 @@ from .quantize import QuantizeReport, quantize_file
 from .verify import TOLERANCES, VerificationError, VerifyReport, verify_onnx
 
 __all__ = [
-    "export_onnx", "ExportResult", "read_metadata", "plan_from_onnx", "DEFAULT_OPSET", "EXPORTERS", "PRECISIONS",
-    "verify_onnx", "VerifyReport", "VerificationError", "TOLERANCES",
-    "merge_factors", "MergeDecision", "MERGE_MODES",
-    "quantize_file", "QuantizeReport",
-    "make_session", "providers_for", "DEVICES",
+    "export_onnx",
+    "ExportResult",
+    "read_metadata",
+    "plan_from_onnx",
+    "DEFAULT_OPSET",
+    "EXPORTERS",
+    "PRECISIONS",
+    "verify_onnx",
+    "VerifyReport",
+    "VerificationError",
+    "TOLERANCES",
+    "merge_factors",
+    "MergeDecision",
+    "MERGE_MODES",
+    "quantize_file",
+    "QuantizeReport",
+    "make_session",
+    "providers_for",
+    "DEVICES",
 ]

@@ -11,8 +11,9 @@ threads, and keeps whichever is faster. Identical layers (same geometry, ranks a
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -24,6 +25,7 @@ from ..layers.base import LowRankConv
 from ..runtime import time_module
 
 __all__ = ["MERGE_MODES", "MergeDecision", "merge_factors"]
+
 
 @dataclass
 class MergeDecision:

@@ -27,9 +27,10 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,8 +54,17 @@ from .quantize import quantize_file
 from .verify import verify_onnx
 
 __all__ = [
-    "export_onnx", "ExportResult", "read_metadata", "plan_from_onnx", "load_onnx",
-    "EXPORTERS", "PRECISIONS", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "META_PREFIX",
+    "export_onnx",
+    "ExportResult",
+    "read_metadata",
+    "plan_from_onnx",
+    "load_onnx",
+    "EXPORTERS",
+    "PRECISIONS",
+    "DEFAULT_OPSET",
+    "MIN_OPSET",
+    "MAX_OPSET",
+    "META_PREFIX",
 ]
 
 META_PREFIX = "lowrank_tool."
@@ -81,7 +91,11 @@ class ExportResult:
     quantization: Any = None  # a QuantizeReport for int8
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k not in ("example_input", "merge_decisions", "verification", "quantization")}
+        data = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("example_input", "merge_decisions", "verification", "quantization")
+        }
         data["path"] = str(self.path)
         if self.verification is not None:
             data["verification"] = self.verification.to_dict()
@@ -108,7 +122,9 @@ def _as_args(example: Any) -> tuple[Any, ...]:
         return (example,)
     if isinstance(example, tuple):
         return example
-    raise LowRankError(f"example_input must be a tensor, a tuple of tensors or a list of images, got {type(example).__name__}")
+    raise LowRankError(
+        f"example_input must be a tensor, a tuple of tensors or a list of images, got {type(example).__name__}"
+    )
 
 
 def _input_names(task: str, args: tuple[Any, ...]) -> list[str]:
@@ -135,7 +151,9 @@ def _output_names(output: Any, task: str) -> list[str]:
         return [str(k) for k in output[0]]
     if isinstance(output, (list, tuple)):
         return [f"output_{i}" for i in range(len(output))]
-    raise LowRankError(f"the model returns {type(output).__name__}; ONNX export needs tensors, or dicts / lists of tensors")
+    raise LowRankError(
+        f"the model returns {type(output).__name__}; ONNX export needs tensors, or dicts / lists of tensors"
+    )
 
 
 def _cast(example: Any, dtype: torch.dtype) -> Any:
@@ -151,24 +169,44 @@ def _export_torchscript(model: nn.Module, args: tuple[Any, ...], path: str, opse
     sink = io.StringIO()  # on failure the exporter prints the whole TorchScript graph
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, path, dynamo=False, opset_version=opset, do_constant_folding=True,
-                          training=torch.onnx.TrainingMode.EVAL, **names)
+        torch.onnx.export(
+            model,
+            args,
+            path,
+            dynamo=False,
+            opset_version=opset,
+            do_constant_folding=True,
+            training=torch.onnx.TrainingMode.EVAL,
+            **names,
+        )
 
 
 def _export_dynamo(model: nn.Module, args: tuple[Any, ...], path: str, opset: int, names: dict[str, Any]) -> None:
     try:
         import onnxscript  # noqa: F401
     except ImportError:
-        raise LowRankError("the dynamo exporter needs onnxscript; pip install onnxscript, or use exporter='torchscript'") from None
+        raise LowRankError(
+            "the dynamo exporter needs onnxscript; pip install onnxscript, or use exporter='torchscript'"
+        ) from None
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, args, dynamo=True, opset_version=max(opset, 18), external_data=False, optimize=True,
-                                    verbose=False, **names)
+        program = torch.onnx.export(
+            model,
+            args,
+            dynamo=True,
+            opset_version=max(opset, 18),
+            external_data=False,
+            optimize=True,
+            verbose=False,
+            **names,
+        )
         program.save(path)
 
 
-def _run_exporters(model: nn.Module, args: tuple[Any, ...], path: str, opset: int, names: dict[str, Any], exporter: str) -> str:
+def _run_exporters(
+    model: nn.Module, args: tuple[Any, ...], path: str, opset: int, names: dict[str, Any], exporter: str
+) -> str:
     order = {"auto": ("torchscript", "dynamo"), "torchscript": ("torchscript",), "dynamo": ("dynamo",)}[exporter]
     failures = []
     for which in order:
@@ -177,9 +215,11 @@ def _run_exporters(model: nn.Module, args: tuple[Any, ...], path: str, opset: in
             return which
         except LowRankError as exc:
             failures.append(f"{which}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - exporters raise anything; report the first line of each
+        except Exception as exc:
             failures.append(f"{which}: {first_line(exc, limit=260)}")
-    raise LowRankError(f"ONNX export failed ({'; '.join(failures)}); try another --opset or --input-size, or report the model")
+    raise LowRankError(
+        f"ONNX export failed ({'; '.join(failures)}); try another --opset or --input-size, or report the model"
+    )
 
 
 # -- post-processing ------------------------------------------------------------------------------------
@@ -212,11 +252,22 @@ def _ranks(plan: ConversionPlan) -> dict[str, list[int]]:
     return {layer.name: list(layer.ranks or []) for layer in plan.converted_layers}
 
 
-def _metadata(plan: ConversionPlan | None, task: str, input_size: Sequence[int] | None, precision: str, merged: list[str],
-              exporter: str, extra: dict[str, str] | None) -> dict[str, str]:
+def _metadata(
+    plan: ConversionPlan | None,
+    task: str,
+    input_size: Sequence[int] | None,
+    precision: str,
+    merged: list[str],
+    exporter: str,
+    extra: dict[str, str] | None,
+) -> dict[str, str]:
     meta = {
-        "version": __version__, "task": task, "precision": precision, "exporter": exporter,
-        "input_size": "x".join(map(str, input_size)) if input_size else "", "merged": json.dumps(merged),
+        "version": __version__,
+        "task": task,
+        "precision": precision,
+        "exporter": exporter,
+        "input_size": "x".join(map(str, input_size)) if input_size else "",
+        "merged": json.dumps(merged),
     }
     if plan is not None:
         meta["summary"] = plan.summary_line()
@@ -229,7 +280,11 @@ def _metadata(plan: ConversionPlan | None, task: str, input_size: Sequence[int] 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The ``lowrank_tool.*`` metadata of an exported file, without the prefix."""
     model_proto = load_onnx(path, load_weights=False)
-    return {p.key[len(META_PREFIX):]: p.value for p in model_proto.metadata_props if p.key.startswith(META_PREFIX)} if model_proto else {}
+    return (
+        {p.key[len(META_PREFIX) :]: p.value for p in model_proto.metadata_props if p.key.startswith(META_PREFIX)}
+        if model_proto
+        else {}
+    )
 
 
 def plan_from_onnx(path: str | os.PathLike[str]) -> ConversionPlan | None:
@@ -240,7 +295,9 @@ def plan_from_onnx(path: str | os.PathLike[str]) -> ConversionPlan | None:
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        raise LowRankError(f"{path}: the embedded plan (metadata {META_PREFIX}plan) is not JSON; re-export the model with `lowrank export`") from None
+        raise LowRankError(
+            f"{path}: the embedded plan (metadata {META_PREFIX}plan) is not JSON; re-export the model with `lowrank export`"
+        ) from None
     return ConversionPlan.from_dict(data, source=f"{path} metadata")
 
 
@@ -253,14 +310,18 @@ def load_onnx(path: str | os.PathLike[str], load_weights: bool = True) -> Any:
         raise LowRankError(f"{path} does not exist; point to an .onnx file written by `lowrank export`")
     try:
         return onnx.load(str(path), load_external_data=load_weights)
-    except Exception as exc:  # noqa: BLE001 - protobuf decode errors vary
-        raise LowRankError(f"{path} is not a readable ONNX file ({first_line(exc, limit=260)}); re-export it with `lowrank export`") from None
+    except Exception as exc:
+        raise LowRankError(
+            f"{path} is not a readable ONNX file ({first_line(exc, limit=260)}); re-export it with `lowrank export`"
+        ) from None
 
 
 # -- validation -----------------------------------------------------------------------------------------
 def check_opset(opset: int) -> None:
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise LowRankError(f"opset {opset!r} is not supported; use an opset from {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
+        raise LowRankError(
+            f"opset {opset!r} is not supported; use an opset from {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})"
+        )
 
 
 def parse_batch(value: int | str) -> int | str:
@@ -366,7 +427,9 @@ def export_onnx(
     size = parse_input_size(input_size) or (tuple(plan.input_size) if plan is not None else None)
     if example_input is None:
         if size is None:
-            raise LowRankError("no input size known for this model; pass input_size='3x224x224' (CLI: --input-size) or example_input")
+            raise LowRankError(
+                "no input size known for this model; pass input_size='3x224x224' (CLI: --input-size) or example_input"
+            )
         trace_batch = 2 if batch == "dynamic" else int(batch)
         example_input = _default_example(task, size, trace_batch)
     args = _as_args(example_input)
@@ -378,8 +441,9 @@ def export_onnx(
     decisions: list[MergeDecision] = []
     if merge != "none":
         note(f"merging factor chains ({merge})")
-        decisions = merge_factors(work, merge, plan=plan, batch=1 if batch == "dynamic" else int(batch), threads=threads,
-                                  device=device)
+        decisions = merge_factors(
+            work, merge, plan=plan, batch=1 if batch == "dynamic" else int(batch), threads=threads, device=device
+        )
     merged = [d.name for d in decisions if d.merged]
 
     dtype = torch.float16 if precision == "fp16" else torch.float32
@@ -388,8 +452,10 @@ def export_onnx(
     with torch.no_grad():
         try:
             probe = work(*args_typed)
-        except Exception as exc:  # noqa: BLE001 - the model's own error on this input
-            raise LowRankError(f"the model does not run on the example input ({first_line(exc, limit=260)}); check --input-size") from None
+        except Exception as exc:
+            raise LowRankError(
+                f"the model does not run on the example input ({first_line(exc, limit=260)}); check --input-size"
+            ) from None
     input_names = _input_names(task, args)
     output_names = _output_names(probe, task)
     if batch == "dynamic":
@@ -419,14 +485,48 @@ def export_onnx(
         quant_report = None
         if precision == "int8":
             note(f"quantizing to int8 (calibrating on {calib_samples} samples)")
-            quant_report = quantize_file(tmp, tmp, calib_data, size=size, samples=calib_samples, metadata=meta | {META_PREFIX + "precision": "int8"})
+            quant_report = quantize_file(
+                tmp,
+                tmp,
+                calib_data,
+                size=size,
+                samples=calib_samples,
+                metadata=meta | {META_PREFIX + "precision": "int8"},
+            )
         report = None
         if verify:
             note("verifying with ONNX Runtime")
-            report = verify_onnx(tmp, reference, task=task, batch=batch, precision=precision, example_input=args,
-                                 tolerance=tolerance, device=device, real_inputs=quant_report.inputs if quant_report else None,
-                                 raise_on_failure=True, label=str(path))
-    shapes = [[("batch" if batch == "dynamic" and task != "detection" and i == 0 else d) for i, d in enumerate(t.shape)]
-              for t in _flat_inputs(args)]
-    return ExportResult(path, used, opset_written, precision, batch, input_names, output_names, shapes,
-                        time.perf_counter() - started, path.stat().st_size, merged, decisions, args, report, quant_report)
+            report = verify_onnx(
+                tmp,
+                reference,
+                task=task,
+                batch=batch,
+                precision=precision,
+                example_input=args,
+                tolerance=tolerance,
+                device=device,
+                real_inputs=quant_report.inputs if quant_report else None,
+                raise_on_failure=True,
+                label=str(path),
+            )
+    shapes = [
+        [("batch" if batch == "dynamic" and task != "detection" and i == 0 else d) for i, d in enumerate(t.shape)]
+        for t in _flat_inputs(args)
+    ]
+    return ExportResult(
+        path,
+        used,
+        opset_written,
+        precision,
+        batch,
+        input_names,
+        output_names,
+        shapes,
+        time.perf_counter() - started,
+        path.stat().st_size,
+        merged,
+        decisions,
+        args,
+        report,
+        quant_report,
+    )

@@ -14,9 +14,10 @@ import contextlib
 import io
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,14 +42,21 @@ class QuantizeReport:
     inputs: list[np.ndarray] = field(default_factory=list, repr=False)  # real batches for verification
 
     def to_dict(self) -> dict[str, Any]:
-        return {"calib_samples": self.calib_samples, "data": self.data, "eval_samples": self.eval_samples,
-                "fp32_top1": self.fp32_top1, "int8_top1": self.int8_top1}
+        return {
+            "calib_samples": self.calib_samples,
+            "data": self.data,
+            "eval_samples": self.eval_samples,
+            "fp32_top1": self.fp32_top1,
+            "int8_top1": self.int8_top1,
+        }
 
 
 def _spec_datasets(spec: Any, size: Sequence[int] | None) -> tuple[Any, Any, str]:
     parsed = DataSpec.parse(spec)
     if size is None or len(size) != 3 or size[1] != size[2]:
-        raise LowRankError(f"int8 calibration with a data spec needs a square image input CxHxW, got {size}; pass batches instead")
+        raise LowRankError(
+            f"int8 calibration with a data spec needs a square image input CxHxW, got {size}; pass batches instead"
+        )
     train, val, _ = build_datasets(parsed, image_size=int(size[-1]), augment=False, seed=0)
     return train, val, str(parsed)
 
@@ -59,7 +67,9 @@ def calibration_batches(dataset: Any, samples: int, batch_size: int = 32, seed: 
         raise LowRankError(f"calibration samples must be >= 1, got {samples}")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[: min(samples, len(dataset))]
     images = [dataset[int(i)][0] for i in order]
-    return [torch.stack(images[i:i + batch_size]).numpy().astype(np.float32) for i in range(0, len(images), batch_size)]
+    return [
+        torch.stack(images[i : i + batch_size]).numpy().astype(np.float32) for i in range(0, len(images), batch_size)
+    ]
 
 
 def _as_batches(calib: Iterable[Any], samples: int) -> list[np.ndarray]:
@@ -86,9 +96,10 @@ class _Reader:
         return next(self._feeds, None)
 
 
-def onnx_top1(path: str | os.PathLike[str], dataset: Any, *, batch_size: int = 64, limit: int | None = None, device: str = "auto") -> tuple[float, int]:
+def onnx_top1(
+    path: str | os.PathLike[str], dataset: Any, *, batch_size: int = 64, limit: int | None = None, device: str = "auto"
+) -> tuple[float, int]:
     """Top-1 accuracy (percent) of a classifier file on ``(image, label)`` samples, and how many were used."""
-
 
     session = make_session(path, device=device)
     name = session.get_inputs()[0].name
@@ -156,13 +167,20 @@ def quantize_file(
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             try:
                 quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantize the graph as is
+            except Exception:
                 pre = src
             try:
-                quantize_static(str(pre), str(out), _Reader(input_name, batches), quant_format=QuantFormat.QDQ,
-                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                                calibrate_method=CalibrationMethod.MinMax)
-            except Exception as exc:  # noqa: BLE001 - ORT's quantizer raises plain exceptions
+                quantize_static(
+                    str(pre),
+                    str(out),
+                    _Reader(input_name, batches),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )
+            except Exception as exc:
                 first = first_line(exc, with_type=False, limit=240)
                 raise LowRankError(f"int8 quantization failed ({first}); export fp32 or fp16 instead") from None
         proto = onnx.load(str(out))

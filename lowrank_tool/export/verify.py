@@ -21,8 +21,9 @@ only the count and the sorted scores are compared and the report says so.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,6 @@ from ..errors import LowRankError, VerificationError, first_line
 from ..runtime import make_session, provider_name
 
 __all__ = ["VerifyReport", "verify_onnx", "TOLERANCES", "VerificationError"]
-
 
 
 @dataclass
@@ -52,22 +52,37 @@ class VerifyReport:
     top1_agreement: float | None = None  # classifiers: share of samples whose argmax matches PyTorch
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("passed", "max_abs", "max_rel", "tolerance", "precision", "provider", "input_shapes",
-                                               "outputs", "notes", "top1_agreement")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "passed",
+                "max_abs",
+                "max_rel",
+                "tolerance",
+                "precision",
+                "provider",
+                "input_shapes",
+                "outputs",
+                "notes",
+                "top1_agreement",
+            )
+        }
 
     def line(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
         shapes = ", ".join("x".join(map(str, s)) for s in self.input_shapes)
         agree = f", top-1 agreement {100 * self.top1_agreement:.1f}%" if self.top1_agreement is not None else ""
-        return (f"verification {verdict} on {self.provider}: input {shapes}, max abs error {self.max_abs:.3g}, "
-                f"max rel error {self.max_rel:.3g} (tolerance {self.tolerance:g}, {self.precision}){agree}")
+        return (
+            f"verification {verdict} on {self.provider}: input {shapes}, max abs error {self.max_abs:.3g}, "
+            f"max rel error {self.max_rel:.3g} (tolerance {self.tolerance:g}, {self.precision}){agree}"
+        )
 
 
 def _flatten(output: Any) -> list[torch.Tensor]:
     if isinstance(output, torch.Tensor):
         return [output]
     if isinstance(output, dict):
-        return [v for v in output.values()]
+        return list(output.values())
     if isinstance(output, (list, tuple)) and output and isinstance(output[0], dict):
         return list(output[0].values())
     if isinstance(output, (list, tuple)):
@@ -94,28 +109,36 @@ def _errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return diff, diff / scale if scale > 0 else diff
 
 
-def _compare_detection(names: Sequence[str], got: list[np.ndarray], ref: list[np.ndarray], tol: float,
-                       notes: list[str]) -> dict[str, dict[str, float]]:
-    by_name_got, by_name_ref = dict(zip(names, got)), dict(zip(names, ref))
+def _compare_detection(
+    names: Sequence[str], got: list[np.ndarray], ref: list[np.ndarray], tol: float, notes: list[str]
+) -> dict[str, dict[str, float]]:
+    by_name_got, by_name_ref = dict(zip(names, got, strict=True)), dict(zip(names, ref, strict=True))
     if "scores" not in by_name_ref:
-        return {n: dict(zip(("max_abs", "max_rel"), _errors(g, r))) for n, g, r in zip(names, got, ref)}
+        return {
+            n: dict(zip(("max_abs", "max_rel"), _errors(g, r), strict=True))
+            for n, g, r in zip(names, got, ref, strict=True)
+        }
     s_ref, s_got = by_name_ref["scores"], by_name_got["scores"]
     if len(s_ref) != len(s_got):
         notes.append(f"detections differ in number: ONNX {len(s_got)} vs PyTorch {len(s_ref)}")
         return {"scores": {"max_abs": float("inf"), "max_rel": float("inf")}}
     o_ref, o_got = np.argsort(-s_ref, kind="stable"), np.argsort(-s_got, kind="stable")
-    result = {"scores": dict(zip(("max_abs", "max_rel"), _errors(s_got[o_got], s_ref[o_ref])))}
+    result = {"scores": dict(zip(("max_abs", "max_rel"), _errors(s_got[o_got], s_ref[o_ref]), strict=True))}
     sorted_ref = s_ref[o_ref]
     gaps = np.diff(sorted_ref) if len(sorted_ref) > 1 else np.array([-1.0])
     scale = float(np.abs(sorted_ref).max()) if len(sorted_ref) else 1.0
     ties = int((np.abs(gaps) <= tol * max(scale, 1e-12)).sum())
     if ties:
-        notes.append(f"{ties} tied scores (an untrained detector?): NMS may keep different tied boxes, so only the number "
-                     "of detections and the sorted scores were compared")
+        notes.append(
+            f"{ties} tied scores (an untrained detector?): NMS may keep different tied boxes, so only the number "
+            "of detections and the sorted scores were compared"
+        )
         return result
     for name in names:
         if name != "scores":
-            result[name] = dict(zip(("max_abs", "max_rel"), _errors(by_name_got[name][o_got], by_name_ref[name][o_ref])))
+            result[name] = dict(
+                zip(("max_abs", "max_rel"), _errors(by_name_got[name][o_got], by_name_ref[name][o_ref]), strict=True)
+            )
     return result
 
 
@@ -155,17 +178,20 @@ def verify_onnx(
     """
     import onnx
 
-
     label = label or str(path)
     tol = float(tolerance) if tolerance is not None else TOLERANCES[precision]
     try:
         onnx.checker.check_model(str(path))
-    except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError and others
-        raise VerificationError(f"{label} fails the ONNX checker ({first_line(exc, with_type=False, limit=240)})") from None
+    except Exception as exc:
+        raise VerificationError(
+            f"{label} fails the ONNX checker ({first_line(exc, with_type=False, limit=240)})"
+        ) from None
     session = make_session(path, device=device)
     specs = session.get_inputs()
     if example_input is None:
-        raise LowRankError("verify_onnx needs example_input (the input the file was exported with) for the input shapes")
+        raise LowRankError(
+            "verify_onnx needs example_input (the input the file was exported with) for the input shapes"
+        )
     examples = example_input if isinstance(example_input, tuple) else (example_input,)
     flat_examples = [t for e in examples for t in (e if isinstance(e, list) else [e])]
     detection = task == "detection"
@@ -182,25 +208,43 @@ def verify_onnx(
         ref_out = model.float().eval()(*torch_args)
     ref = [t.detach().float().cpu().numpy() for t in _flatten(ref_out)]
     feed = {}
-    for spec, tensor in zip(specs, inputs):
+    for spec, tensor in zip(specs, inputs, strict=False):
         array = tensor.numpy()
         feed[spec.name] = array.astype(np.float16) if spec.type == "tensor(float16)" else array.astype(array.dtype)
-    got = [np.asarray(o).astype(np.float32) if np.asarray(o).dtype == np.float16 else np.asarray(o) for o in session.run(None, feed)]
+    got = [
+        np.asarray(o).astype(np.float32) if np.asarray(o).dtype == np.float16 else np.asarray(o)
+        for o in session.run(None, feed)
+    ]
     names = [o.name for o in session.get_outputs()]
     notes: list[str] = []
     if len(got) != len(ref):
-        raise VerificationError(f"{label} has {len(got)} outputs but the PyTorch model returns {len(ref)}; re-export it")
+        raise VerificationError(
+            f"{label} has {len(got)} outputs but the PyTorch model returns {len(ref)}; re-export it"
+        )
     if detection:
         outputs = _compare_detection(names, got, ref, tol, notes)
     else:
-        outputs = {n: dict(zip(("max_abs", "max_rel"), _errors(g, r))) for n, g, r in zip(names, got, ref)}
+        outputs = {
+            n: dict(zip(("max_abs", "max_rel"), _errors(g, r), strict=True))
+            for n, g, r in zip(names, got, ref, strict=True)
+        }
     max_abs = max((o["max_abs"] for o in outputs.values()), default=0.0)
     max_rel = max((o["max_rel"] for o in outputs.values()), default=0.0)
     agreement = None
     if task == "classification" and len(ref) == 1 and ref[0].ndim == 2 and got[0].shape == ref[0].shape:
         agreement = float((got[0].argmax(1) == ref[0].argmax(1)).mean())
-    report = VerifyReport(max_rel <= tol, max_abs, max_rel, tol, precision, provider_name(session),
-                          [list(t.shape) for t in inputs], outputs, notes, agreement)
+    report = VerifyReport(
+        max_rel <= tol,
+        max_abs,
+        max_rel,
+        tol,
+        precision,
+        provider_name(session),
+        [list(t.shape) for t in inputs],
+        outputs,
+        notes,
+        agreement,
+    )
     if raise_on_failure and not report.passed:
         worst = max(outputs, key=lambda n: outputs[n]["max_rel"])
         extra = f"; {notes[0]}" if notes else ""

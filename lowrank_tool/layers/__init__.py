@@ -16,9 +16,20 @@ from .svd import SVDConv2d, SVDConv3d
 from .tucker2 import Tucker2Conv2d, Tucker2Conv3d
 
 __all__ = [
-    "LowRankConv", "ConvGeometry", "Tucker2Conv2d", "Tucker2Conv3d", "SVDConv2d", "SVDConv3d", "CPConv2d",
-    "SamePadConv2d", "SamePadConv3d", "pad_same",
-    "register_format", "get_format", "list_formats", "is_low_rank",
+    "LowRankConv",
+    "ConvGeometry",
+    "Tucker2Conv2d",
+    "Tucker2Conv3d",
+    "SVDConv2d",
+    "SVDConv3d",
+    "CPConv2d",
+    "SamePadConv2d",
+    "SamePadConv3d",
+    "pad_same",
+    "register_format",
+    "get_format",
+    "list_formats",
+    "is_low_rank",
 ]
 
 _FORMATS: dict[str, dict[int, type[LowRankConv]]] = {}
@@ -28,7 +39,9 @@ def register_format(name: str, cls: type[LowRankConv], spatial_dims: int = 2) ->
     """Register ``cls`` as format ``name`` for convs with ``spatial_dims`` spatial dimensions."""
     slot = _FORMATS.setdefault(name, {})
     if spatial_dims in slot:
-        raise ValueError(f"format {name!r} is already registered for {spatial_dims}-D convs ({slot[spatial_dims].__name__})")
+        raise ValueError(
+            f"format {name!r} is already registered for {spatial_dims}-D convs ({slot[spatial_dims].__name__})"
+        )
     slot[spatial_dims] = cls
 
 
@@ -46,7 +59,9 @@ def get_format(name: str, spatial_dims: int = 2) -> type[LowRankConv]:
         return _FORMATS[name][spatial_dims]
     except KeyError:
         dims = ", ".join(f"{d}-D" for d in sorted(_FORMATS[name]))
-        raise LowRankError(f"format {name!r} supports {dims} convs, not {spatial_dims}-D; use --format tucker2 or svd") from None
+        raise LowRankError(
+            f"format {name!r} supports {dims} convs, not {spatial_dims}-D; use --format tucker2 or svd"
+        ) from None
 
 
 def supports(name: str, spatial_dims: int) -> bool:

@@ -15,7 +15,9 @@ def _np(weight: Tensor) -> np.ndarray:
     return weight.detach().to("cpu", torch.float64).numpy()
 
 
-def gram_svd(matrix: np.ndarray, n_eigenvecs: int | None = None, **_: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gram_svd(
+    matrix: np.ndarray, n_eigenvecs: int | None = None, **_: object
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leading singular triplets from the eigendecomposition of the smaller Gram matrix.
 
     A conv kernel's unfolding is short and wide (C × C'·k): ``eigh`` of the C×C Gram matrix is ~15×
@@ -61,7 +63,9 @@ def tucker2(weight: Tensor, r_out: int, r_in: int, n_iter_max: int = 0) -> tuple
     else:
         from tensorly.decomposition import partial_tucker
 
-        (core, (u_out, u_in)), _ = partial_tucker(w, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=n_iter_max, svd=gram_svd)
+        (core, (u_out, u_in)), _ = partial_tucker(
+            w, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=n_iter_max, svd=gram_svd
+        )
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (u_out, core, u_in))  # type: ignore[return-value]
 
 

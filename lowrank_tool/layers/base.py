@@ -9,7 +9,8 @@ each format lives in its own module; the swap into a model lives in :mod:`lowran
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, List, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,16 @@ from torch import Tensor, nn
 
 from ..errors import LowRankError
 
-__all__ = ["LowRankConv", "ConvGeometry", "Init", "conv_class", "dense_conv_params", "pad_same", "SamePadConv2d", "SamePadConv3d"]
+__all__ = [
+    "LowRankConv",
+    "ConvGeometry",
+    "Init",
+    "conv_class",
+    "dense_conv_params",
+    "pad_same",
+    "SamePadConv2d",
+    "SamePadConv3d",
+]
 
 Init = Literal["random", "decompose", "none"]
 _INITS = ("random", "decompose", "none")
@@ -31,14 +41,14 @@ def conv_class(ndim: int) -> type[nn.Module]:
         raise LowRankError(f"convolutions with {ndim} spatial dims are not supported; allowed: 2 or 3") from None
 
 
-def pad_same(x: Tensor, kernel_size: List[int], stride: List[int], dilation: List[int]) -> Tensor:
+def pad_same(x: Tensor, kernel_size: list[int], stride: list[int], dilation: list[int]) -> Tensor:
     """TF-style "SAME" zero padding computed from ``x``'s spatial size (what timm's ``Conv2dSame`` does).
 
     Per spatial dim: ``total = max((ceil(i/s) - 1)·s + (k-1)·d + 1 - i, 0)``, ``total // 2`` before and
     the rest after. TorchScript-compatible.
     """
     nd = len(kernel_size)
-    pads: List[int] = []
+    pads: list[int] = []
     for i in range(nd - 1, -1, -1):  # F.pad lists the last dimension first
         size = x.size(x.dim() - nd + i)
         s = stride[i]
@@ -55,14 +65,18 @@ class SamePadConv2d(nn.Conv2d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation)), self.weight, self.bias)
+        return self._conv_forward(
+            pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation)), self.weight, self.bias
+        )
 
 
 class SamePadConv3d(nn.Conv3d):
     """:class:`SamePadConv2d` for 3-D kernels."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation)), self.weight, self.bias)
+        return self._conv_forward(
+            pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation)), self.weight, self.bias
+        )
 
 
 def dense_conv_params(conv: nn.Module) -> int:
@@ -73,7 +87,18 @@ def dense_conv_params(conv: nn.Module) -> int:
 class ConvGeometry:
     """The hyper-parameters of a dense conv that a low-rank replacement must keep."""
 
-    __slots__ = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "padding_mode", "bias", "ndim", "dynamic_same")
+    __slots__ = (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "padding_mode",
+        "bias",
+        "ndim",
+        "dynamic_same",
+    )
 
     def __init__(
         self,
@@ -100,10 +125,12 @@ class ConvGeometry:
         #: TF-style "same" padding from each input's size (:func:`pad_same`), applied before the conv.
         self.dynamic_same = bool(dynamic_same)
         if self.dynamic_same and (isinstance(self.padding, str) or any(self.padding) or padding_mode != "zeros"):
-            raise LowRankError(f"dynamic 'same' padding replaces the conv's own padding; got padding={padding!r}, padding_mode={padding_mode!r}")
+            raise LowRankError(
+                f"dynamic 'same' padding replaces the conv's own padding; got padding={padding!r}, padding_mode={padding_mode!r}"
+            )
 
     @classmethod
-    def of(cls, conv: nn.Module, *, dynamic_same: bool | None = None) -> "ConvGeometry":
+    def of(cls, conv: nn.Module, *, dynamic_same: bool | None = None) -> ConvGeometry:
         """The geometry of a dense conv; ``dynamic_same`` defaults to whether it is a :class:`SamePadConv2d`/``3d``."""
         if dynamic_same is None:
             dynamic_same = isinstance(conv, (SamePadConv2d, SamePadConv3d))
@@ -113,8 +140,15 @@ class ConvGeometry:
                 "so leave this layer dense (it is excluded by default)"
             )
         return cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.padding_mode, conv.bias is not None, dynamic_same=dynamic_same,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.padding_mode,
+            conv.bias is not None,
+            dynamic_same=dynamic_same,
         )
 
     @property
@@ -180,14 +214,22 @@ class LowRankConv(nn.Module):
         self.transposed = False
         self.output_padding = (0,) * geometry.ndim
         self.dynamic_same = geometry.dynamic_same
-        self._same_args: List[List[int]] = [list(geometry.kernel_size), list(geometry.stride), list(geometry.dilation)]
+        self._same_args: list[list[int]] = [list(geometry.kernel_size), list(geometry.stride), list(geometry.dilation)]
         #: Variance of the dense kernel the random init matches (see reset_parameters). Until from_dense
         #: records the source kernel's, PyTorch's default conv init: kaiming_uniform(a=sqrt(5)), 1 / (3 fan_in).
         self._init_var = 1.0 / (3.0 * geometry.in_channels * geometry.kernel_numel)
         inner = geometry
         if geometry.dynamic_same:  # the pad happens in front of the chain; the inner convs pad nothing
-            inner = ConvGeometry(geometry.in_channels, geometry.out_channels, geometry.kernel_size, geometry.stride,
-                                 (0,) * geometry.ndim, geometry.dilation, "zeros", geometry.bias)
+            inner = ConvGeometry(
+                geometry.in_channels,
+                geometry.out_channels,
+                geometry.kernel_size,
+                geometry.stride,
+                (0,) * geometry.ndim,
+                geometry.dilation,
+                "zeros",
+                geometry.bias,
+            )
         self._build(inner, ranks, dict(device=device, dtype=dtype))
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -242,13 +284,18 @@ class LowRankConv(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_geometry(cls, geometry: ConvGeometry, ranks: Sequence[int], **factory: Any) -> "LowRankConv":
+    def from_geometry(cls, geometry: ConvGeometry, ranks: Sequence[int], **factory: Any) -> LowRankConv:
         return cls(geometry, ranks, **factory)
 
     @classmethod
     def from_dense(
-        cls, conv: nn.Module, ranks: Sequence[int] | int, init: Init = "random", *, geometry: ConvGeometry | None = None,
-    ) -> "LowRankConv":
+        cls,
+        conv: nn.Module,
+        ranks: Sequence[int] | int,
+        init: Init = "random",
+        *,
+        geometry: ConvGeometry | None = None,
+    ) -> LowRankConv:
         """Build the low-rank replacement of a dense conv.
 
         Args:
@@ -314,7 +361,12 @@ class LowRankConv(nn.Module):
         g = self.geometry
         ref = self.dense_weight()
         conv = g.dense_class()(
-            g.in_channels, g.out_channels, g.kernel_size, bias=g.bias, device=ref.device, dtype=ref.dtype,
+            g.in_channels,
+            g.out_channels,
+            g.kernel_size,
+            bias=g.bias,
+            device=ref.device,
+            dtype=ref.dtype,
             **g.spatial_kwargs(),
         )
         with torch.no_grad():

@@ -44,8 +44,30 @@ class CPConv2d(LowRankConv):
             pad_v, pad_h = (g.padding[0], 0), (0, g.padding[1])
         mode = g.padding_mode
         self.in_proj = nn.Conv2d(g.in_channels, r, 1, bias=False, **factory)
-        self.vertical = nn.Conv2d(r, r, (kh, 1), stride=(sh, 1), padding=pad_v, dilation=(dh, 1), groups=r, bias=False, padding_mode=mode, **factory)
-        self.horizontal = nn.Conv2d(r, r, (1, kw), stride=(1, sw), padding=pad_h, dilation=(1, dw), groups=r, bias=False, padding_mode=mode, **factory)
+        self.vertical = nn.Conv2d(
+            r,
+            r,
+            (kh, 1),
+            stride=(sh, 1),
+            padding=pad_v,
+            dilation=(dh, 1),
+            groups=r,
+            bias=False,
+            padding_mode=mode,
+            **factory,
+        )
+        self.horizontal = nn.Conv2d(
+            r,
+            r,
+            (1, kw),
+            stride=(1, sw),
+            padding=pad_h,
+            dilation=(1, dw),
+            groups=r,
+            bias=False,
+            padding_mode=mode,
+            **factory,
+        )
         self.out_proj = nn.Conv2d(r, g.out_channels, 1, bias=g.bias, **factory)
 
     def forward(self, x: Tensor) -> Tensor:

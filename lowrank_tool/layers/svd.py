@@ -50,14 +50,19 @@ class SVDConv2d(LowRankConv):
         (r,) = self.ranks
         orthonormal_(self.out_proj.weight)
         # ‖U V‖ = ‖V‖ for orthonormal U: give V the dense kernel's total energy.
-        nn.init.normal_(self.core.weight, std=math.sqrt(dense_weight_var * self.geometry.out_channels / min(r, self.geometry.out_channels)))
+        nn.init.normal_(
+            self.core.weight,
+            std=math.sqrt(dense_weight_var * self.geometry.out_channels / min(r, self.geometry.out_channels)),
+        )
         if self.out_proj.bias is not None:
             nn.init.zeros_(self.out_proj.bias)
 
     def _init_decompose(self, weight: Tensor) -> None:
         (r,) = self.ranks
         g = self.geometry
-        u, v = _tensorly.truncated_svd(weight.reshape(g.out_channels, -1), rank=min(r, g.out_channels, g.in_channels * g.kernel_numel))
+        u, v = _tensorly.truncated_svd(
+            weight.reshape(g.out_channels, -1), rank=min(r, g.out_channels, g.in_channels * g.kernel_numel)
+        )
         self.out_proj.weight.copy_(_fit(u, (g.out_channels, r)).reshape(self.out_proj.weight.shape))
         v = _fit(v.T, (v.shape[1], r)).T  # (r, C_in·k), zero rows past the matrix rank
         self.core.weight.copy_(v.reshape(self.core.weight.shape))

@@ -59,7 +59,9 @@ class Tucker2Conv2d(LowRankConv):
         orthonormal_(self.out_proj.weight)
         # Orthonormal factors keep the Frobenius norm, so the merged kernel's energy is the core's:
         # scale the core so that E‖W‖² matches the dense kernel's (C_out·C_in·k·σ²).
-        scale = math.sqrt(dense_weight_var * g.out_channels * g.in_channels / (min(r_out, g.out_channels) * min(r_in, g.in_channels)))
+        scale = math.sqrt(
+            dense_weight_var * g.out_channels * g.in_channels / (min(r_out, g.out_channels) * min(r_in, g.in_channels))
+        )
         nn.init.normal_(self.core.weight, std=scale)
         if self.out_proj.bias is not None:
             nn.init.zeros_(self.out_proj.bias)

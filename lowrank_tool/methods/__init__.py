@@ -20,8 +20,22 @@ from .dense_training import DenseTraining
 from .elrt import DEFAULT_ORTH_WEIGHT, ELRT, ORTH_KINDS, orthogonality_penalty
 from .lrpet import LRPET
 
-__all__ = ["Method", "ELRT", "Dense", "LRPET", "DeepTwist", "DenseTraining", "register_method", "get_method", "get_method_class",
-           "list_methods", "orthogonality_penalty", "ORTH_KINDS", "DEFAULT_ORTH_WEIGHT", "DEEPTWIST_LOWERINGS"]
+__all__ = [
+    "Method",
+    "ELRT",
+    "Dense",
+    "LRPET",
+    "DeepTwist",
+    "DenseTraining",
+    "register_method",
+    "get_method",
+    "get_method_class",
+    "list_methods",
+    "orthogonality_penalty",
+    "ORTH_KINDS",
+    "DEFAULT_ORTH_WEIGHT",
+    "DEEPTWIST_LOWERINGS",
+]
 
 
 class Dense(Method):

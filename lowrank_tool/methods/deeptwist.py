@@ -29,6 +29,7 @@ from .projection import project_like, project_svd, project_tiled
 
 __all__ = ["DeepTwist", "DEEPTWIST_LOWERINGS"]
 
+
 class DeepTwist(DenseTraining):
     """DeepTwist as a training method (``--method deeptwist``).
 
@@ -84,5 +85,9 @@ class DeepTwist(DenseTraining):
         self.project_to_plan(model)
 
     def state(self) -> dict[str, Any]:
-        return super().state() | {"distort_every": self.distort_every, "lowering": self.lowering, "tiles": self.tiles,
-                                  "distortions": self.distortions}
+        return super().state() | {
+            "distort_every": self.distort_every,
+            "lowering": self.lowering,
+            "tiles": self.tiles,
+            "distortions": self.distortions,
+        }

@@ -38,14 +38,18 @@ def following_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
 
     try:
         graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # noqa: BLE001 - data-dependent models: no rectification
+    except Exception:
         return {}
     modules = dict(model.named_modules())
     result = {}
     for node in graph.nodes:
         if node.op == "call_module" and isinstance(modules.get(str(node.target)), (nn.Conv2d, nn.Conv3d)):
             users = list(node.users)
-            if len(users) == 1 and users[0].op == "call_module" and isinstance(modules.get(str(users[0].target)), nn.modules.batchnorm._BatchNorm):
+            if (
+                len(users) == 1
+                and users[0].op == "call_module"
+                and isinstance(modules.get(str(users[0].target)), nn.modules.batchnorm._BatchNorm)
+            ):
                 result[str(node.target)] = modules[str(users[0].target)]
     return result
 

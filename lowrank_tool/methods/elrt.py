@@ -91,7 +91,7 @@ class _SoftOrthogonality(torch.autograd.Function):
         factors = ctx.saved_tensors
         coef = grad.float() * (4.0 * ctx.scale)
         with torch.autocast(grad.device.type, enabled=False):
-            grads = tuple((u.float() @ r).mul_(coef).to(u.dtype) for u, r in zip(factors, ctx.residuals))
+            grads = tuple((u.float() @ r).mul_(coef).to(u.dtype) for u, r in zip(factors, ctx.residuals, strict=True))
         return (None, *grads)
 
 
@@ -147,7 +147,9 @@ class ELRT(Method):
 
     def setup(self, model: nn.Module) -> None:
         if not any(isinstance(m, LowRankConv) for m in model.modules()):
-            raise LowRankError("ELRT trains a converted model but this one has no low-rank layer; run `lowrank convert` first or use --method dense")
+            raise LowRankError(
+                "ELRT trains a converted model but this one has no low-rank layer; run `lowrank convert` first or use --method dense"
+            )
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         if self.orth == "none" or self.orth_weight == 0:

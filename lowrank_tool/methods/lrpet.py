@@ -40,7 +40,9 @@ class LRPET(DenseTraining):
         if project_every < 0:
             raise LowRankError(f"project_every must be >= 0 (0 = once per epoch), got {project_every}")
         if energy_transfer < 0:
-            raise LowRankError(f"energy_transfer must be >= 0 (1 = keep the Frobenius energy, 0 = plain truncation), got {energy_transfer}")
+            raise LowRankError(
+                f"energy_transfer must be >= 0 (1 = keep the Frobenius energy, 0 = plain truncation), got {energy_transfer}"
+            )
         self.project_every = int(project_every)
         self.energy_transfer = float(energy_transfer)
         self.bn_rectify = bool(bn_rectify)
@@ -68,7 +70,11 @@ class LRPET(DenseTraining):
     def project(self, model: nn.Module) -> None:
         with torch.no_grad():
             for name, _, ranks, conv in self.convs(model):
-                conv.weight.copy_(project_svd(conv.weight, ranks[0], energy_transfer=self.energy_transfer, bn_scale=self._bn_scale(name)))
+                conv.weight.copy_(
+                    project_svd(
+                        conv.weight, ranks[0], energy_transfer=self.energy_transfer, bn_scale=self._bn_scale(name)
+                    )
+                )
 
     def after_step(self, model: nn.Module, step: int) -> None:
         if self.project_every and (step + 1) % self.project_every == 0:
@@ -78,5 +84,9 @@ class LRPET(DenseTraining):
         self.project(model)  # already exactly rank r in the SVD form: the plan projection is a no-op
 
     def state(self) -> dict[str, Any]:
-        return super().state() | {"project_every": self.project_every, "energy_transfer": self.energy_transfer,
-                                  "bn_rectify": self.bn_rectify, "bn_rectified_layers": len(self._bns)}
+        return super().state() | {
+            "project_every": self.project_every,
+            "energy_transfer": self.energy_transfer,
+            "bn_rectify": self.bn_rectify,
+            "bn_rectified_layers": len(self._bns),
+        }

@@ -37,7 +37,9 @@ def lower(weight: Tensor, lowering: str = "out") -> Tensor:
         return weight.reshape(c_out, -1)
     if lowering == "spatial":
         if weight.dim() != 4:
-            raise LowRankError(f"lowering 'spatial' needs a 2-D kernel, got shape {tuple(weight.shape)}; use lowering 'out'")
+            raise LowRankError(
+                f"lowering 'spatial' needs a 2-D kernel, got shape {tuple(weight.shape)}; use lowering 'out'"
+            )
         kh, kw = weight.shape[2:]
         return weight.permute(0, 2, 1, 3).reshape(c_out * kh, c_in * kw)
     raise LowRankError(f"lowering {lowering!r} is not known; use one of: {', '.join(LOWERINGS)}")
@@ -62,8 +64,9 @@ def _truncate(matrix: Tensor, rank: int, energy_transfer: float) -> Tensor:
     return (u[:, :r] * kept) @ vh[:r]
 
 
-def project_svd(weight: Tensor, rank: int, *, lowering: str = "out", energy_transfer: float = 0.0,
-                bn_scale: Tensor | None = None) -> Tensor:
+def project_svd(
+    weight: Tensor, rank: int, *, lowering: str = "out", energy_transfer: float = 0.0, bn_scale: Tensor | None = None
+) -> Tensor:
     """The kernel whose lowered matrix is the rank-``rank`` truncation of ``weight``'s.
 
     Args:

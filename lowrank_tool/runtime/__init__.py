@@ -9,7 +9,14 @@ from .session import DEVICES, make_session, provider_name, providers_for
 from .timing import Latency, measure, time_onnx, time_torch
 
 __all__ = [
-    "DEVICES", "make_session", "providers_for", "provider_name",
-    "Latency", "measure", "time_onnx", "time_torch",
-    "onnx_bytes", "time_module",
+    "DEVICES",
+    "make_session",
+    "providers_for",
+    "provider_name",
+    "Latency",
+    "measure",
+    "time_onnx",
+    "time_torch",
+    "onnx_bytes",
+    "time_module",
 ]

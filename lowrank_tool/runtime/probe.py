@@ -29,13 +29,28 @@ def onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     sink = io.StringIO()
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(input_shape),), buf, dynamo=False, opset_version=PROBE_OPSET,
-                          training=torch.onnx.TrainingMode.EVAL, input_names=["x"], output_names=["y"])
+        torch.onnx.export(
+            module,
+            (torch.randn(input_shape),),
+            buf,
+            dynamo=False,
+            opset_version=PROBE_OPSET,
+            training=torch.onnx.TrainingMode.EVAL,
+            input_names=["x"],
+            output_names=["y"],
+        )
     return buf.getvalue()
 
 
-def time_module(module: nn.Module, input_shape: tuple[int, ...], *, device: str = "cpu", threads: int | None = None,
-                runs: int = 20, warmup: int = 5) -> float:
+def time_module(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    runs: int = 20,
+    warmup: int = 5,
+) -> float:
     """Median ONNX Runtime latency (ms) of ``module`` on a random input of ``input_shape`` (batch, C, *spatial)."""
     session = make_session(onnx_bytes(module, input_shape), device=device, threads=threads)
     feed = {"x": torch.randn(input_shape).numpy()}

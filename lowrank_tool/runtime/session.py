@@ -42,7 +42,11 @@ def providers_for(device: str = "auto") -> list[str]:
     available = _ort().get_available_providers()
     cuda_ok = _CUDA in available and _gpu_present()
     if device == "cuda" and not cuda_ok:
-        why = "no CUDA GPU is visible" if _CUDA in available else "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
+        why = (
+            "no CUDA GPU is visible"
+            if _CUDA in available
+            else "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
+        )
         raise LowRankError(f"device 'cuda' is not usable here: {why}; use --device cpu (or auto)")
     if device == "cuda" or (device == "auto" and cuda_ok):
         return [_CUDA, _CPU]
@@ -71,7 +75,7 @@ def make_session(model: str | os.PathLike[str] | bytes, *, device: str = "auto",
         return ort.InferenceSession(source, sess_options=opts, providers=providers_for(device))
     except LowRankError:
         raise
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+    except Exception as exc:
         where = "the ONNX model" if isinstance(model, bytes) else str(model)
         first = first_line(exc, with_type=False, limit=300)
         raise LowRankError(f"ONNX Runtime cannot load {where} ({first}); re-export it with `lowrank export`") from None

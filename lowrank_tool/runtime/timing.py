@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,9 @@ class Latency:
         return asdict(self)
 
 
-def measure(call: Callable[[], Any], *, runs: int = 50, warmup: int = 10, sync: Callable[[], None] | None = None) -> Latency:
+def measure(
+    call: Callable[[], Any], *, runs: int = 50, warmup: int = 10, sync: Callable[[], None] | None = None
+) -> Latency:
     """Time ``call()``: ``warmup`` untimed calls, then ``runs`` timed ones."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
@@ -56,7 +59,9 @@ def time_onnx(session: Any, feed: dict[str, np.ndarray], *, runs: int = 50, warm
     return measure(lambda: session.run(None, feed), runs=runs, warmup=warmup)
 
 
-def time_torch(model: nn.Module, example: Any, *, threads: int | None = None, runs: int = 50, warmup: int = 10) -> Latency:
+def time_torch(
+    model: nn.Module, example: Any, *, threads: int | None = None, runs: int = 50, warmup: int = 10
+) -> Latency:
     """Latency of an eager forward pass in inference mode, with ``threads`` intra-op threads on the CPU."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     sync = torch.cuda.synchronize if device.type == "cuda" else None

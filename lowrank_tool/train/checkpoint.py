@@ -42,8 +42,11 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "python": list(random.getstate()[1]) + [random.getstate()[2] if random.getstate()[2] is not None else -1],
         "python_version": random.getstate()[0],
-        "numpy": {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in zip(
-            ("kind", "keys", "pos", "has_gauss", "cached_gaussian"), np.random.get_state(), strict=True) if k != "kind"},
+        "numpy": {
+            k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
+            for k, v in zip(("kind", "keys", "pos", "has_gauss", "cached_gaussian"), np.random.get_state(), strict=True)
+            if k != "kind"
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -71,14 +74,20 @@ def save_train_state(path: Path, state: dict[str, Any]) -> None:
 def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a train state with ``weights_only=True``; clear one-line errors for missing or corrupt files."""
     if not path.is_file():
-        raise LowRankError(f"{path} does not exist; --resume needs a run that saved a train state (train it once without --resume)")
+        raise LowRankError(
+            f"{path} does not exist; --resume needs a run that saved a train state (train it once without --resume)"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to read means the file is unusable
+    except Exception as exc:
         first = first_line(exc, with_type=False, limit=160)
-        raise LowRankError(f"{path} is corrupt or not a lowrank_tool train state ({first}); delete it and train without --resume") from None
+        raise LowRankError(
+            f"{path} is corrupt or not a lowrank_tool train state ({first}); delete it and train without --resume"
+        ) from None
     if not isinstance(state, dict) or "version" not in state or "model" not in state:
         raise LowRankError(f"{path} is not a lowrank_tool train state; delete it and train without --resume")
     if int(state["version"]) > STATE_VERSION:
-        raise LowRankError(f"{path} has train-state version {state['version']}, newer than this lowrank-tool reads; upgrade with `pip install -U lowrank-tool`")
+        raise LowRankError(
+            f"{path} has train-state version {state['version']}, newer than this lowrank-tool reads; upgrade with `pip install -U lowrank-tool`"
+        )
     return state

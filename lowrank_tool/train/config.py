@@ -28,6 +28,7 @@ from ..methods import list_methods
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "DEVICES", "MEMORY_FORMATS"]
 
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one training run.
@@ -109,32 +110,74 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"{name} {value!r} must be a positive integer")
+            need(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} {value!r} must be a positive integer",
+            )
         for name in ("distort_every", "tiles"):
             value = getattr(self, name)
-            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"{name} {value!r} must be a positive integer")
-        need(isinstance(self.project_every, int) and not isinstance(self.project_every, bool) and self.project_every >= 0,
-             f"project_every {self.project_every!r} must be an integer >= 0 (0 = once per epoch)")
-        for name in ("lr", "momentum", "weight_decay", "gamma", "label_smoothing", "warmup_epochs", "orth_weight", "energy_transfer"):
+            need(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} {value!r} must be a positive integer",
+            )
+        need(
+            isinstance(self.project_every, int)
+            and not isinstance(self.project_every, bool)
+            and self.project_every >= 0,
+            f"project_every {self.project_every!r} must be an integer >= 0 (0 = once per epoch)",
+        )
+        for name in (
+            "lr",
+            "momentum",
+            "weight_decay",
+            "gamma",
+            "label_smoothing",
+            "warmup_epochs",
+            "orth_weight",
+            "energy_transfer",
+        ):
             value = getattr(self, name)
-            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
-                 f"{name} {value!r} must be a finite number >= 0")
+            need(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
+                f"{name} {value!r} must be a finite number >= 0",
+            )
         need(self.lr > 0, f"lr {self.lr} must be > 0, e.g. 0.1 for SGD or 1e-3 for AdamW")
         need(self.label_smoothing < 1, f"label_smoothing {self.label_smoothing} must be in [0, 1)")
-        need(self.grad_clip is None or (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0),
-             f"grad_clip {self.grad_clip!r} must be a positive number or omitted")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("amp", AMP_MODES), ("device", DEVICES),
-                              ("memory_format", MEMORY_FORMATS)):
+        need(
+            self.grad_clip is None or (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0),
+            f"grad_clip {self.grad_clip!r} must be a positive number or omitted",
+        )
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("amp", AMP_MODES),
+            ("device", DEVICES),
+            ("memory_format", MEMORY_FORMATS),
+        ):
             value = getattr(self, name)
             need(value in allowed, f"{name} {value!r} is not known; expected one of {', '.join(allowed)}")
         need(self.warmup_epochs <= self.epochs, f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
-        need(all(isinstance(m, int) and 0 < m <= self.epochs for m in self.milestones),
-             f"milestones {self.milestones} must be epochs in 1..{self.epochs}")
-        need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0), f"workers {self.workers!r} must be >= 0")
-        need(self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 8), f"image_size {self.image_size!r} must be an integer >= 8")
+        need(
+            all(isinstance(m, int) and 0 < m <= self.epochs for m in self.milestones),
+            f"milestones {self.milestones} must be epochs in 1..{self.epochs}",
+        )
+        need(
+            self.workers is None or (isinstance(self.workers, int) and self.workers >= 0),
+            f"workers {self.workers!r} must be >= 0",
+        )
+        need(
+            self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 8),
+            f"image_size {self.image_size!r} must be an integer >= 8",
+        )
         need(self.orth in ORTH_KINDS, f"orth {self.orth!r} is not known; expected one of {', '.join(ORTH_KINDS)}")
-        need(self.method in list_methods(), f"method {self.method!r} is not known; expected one of {', '.join(list_methods())}")
-        need(self.lowering in DEEPTWIST_LOWERINGS, f"lowering {self.lowering!r} is not known; expected one of {', '.join(DEEPTWIST_LOWERINGS)}")
+        need(
+            self.method in list_methods(),
+            f"method {self.method!r} is not known; expected one of {', '.join(list_methods())}",
+        )
+        need(
+            self.lowering in DEEPTWIST_LOWERINGS,
+            f"lowering {self.lowering!r} is not known; expected one of {', '.join(DEEPTWIST_LOWERINGS)}",
+        )
         need(isinstance(self.bn_rectify, bool), f"bn_rectify {self.bn_rectify!r} must be true or false")
 
     @classmethod
@@ -142,7 +185,7 @@ class TrainConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
         known = cls.keys()
         for key in data:
             if key not in known:
@@ -157,5 +200,5 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}})

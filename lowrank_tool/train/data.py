@@ -5,4 +5,6 @@ import warnings
 from ..data import *  # noqa: F403
 from ..data import __all__  # noqa: F401
 
-warnings.warn("lowrank_tool.train.data moved to lowrank_tool.data; import it from there", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "lowrank_tool.train.data moved to lowrank_tool.data; import it from there", DeprecationWarning, stacklevel=2
+)

@@ -75,5 +75,14 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
 
 def launch(nproc: int, argv: list[str]) -> int:
     """Re-run this command under torchrun with ``nproc`` processes on this machine; returns its exit code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "lowrank_tool", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "lowrank_tool",
+        *argv,
+    ]
     return subprocess.call(cmd)

@@ -28,7 +28,18 @@ from .config import TrainConfig
 
 __all__ = ["Recipe", "load_recipe", "CONVERT_KEYS"]
 
-CONVERT_KEYS = ("rank", "format", "target_params", "target_macs", "round_to", "exclude", "layer_rank", "input_size", "init", "allow_growth")
+CONVERT_KEYS = (
+    "rank",
+    "format",
+    "target_params",
+    "target_macs",
+    "round_to",
+    "exclude",
+    "layer_rank",
+    "input_size",
+    "init",
+    "allow_growth",
+)
 _TOP_KEYS = ("model", "num_classes", "convert", "output", "dense")
 
 
@@ -71,8 +82,12 @@ def load_recipe(path: str | Path) -> Recipe:
         if key not in CONVERT_KEYS:
             raise LowRankError(f"recipe {path}: unknown convert key {key!r}; allowed: {', '.join(CONVERT_KEYS)}")
     recipe = Recipe(
-        model=str(data["model"]), num_classes=data.get("num_classes"), convert=convert, output=data.get("output"),
-        dense=bool(data.get("dense", False)), train={k: v for k, v in data.items() if k in TrainConfig.keys()},
+        model=str(data["model"]),
+        num_classes=data.get("num_classes"),
+        convert=convert,
+        output=data.get("output"),
+        dense=bool(data.get("dense", False)),
+        train={k: v for k, v in data.items() if k in TrainConfig.keys()},
         source=f"recipe {path}",
     )
     recipe.config()  # validate the training keys now, not after the conversion

@@ -6,8 +6,9 @@ Used by ``lowrank train``/``lowrank demo`` and by :func:`fit` for users' own loa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -74,13 +75,17 @@ def _check_classes(model: nn.Module, loader: DataLoader, num_classes: int, devic
     try:
         with torch.no_grad():
             out = model(images[:1].to(device))
-    except Exception as exc:  # noqa: BLE001 - the data does not fit the model
+    except Exception as exc:
         first = first_line(exc, with_type=False, limit=160)
-        raise LowRankError(f"the model in {where} cannot run on the data's {tuple(images.shape[1:])} images ({first}); pick --image-size or another model") from None
+        raise LowRankError(
+            f"the model in {where} cannot run on the data's {tuple(images.shape[1:])} images ({first}); pick --image-size or another model"
+        ) from None
     finally:
         model.train(was)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise LowRankError(f"the model in {where} does not return class logits (got {type(out).__name__}); lowrank train trains classifiers")
+        raise LowRankError(
+            f"the model in {where} does not return class logits (got {type(out).__name__}); lowrank train trains classifiers"
+        )
     if out.shape[1] != num_classes:
         raise LowRankError(
             f"the model in {where} has {out.shape[1]} outputs but the data has {num_classes} classes; convert it with --num-classes {num_classes}"
@@ -109,23 +114,38 @@ def train_artifact(
         model = load(directory, trust_code=trust_code)
         plan = summary(model)
         train_loader, val_loader, info = build_loaders(
-            config.data, batch_size=config.batch_size, workers=config.workers, image_size=config.image_size,
-            download=config.download, seed=config.seed, distributed=dist.enabled,
+            config.data,
+            batch_size=config.batch_size,
+            workers=config.workers,
+            image_size=config.image_size,
+            download=config.download,
+            seed=config.seed,
+            distributed=dist.enabled,
         )
         _check_classes(model.to(dist.device), val_loader, info.num_classes, dist.device, str(directory))
         if not resume:
             torch.manual_seed(config.seed)
-        trainer = Trainer(model, train_loader, val_loader, config, out_dir=directory, dist=dist, on_epoch=on_epoch, progress=progress)
+        trainer = Trainer(
+            model, train_loader, val_loader, config, out_dir=directory, dist=dist, on_epoch=on_epoch, progress=progress
+        )
         result = trainer.fit(resume=resume)
         totals = plan.totals()
         summary_data = {
-            "directory": str(directory), "model": plan.base_model.get("name") or plan.base_model.get("class"),
-            "method": config.method, "data": config.data, "epochs": config.epochs,
-            "best_top1": result.best_top1, "best_epoch": result.best_epoch,
-            "last_top1": result.last.get("val_top1"), "last_top5": result.last.get("val_top5"),
-            "params": totals["params_after"], "macs": totals["macs_after"],
-            "dense_params": totals["params_before"], "dense_macs": totals["macs_before"],
-            "wall_seconds": result.wall_seconds, "world_size": dist.world_size,
+            "directory": str(directory),
+            "model": plan.base_model.get("name") or plan.base_model.get("class"),
+            "method": config.method,
+            "data": config.data,
+            "epochs": config.epochs,
+            "best_top1": result.best_top1,
+            "best_epoch": result.best_epoch,
+            "last_top1": result.last.get("val_top1"),
+            "last_top5": result.last.get("val_top5"),
+            "params": totals["params_after"],
+            "macs": totals["macs_after"],
+            "dense_params": totals["params_before"],
+            "dense_macs": totals["macs_before"],
+            "wall_seconds": result.wall_seconds,
+            "world_size": dist.world_size,
         }
         if dist.enabled:
             summary_data["rank_checksums"] = _rank_checksums(trainer.raw_model, dist)
@@ -140,7 +160,9 @@ def train_artifact(
 
 def _rank_checksums(model: nn.Module, dist: DistInfo) -> list[float]:
     """Each rank's sum of its parameters (float64): equal values mean the ranks stayed in sync."""
-    local = torch.tensor([sum(p.detach().double().sum().item() for p in model.parameters())], dtype=torch.float64, device=dist.device)
+    local = torch.tensor(
+        [sum(p.detach().double().sum().item() for p in model.parameters())], dtype=torch.float64, device=dist.device
+    )
     gathered = [torch.zeros_like(local) for _ in range(dist.world_size)]
     tdist.all_gather(gathered, local)
     return [float(t.item()) for t in gathered]

@@ -15,9 +15,10 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -53,7 +54,6 @@ from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
 
 __all__ = ["Trainer", "TrainResult", "TrainingInterrupted", "TrainingDiverged"]
-
 
 
 class TrainingInterrupted(Exception):
@@ -110,7 +110,7 @@ class _Stopper:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_Stopper":
+    def __enter__(self) -> _Stopper:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -177,12 +177,13 @@ class Trainer:
         self.memory_format = resolve_memory_format(config.memory_format, self.raw_model, self.device)
         self.raw_model.to(memory_format=self.memory_format)
         if self.dist.enabled:
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.raw_model, device_ids=ids)
         self.optimizer = self._optimizer()
         self.steps_per_epoch = max(1, len(train_loader))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(self.cfg, s, self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(self.cfg, s, self.steps_per_epoch)
+        )
         self.amp_dtype, use_scaler = self._amp()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -198,7 +199,9 @@ class Trainer:
         groups = _param_groups(self.raw_model, self.cfg.weight_decay)
         if self.cfg.optimizer == "adamw":
             return torch.optim.AdamW(groups, lr=self.cfg.lr)
-        return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=self.cfg.nesterov and self.cfg.momentum > 0)
+        return torch.optim.SGD(
+            groups, lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=self.cfg.nesterov and self.cfg.momentum > 0
+        )
 
     def _amp(self) -> tuple[torch.dtype | None, bool]:
         mode, cuda = self.cfg.amp, self.device.type == "cuda"
@@ -231,7 +234,9 @@ class Trainer:
         try:
             self.raw_model.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise LowRankError(f"train state does not match the model ({first_line(exc, with_type=False, limit=160)}); train without --resume") from None
+            raise LowRankError(
+                f"train state does not match the model ({first_line(exc, with_type=False, limit=160)}); train without --resume"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -285,7 +290,9 @@ class Trainer:
             with _Stopper() as stopper:
                 while self.epoch < end:
                     record = self._train_epoch(stopper)
-                    self.method.after_epoch(self.raw_model, self.epoch)  # before evaluating: LRPET evaluates the projected model
+                    self.method.after_epoch(
+                        self.raw_model, self.epoch
+                    )  # before evaluating: LRPET evaluates the projected model
                     record.update(self.evaluate())
                     improved = record["val_top1"] > self.best_top1
                     if improved:
@@ -317,12 +324,16 @@ class Trainer:
         t0 = time.perf_counter()
         loss_sum = correct = count = pen_sum = 0.0
         steps = 0
-        bar = _progress(self.show_progress, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.steps_per_epoch, self.step_in_epoch)
+        bar = _progress(
+            self.show_progress, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.steps_per_epoch, self.step_in_epoch
+        )
         with bar:
             for images, labels in self._batches():
                 images = self._images(images, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                with torch.autocast(
+                    self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+                ):
                     logits = self.model(images)
                     loss = self.criterion(logits, labels)
                 penalty = self.method.penalty(self.raw_model)
@@ -350,7 +361,11 @@ class Trainer:
                 self.step_in_epoch += 1
                 self.global_step += 1
                 elapsed = time.perf_counter() - t0
-                bar.advance(loss=loss_sum / count, acc=100 * correct / count, ips=count * self.dist.world_size / max(elapsed, 1e-9))
+                bar.advance(
+                    loss=loss_sum / count,
+                    acc=100 * correct / count,
+                    ips=count * self.dist.world_size / max(elapsed, 1e-9),
+                )
                 if self._should_stop(stopper):
                     self._save(False)  # mid-epoch state: epoch and step_in_epoch say where to continue
                     raise TrainingInterrupted(
@@ -388,7 +403,9 @@ class Trainer:
         loss_sum = top1 = top5 = count = 0.0
         for images, labels in loader:
             images, labels = self._images(images), labels.to(self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ):
                 logits = self.model(images)
             logits = logits.float()
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
@@ -399,7 +416,11 @@ class Trainer:
             top5 += hit.any(1).sum().item()
             count += labels.shape[0]
         loss_sum, top1, top5, count = all_reduce_sum([loss_sum, top1, top5, count], self.dist)
-        return {"val_loss": loss_sum / max(count, 1), "val_top1": 100 * top1 / max(count, 1), "val_top5": 100 * top5 / max(count, 1)}
+        return {
+            "val_loss": loss_sum / max(count, 1),
+            "val_top1": 100 * top1 / max(count, 1),
+            "val_top5": 100 * top5 / max(count, 1),
+        }
 
 
 def resolve_memory_format(name: str, model: nn.Module, device: torch.device) -> torch.memory_format:
@@ -434,13 +455,18 @@ class _progress:
         self.bar = None
         if enabled:
             self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%  {task.fields[ips]:,.0f} img/s"),
-                TimeRemainingColumn(), console=_ERR, transient=False, disable=not _ERR.is_terminal,
+                TimeRemainingColumn(),
+                console=_ERR,
+                transient=False,
+                disable=not _ERR.is_terminal,
             )
             self.task = self.bar.add_task(description, total=total, completed=completed, loss=0.0, acc=0.0, ips=0.0)
 
-    def __enter__(self) -> "_progress":
+    def __enter__(self) -> _progress:
         if self.bar is not None:
             self.bar.__enter__()
         return self

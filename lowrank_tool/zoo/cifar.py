@@ -22,7 +22,18 @@ from torch import Tensor, nn
 
 from ..errors import LowRankError
 
-__all__ = ["BasicBlock", "CifarResNet", "CifarVGG", "Shortcut", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16_cifar", "CIFAR_MODELS"]
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "CifarVGG",
+    "Shortcut",
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "resnet110",
+    "vgg16_cifar",
+    "CIFAR_MODELS",
+]
 
 #: ``"A"``: strided identity + zero channel padding (parameter-free); ``"B"``: 1×1 conv + BN projection.
 Shortcut = Literal["A", "B"]
@@ -35,7 +46,9 @@ VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "
 def _check_num_classes(num_classes: int) -> None:
     # bool is an int subclass and nn.Linear(64, 0) builds silently: catch both here, with the fix.
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise LowRankError(f"num_classes must be a positive integer, got {num_classes!r}; pass e.g. num_classes=10 for CIFAR-10")
+        raise LowRankError(
+            f"num_classes must be a positive integer, got {num_classes!r}; pass e.g. num_classes=10 for CIFAR-10"
+        )
 
 
 def _check_shortcut(shortcut: str) -> None:
@@ -233,7 +246,9 @@ class CifarVGG(nn.Module):
                 layers += [nn.Conv2d(cin, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
                 cin, convs = v, convs + 1
             else:
-                raise LowRankError(f"VGG cfg entry {v!r} is neither a positive conv width nor 'M'; write e.g. (64, 'M', 128)")
+                raise LowRankError(
+                    f"VGG cfg entry {v!r} is neither a positive conv width nor 'M'; write e.g. (64, 'M', 128)"
+                )
         if convs == 0:
             raise LowRankError("VGG cfg has no conv layer; give at least one conv width, e.g. (64, 'M', 128)")
         self.features = nn.Sequential(*layers)

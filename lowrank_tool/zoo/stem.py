@@ -74,8 +74,16 @@ def cifar_stem_(model: nn.Module) -> nn.Module:
     if _is_cifar_stem(conv, pool):
         return model
     weight = conv.weight
-    model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=conv.bias is not None,
-                            device=weight.device, dtype=weight.dtype)
+    model.conv1 = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        3,
+        1,
+        1,
+        bias=conv.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     if model.conv1.bias is not None:
         nn.init.zeros_(model.conv1.bias)
