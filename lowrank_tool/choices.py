@@ -1,11 +1,13 @@
 """The values each option accepts: one tuple per choice, read by the library's validation and the CLI alike.
 
-This module imports nothing (not even torch), so that ``lowrank --help`` and ``lowrank CMD --help`` can
+This module imports nothing but ``typing`` (not even torch), so that ``lowrank --help`` and ``lowrank CMD --help`` can
 list the choices at once. The modules that own a choice re-export it under the same name
 (``lowrank_tool.export.PRECISIONS`` is ``PRECISIONS`` here).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 # -- convert -------------------------------------------------------------------------------------------
 #: Low-rank formats: ``auto`` = SVD for 1×1 convs, Tucker-2 (ELRT) otherwise.
@@ -19,6 +21,8 @@ DEFAULT_ROUND_TO = 8
 POLICIES = ("rank", "latency")
 #: How converted layers start: fresh factors (ELRT) or fitted to the model's weights.
 INITS = ("random", "decompose")
+#: ... and, inside the toolkit, ``none``: uninitialised memory, for loading saved weights right after.
+Init = Literal["random", "decompose", "none"]
 
 # -- models --------------------------------------------------------------------------------------------
 #: Where model names come from (``lowrank models --source``).

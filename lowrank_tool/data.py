@@ -170,7 +170,7 @@ class DataSpec:
             )
 
     @classmethod
-    def parse(cls, text: str) -> DataSpec:
+    def parse(cls, text: str | DataSpec) -> DataSpec:
         """Parse ``NAME[:PATH]`` (the name is case-insensitive; ``~`` in PATH is expanded).
 
         Only the first ``:`` separates, so PATH may contain colons. Whether PATH exists is checked by

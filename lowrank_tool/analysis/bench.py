@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..choices import ENGINES
+from ..conversion_plan import ConversionPlan
 from ..convert.api import summary
 from ..errors import LowRankError
 from ..export.onnx import export_onnx, plan_from_onnx, read_metadata
@@ -178,6 +179,8 @@ def bench(
     report_notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="lowrank-bench-") as tmp:
         tmpdir = Path(tmp)
+        plan: ConversionPlan | None
+        lowrank: nn.Module | None
         if target.is_dir():
             lowrank = load(target, trust_code=trust_code).eval()
             plan = summary(lowrank)
@@ -212,15 +215,16 @@ def bench(
         if onnx_file is None:
             note("exporting the low-rank model")
             onnx_file = tmpdir / "lowrank.onnx"
+            assert lowrank is not None  # an artifact directory was loaded
             export_onnx(lowrank, onnx_file, input_size=size, verify=False, merge=merge, device=device)
-        params = totals["params_after"] if totals else _onnx_params(onnx_file)
+        params = int(totals["params_after"]) if totals else _onnx_params(onnx_file)
         models.append(
             (
                 "low-rank" if target.is_dir() or plan is not None else target.name,
                 lowrank,
                 onnx_file,
                 params,
-                totals["macs_after"] if totals else None,
+                int(totals["macs_after"]) if totals else None,
             )
         )
         if vs_dense:
@@ -232,7 +236,8 @@ def bench(
             note("exporting the dense model")
             dense_file = tmpdir / "dense.onnx"
             export_onnx(dense, dense_file, input_size=size, verify=False)
-            models.append(("dense", dense, dense_file, totals["params_before"], totals["macs_before"]))
+            assert totals is not None  # plan is not None here
+            models.append(("dense", dense, dense_file, int(totals["params_before"]), int(totals["macs_before"])))
 
         report = BenchReport(str(target), list(size), notes=report_notes)
         sessions: dict[tuple[str, int], Any] = {}
@@ -240,7 +245,7 @@ def bench(
             for batch in batch_list:
                 x = _input_batch(size, batch)
                 for n_threads in thread_list:
-                    for name, module, path, params, macs in models:
+                    for name, module, path, n_params, macs in models:
                         if engine == "onnxruntime":
                             key = (name, n_threads)
                             if key not in sessions:
@@ -265,7 +270,16 @@ def bench(
                             provider = torch_device.type.upper()
                         report.rows.append(
                             BenchRow(
-                                name, engine, provider, batch, n_threads, params, macs, lat.median_ms, lat.p90_ms, runs
+                                name,
+                                engine,
+                                provider,
+                                batch,
+                                n_threads,
+                                n_params,
+                                macs,
+                                lat.median_ms,
+                                lat.p90_ms,
+                                runs,
                             )
                         )
         # release sessions before the temporary files go

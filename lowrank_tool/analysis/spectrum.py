@@ -231,7 +231,7 @@ def analyze(model: nn.Module, rank: RankSpec | float | int | str | None = None) 
             elif isinstance(module, (nn.Conv2d, nn.Conv3d)) and module.groups == 1:
                 ranks = entry.ranks if entry is not None and entry.ranks else None
                 note = entry.reason if entry is not None else None
-                if ranks and not note:
+                if entry is not None and ranks and not note:
                     note = f"would be {entry.format} (plan not applied)"
                 out.append(
                     LayerSpectrum.from_weight(

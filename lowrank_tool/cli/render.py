@@ -35,18 +35,11 @@ def _size(sizes: list[int] | None) -> str:
 
 def plan_table(plan: ConversionPlan, title: str | None = None) -> Table:
     table = Table(title=title, show_lines=False, header_style="bold", pad_edge=False)
-    for col, just in (
-        ("layer", "left"),
-        ("kernel", "right"),
-        ("channels", "right"),
-        ("out size", "right"),
-        ("format", "left"),
-        ("ranks", "right"),
-        ("params", "right"),
-        ("MACs", "right"),
-        ("note", "left"),
-    ):
-        table.add_column(col, justify=just, overflow="fold", no_wrap=col not in ("layer", "note"))
+    for col in ("layer", "kernel", "channels", "out size", "format", "ranks", "params", "MACs", "note"):
+        left = col in ("layer", "format", "note")
+        table.add_column(
+            col, justify="left" if left else "right", overflow="fold", no_wrap=col not in ("layer", "note")
+        )
     for layer in plan.layers:
         style = None if layer.converted else "dim"
         table.add_row(

@@ -63,7 +63,7 @@ def _resolve(
         module = build_model(model, num_classes=num_classes, **kwargs)
         if num_classes is not None:
             recorded["num_classes"] = num_classes
-        spec = {"source": entry.source, "name": model, "task": entry.task, "kwargs": recorded}
+        spec: dict[str, Any] = {"source": entry.source, "name": model, "task": entry.task, "kwargs": recorded}
         if fetched:  # for the record only; never read back
             built_with = {}
             for key, value in fetched.items():

@@ -43,7 +43,7 @@ def _check_matches(module: nn.Module, entry: LayerPlan) -> ConvGeometry:
     got = None
     if isinstance(module, (nn.Conv2d, nn.Conv3d)):
         got = (module.in_channels, module.out_channels, tuple(module.kernel_size), tuple(module.stride), module.groups)
-    if got != expected:
+    if got != expected or not isinstance(module, (nn.Conv2d, nn.Conv3d)):
         what = type(module).__name__ if got is None else f"{type(module).__name__}{got}"
         raise LowRankError(
             f"the plan does not match the model at {entry.name!r}: found {what}, expected {entry.kind}"
@@ -85,6 +85,7 @@ def apply_plan(
     for done, entry in enumerate(todo, 1):
         module = get_submodule(source, entry.name)
         geometry = _check_matches(module, entry)
+        assert isinstance(module, (nn.Conv2d, nn.Conv3d))  # _check_matches raised otherwise
         cls = get_format(entry.format, len(entry.kernel_size))
         layer = cls.from_dense(module, tuple(entry.ranks or ()), init=init, geometry=geometry)
         if init == "decompose":

@@ -113,7 +113,7 @@ class LatencyCache:
 def _module(g: ConvGeometry, fmt: str, ranks: tuple[int, ...] | None) -> nn.Module:
     if fmt == "dense":
         return conv_class(g.ndim)(g.in_channels, g.out_channels, g.kernel_size, bias=g.bias, **g.spatial_kwargs())
-    return get_format(fmt, g.ndim).from_geometry(g, ranks)
+    return get_format(fmt, g.ndim).from_geometry(g, ranks or ())
 
 
 def measure_form(
@@ -157,7 +157,7 @@ def _requested(
     if entry.converted:
         return entry.format, tuple(entry.ranks or ())
     pinned, spec = FqnMatcher(options.layer_specs, "--layer-rank").lookup(entry.name)
-    if not pinned:
+    if not pinned or spec is None:
         solved = plan.policy.get("solved_ratio")
         spec = RankSpec("ratio", float(solved)) if options.budget is not None and solved else options.rank_spec
     return fmt, ranks_for(fmt, g, spec)
@@ -194,6 +194,7 @@ def apply_latency_policy(
         )
 
     def timed(entry: LayerPlan, g: ConvGeometry, fmt: str, ranks: tuple[int, ...] | None) -> float:
+        assert entry.input_size  # only layers the forward pass reached are eligible
         shape = (batch, g.in_channels, *entry.input_size)
         key = json.dumps(
             [
@@ -285,7 +286,7 @@ def apply_latency_policy(
             entry.reason = f"latency: dense {dense_ms:.3f} ms is the fastest form measured"
         else:
             entry.format, entry.ranks = pick.format, list(pick.ranks or [])
-            entry.params_after, entry.macs_after = layer_cost(pick.format, g, pick.ranks, _sizes(entry))
+            entry.params_after, entry.macs_after = layer_cost(pick.format, g, pick.ranks or (), _sizes(entry))
             entry.reason = f"latency: {pick.ms:.3f} ms vs dense {dense_ms:.3f} ms"
         entry.rank_spec = "latency" if target_speedup is None else f"latency:{target_speedup:g}x"
     plan.policy.update(
@@ -327,7 +328,7 @@ def _with_forms(model: nn.Module, plan: ConversionPlan, chosen: dict[str, _Optio
     for name, option in chosen.items():
         if option.format != "dense":
             g = plan.layer(name).geometry()
-            set_submodule(out, name, get_format(option.format, g.ndim).from_geometry(g, option.ranks))
+            set_submodule(out, name, get_format(option.format, g.ndim).from_geometry(g, option.ranks or ()))
     return out
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, POLICIES
+from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, POLICIES, Init
 from ..errors import LowRankError
 from .select import parse_layer_rank
 
@@ -164,7 +164,9 @@ class ConvertOptions:
         "Trained dense weights to load first: .safetensors, a weights-only .pt/.pth state dict, or a dense artifact DIR "
         "(with init decompose the factors fit them).",
     )
-    init: str = _opt("random", "random: ELRT training from scratch; decompose: fit the factors to the model's weights.")
+    init: Init = _opt(
+        "random", "random: ELRT training from scratch; decompose: fit the factors to the model's weights."
+    )
     rank_spec: RankSpec = field(init=False, repr=False)
     layer_specs: dict[str, RankSpec] = field(init=False, repr=False)
 
@@ -219,8 +221,9 @@ class ConvertOptions:
         if isinstance(self.exclude, str):
             self.exclude = [self.exclude]
         self.exclude = list(self.exclude)
-        self.layer_rank = parse_layer_rank(self.layer_rank)
-        self.layer_specs = {k: RankSpec.parse(v, what=f"rank for {k!r}") for k, v in self.layer_rank.items()}
+        layer_rank: dict[str, Any] = parse_layer_rank(self.layer_rank)
+        self.layer_rank = layer_rank
+        self.layer_specs = {k: RankSpec.parse(v, what=f"rank for {k!r}") for k, v in layer_rank.items()}
 
     @classmethod
     def from_kwargs(cls, options: ConvertOptions | None = None, /, **kwargs: Any) -> ConvertOptions:

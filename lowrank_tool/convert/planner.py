@@ -42,7 +42,7 @@ STEM_MAX_CHANNELS = 4
 @dataclass(eq=False)
 class _Candidate:
     name: str
-    module: nn.Module
+    module: nn.Conv2d | nn.Conv3d
     geometry: ConvGeometry | None  # None for grouped convs
     sizes: SpatialSizes | None
     input_size: list[int] | None
@@ -171,7 +171,7 @@ def build_plan(
             continue
         if hit_ex:
             c.reason, c.spec = "excluded (--exclude)", RankSpec("dense", 0)
-        elif hit_lr:
+        elif hit_lr and spec is not None:
             c.spec, c.spec_source = spec, "layer_rank"
             if spec.kind == "dense":
                 c.reason = "dense (--layer-rank)"
@@ -204,7 +204,9 @@ def build_plan(
         idx = 0 if key == "params" else 1
         dense_total = (other_params if idx == 0 else other_macs) + sum(c.dense[idx] for c in cands)
         base = (other_params if idx == 0 else other_macs) + sum(c.dense[idx] for c in fixed_layers)
-        base += sum(_decide(c, options.format, c.spec, options.round_to, options.allow_growth)[2][idx] for c in pinned)  # type: ignore[arg-type]
+        base += sum(
+            _decide(c, options.format, c.spec, options.round_to, options.allow_growth)[2][idx] for c in pinned if c.spec
+        )
         target = fraction * dense_total
 
         def total(ratio: float) -> int:

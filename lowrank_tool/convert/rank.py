@@ -65,6 +65,7 @@ def ranks_for(fmt: str, g: ConvGeometry, spec: RankSpec, round_to: int = 1, weig
 
     ``weight`` (the dense kernel) is needed for ``energy`` and ``erank`` requests.
     """
+    dims: tuple[int, ...]
     if fmt == "tucker2":
         dims = (g.in_channels, g.out_channels)
     elif fmt == "svd":

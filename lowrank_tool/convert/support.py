@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize
 
 from ..errors import LowRankError
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 #: A handler returns the geometry to convert the module with, or the reason it stays dense.
-ConvHandler = Callable[[nn.Module], "ConvGeometry | str"]
+ConvHandler = Callable[[_ConvNd], "ConvGeometry | str"]
 
 _BASE_CONVS = (nn.Conv2d, nn.Conv3d)
 _HANDLERS: dict[str, ConvHandler] = {}
@@ -53,12 +54,12 @@ def qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def plain_conv(module: nn.Module) -> ConvGeometry:
+def plain_conv(module: _ConvNd) -> ConvGeometry:
     """Handler: the module computes exactly what ``nn.Conv2d``/``nn.Conv3d`` with its attributes computes."""
     return ConvGeometry.of(module)
 
 
-def dynamic_same_conv(module: nn.Module) -> ConvGeometry:
+def dynamic_same_conv(module: _ConvNd) -> ConvGeometry:
     """Handler: TF-style "same" padding computed from each input's size, then the conv with padding 0.
 
     This is what timm's ``Conv2dSame`` (and ``Conv2dSameExport``) compute; the low-rank layer pads its
@@ -116,10 +117,10 @@ def _torch_conv(klass: type | None) -> bool:
     return klass is not None and klass.__module__ == "torch.nn.modules.conv"
 
 
-def conv_support(module: nn.Module) -> ConvGeometry | str:
+def conv_support(module: _ConvNd) -> ConvGeometry | str:
     """How to convert ``module`` (a ``Conv2d``/``Conv3d`` instance): its geometry, or why it stays dense."""
     if parametrize.is_parametrized(module):
-        names = ", ".join(sorted(module.parametrizations.keys()))  # type: ignore[union-attr]
+        names = ", ".join(sorted(module.parametrizations.keys()))  # type: ignore[union-attr,operator]
         return f"parametrized {names} (torch.nn.utils.parametrize): the kernel is computed on every call"
     hooks = [h for h in ("_forward_pre_hooks", "_forward_hooks") if getattr(module, h, None)]
     if hooks:
@@ -144,7 +145,7 @@ def conv_support(module: nn.Module) -> ConvGeometry | str:
     )
 
 
-def _call(handler: ConvHandler, module: nn.Module) -> ConvGeometry | str:
+def _call(handler: ConvHandler, module: _ConvNd) -> ConvGeometry | str:
     result = handler(module)
     if not isinstance(result, (ConvGeometry, str)):
         raise LowRankError(

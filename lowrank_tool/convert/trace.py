@@ -29,8 +29,8 @@ from ..layers import LowRankConv
 
 __all__ = ["Capture", "CallShapes", "capture", "check_forward", "ForwardFailure", "CONV_TYPES"]
 
-CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Conv3d)
-_RECORDED = CONV_TYPES + (nn.Linear,)
+CONV_TYPES: tuple[type[nn.Conv2d], type[nn.Conv3d]] = (nn.Conv2d, nn.Conv3d)
+_RECORDED: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
 
 
 @dataclass
@@ -97,7 +97,7 @@ class _ShapeRecorder(fx.Interpreter):
         self._shapes = shapes
         self._batch = batch
 
-    def call_module(self, target: str, args: Any, kwargs: Any) -> Any:
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
         out = super().call_module(target, args, kwargs)
         module = self.fetch_attr(target)
         if isinstance(module, _RECORDED) and args and isinstance(args[0], torch.Tensor):

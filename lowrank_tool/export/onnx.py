@@ -201,6 +201,8 @@ def _export_dynamo(model: nn.Module, args: tuple[Any, ...], path: str, opset: in
             verbose=False,
             **names,
         )
+        if program is None:  # only without a file argument does the exporter return nothing
+            raise LowRankError("the dynamo exporter returned no program; use exporter='torchscript'")
         program.save(path)
 
 

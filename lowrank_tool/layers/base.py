@@ -9,13 +9,15 @@ each format lives in its own module; the swap into a model lives in :mod:`lowran
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 
+from ..choices import INITS, Init
 from ..errors import LowRankError
 
 __all__ = [
@@ -29,11 +31,10 @@ __all__ = [
     "SamePadConv3d",
 ]
 
-Init = Literal["random", "decompose", "none"]
-_INITS = ("random", "decompose", "none")
+_INITS = (*INITS, "none")
 
 
-def conv_class(ndim: int) -> type[nn.Module]:
+def conv_class(ndim: int) -> Callable[..., _ConvNd]:
     """The dense conv class for a spatial dimensionality (2 or 3)."""
     try:
         return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[ndim]
@@ -79,7 +80,7 @@ class SamePadConv3d(nn.Conv3d):
         )
 
 
-def dense_conv_params(conv: nn.Module) -> int:
+def dense_conv_params(conv: _ConvNd) -> int:
     """Parameter count of a dense conv (weight plus bias)."""
     return sum(p.numel() for p in (conv.weight, conv.bias) if p is not None)
 
@@ -130,7 +131,7 @@ class ConvGeometry:
             )
 
     @classmethod
-    def of(cls, conv: nn.Module, *, dynamic_same: bool | None = None) -> ConvGeometry:
+    def of(cls, conv: _ConvNd, *, dynamic_same: bool | None = None) -> ConvGeometry:
         """The geometry of a dense conv; ``dynamic_same`` defaults to whether it is a :class:`SamePadConv2d`/``3d``."""
         if dynamic_same is None:
             dynamic_same = isinstance(conv, (SamePadConv2d, SamePadConv3d))
@@ -165,7 +166,7 @@ class ConvGeometry:
     def spatial_kwargs(self) -> dict[str, Any]:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, padding_mode=self.padding_mode)
 
-    def dense_class(self) -> type[nn.Module]:
+    def dense_class(self) -> Callable[..., _ConvNd]:
         """The dense conv class computing this geometry (a :class:`SamePadConv2d` for dynamic "same")."""
         if self.dynamic_same:
             return {2: SamePadConv2d, 3: SamePadConv3d}[self.ndim]
@@ -280,7 +281,7 @@ class LowRankConv(nn.Module):
     def bias(self) -> Tensor | None:
         return self._bias_holder().bias
 
-    def _bias_holder(self) -> nn.Module:
+    def _bias_holder(self) -> _ConvNd:
         raise NotImplementedError
 
     @classmethod
@@ -290,7 +291,7 @@ class LowRankConv(nn.Module):
     @classmethod
     def from_dense(
         cls,
-        conv: nn.Module,
+        conv: _ConvNd,
         ranks: Sequence[int] | int,
         init: Init = "random",
         *,
@@ -345,7 +346,9 @@ class LowRankConv(nn.Module):
             elif init == "decompose":
                 layer._init_decompose(conv.weight.detach())
             if geometry.bias and init != "none":
-                layer._bias_holder().bias.copy_(conv.bias.detach())
+                bias, dense_bias = layer._bias_holder().bias, conv.bias
+                assert bias is not None and dense_bias is not None  # geometry.bias says both convs have one
+                bias.copy_(dense_bias.detach())
         return layer
 
     @torch.no_grad()
@@ -356,7 +359,7 @@ class LowRankConv(nn.Module):
         """
         self._init_random(self._init_var)
 
-    def to_dense(self) -> nn.Module:
+    def to_dense(self) -> _ConvNd:
         """Merge the factors back into one dense conv computing the same function."""
         g = self.geometry
         ref = self.dense_weight()
@@ -371,7 +374,7 @@ class LowRankConv(nn.Module):
         )
         with torch.no_grad():
             conv.weight.copy_(ref)
-            if g.bias:
+            if conv.bias is not None and self.bias is not None:
                 conv.bias.copy_(self.bias)
         return conv
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 
 from . import _tensorly
 from .base import ConvGeometry, LowRankConv, orthonormal_
@@ -38,11 +39,13 @@ class CPConv2d(LowRankConv):
             raise ValueError(f"CPConv2d expects a 2-D kernel, got {g.kernel_size}")
         (r,) = ranks
         (kh, kw), (sh, sw), (dh, dw) = g.kernel_size, g.stride, g.dilation
+        pad_v: str | tuple[int, int]
+        pad_h: str | tuple[int, int]
         if isinstance(g.padding, str):
             pad_v = pad_h = g.padding
         else:
             pad_v, pad_h = (g.padding[0], 0), (0, g.padding[1])
-        mode = g.padding_mode
+        mode: Any = g.padding_mode  # one of nn.Conv2d's padding modes (the dense conv had it)
         self.in_proj = nn.Conv2d(g.in_channels, r, 1, bias=False, **factory)
         self.vertical = nn.Conv2d(
             r,
@@ -73,7 +76,7 @@ class CPConv2d(LowRankConv):
     def forward(self, x: Tensor) -> Tensor:
         return self.out_proj(self.horizontal(self.vertical(self.in_proj(self._pad(x)))))
 
-    def _bias_holder(self) -> nn.Module:
+    def _bias_holder(self) -> _ConvNd:
         return self.out_proj
 
     def _init_random(self, dense_weight_var: float) -> None:

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 
 from . import _tensorly
 from .base import ConvGeometry, LowRankConv, conv_class, orthonormal_
@@ -43,7 +44,7 @@ class SVDConv2d(LowRankConv):
     def forward(self, x: Tensor) -> Tensor:
         return self.out_proj(self.core(self._pad(x)))
 
-    def _bias_holder(self) -> nn.Module:
+    def _bias_holder(self) -> _ConvNd:
         return self.out_proj
 
     def _init_random(self, dense_weight_var: float) -> None:

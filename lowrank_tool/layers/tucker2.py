@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 
 from . import _tensorly
 from .base import ConvGeometry, LowRankConv, conv_class, orthonormal_
@@ -49,7 +50,7 @@ class Tucker2Conv2d(LowRankConv):
     def forward(self, x: Tensor) -> Tensor:
         return self.out_proj(self.core(self.in_proj(self._pad(x))))
 
-    def _bias_holder(self) -> nn.Module:
+    def _bias_holder(self) -> _ConvNd:
         return self.out_proj
 
     def _init_random(self, dense_weight_var: float) -> None:

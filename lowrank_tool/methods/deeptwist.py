@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from ..choices import DEEPTWIST_LOWERINGS
 from ..errors import LowRankError
@@ -55,7 +56,7 @@ class DeepTwist(DenseTraining):
         self.tiles = int(tiles)
         self.distortions = 0
 
-    def _svd_rank(self, conv: nn.Module, fmt: str, ranks: list[int]) -> int:
+    def _svd_rank(self, conv: _ConvNd, fmt: str, ranks: list[int]) -> int:
         c_out = conv.weight.shape[0]
         fraction = ranks[-1] / c_out if fmt == "tucker2" else ranks[0] / min(c_out, conv.weight[0].numel())
         if self.lowering == "spatial":

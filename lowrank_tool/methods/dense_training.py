@@ -17,11 +17,13 @@ the same kind of artifact (plan + low-rank weights) that ``lowrank export`` take
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 from ..conversion_plan import ConversionPlan, attach_plan, plan_of
 from ..convert.apply import apply_plan, set_submodule
@@ -33,7 +35,7 @@ from .projection import project_like
 __all__ = ["DenseTraining", "following_batchnorms"]
 
 
-def following_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
+def following_batchnorms(model: nn.Module) -> dict[str, _BatchNorm]:
     """``conv name → the batch norm that directly consumes its output`` (found with torch.fx; {} when untraceable)."""
 
     try:
@@ -41,7 +43,7 @@ def following_batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     except Exception:
         return {}
     modules = dict(model.named_modules())
-    result = {}
+    result: dict[str, _BatchNorm] = {}
     for node in graph.nodes:
         if node.op == "call_module" and isinstance(modules.get(str(node.target)), (nn.Conv2d, nn.Conv3d)):
             users = list(node.users)
@@ -79,8 +81,9 @@ class DenseTraining(Method):
     def check_targets(self, targets: list[tuple[str, str, list[int]]]) -> None:
         """Refuse plans the method cannot honour (override)."""
 
-    def convs(self, model: nn.Module) -> list[tuple[str, str, list[int], nn.Module]]:
-        return [(name, fmt, ranks, model.get_submodule(name)) for name, fmt, ranks in self.targets]
+    def convs(self, model: nn.Module) -> list[tuple[str, str, list[int], _ConvNd]]:
+        """(name, format, ranks, dense conv) of each planned layer; ``setup`` made every one of them dense."""
+        return [(name, fmt, ranks, cast(_ConvNd, model.get_submodule(name))) for name, fmt, ranks in self.targets]
 
     def project(self, model: nn.Module) -> None:
         """Replace each planned conv's kernel by its low-rank version (in place, no gradient)."""

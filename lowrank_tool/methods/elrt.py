@@ -43,7 +43,7 @@ def _factors(model: nn.Module) -> list[torch.Tensor]:
 
 def _groups(model: nn.Module) -> list[torch.Tensor]:
     """Factor matrices of every low-rank layer, stacked by shape: a list of (B, n, r) tensors."""
-    by_shape: dict[tuple[int, int], list[torch.Tensor]] = {}
+    by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for u in _factors(model):
         by_shape.setdefault(tuple(u.shape), []).append(u)
     return [torch.stack(us) for us in by_shape.values()]
@@ -70,7 +70,7 @@ class _SoftOrthogonality(torch.autograd.Function):
     """Σ_U c·‖UᵀU − I‖²_F + const over many factors, with the analytic gradient 4c·U(UᵀU − I)."""
 
     @staticmethod
-    def forward(ctx: Any, scale: float, *factors: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, scale: float, *factors: torch.Tensor) -> torch.Tensor:
         residuals = []
         total = torch.zeros((), dtype=torch.float32, device=factors[0].device)
         with torch.autocast(factors[0].device.type, enabled=False):  # the penalty is computed in float32
@@ -87,7 +87,7 @@ class _SoftOrthogonality(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         factors = ctx.saved_tensors
         coef = grad.float() * (4.0 * ctx.scale)
         with torch.autocast(grad.device.type, enabled=False):

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import LowRankError
 from .dense_training import DenseTraining, following_batchnorms
@@ -46,7 +47,7 @@ class LRPET(DenseTraining):
         self.project_every = int(project_every)
         self.energy_transfer = float(energy_transfer)
         self.bn_rectify = bool(bn_rectify)
-        self._bns: dict[str, nn.Module] = {}
+        self._bns: dict[str, _BatchNorm] = {}
 
     def check_targets(self, targets: list[tuple[str, str, list[int]]]) -> None:
         other = sorted({fmt for _, fmt, _ in targets if fmt != "svd"})

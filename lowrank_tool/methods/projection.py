@@ -19,6 +19,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.nn.modules.conv import _ConvNd
 
 from ..choices import LOWERINGS
 from ..errors import LowRankError
@@ -123,7 +124,7 @@ def project_tiled(weight: Tensor, rank: int, tiles: int = 2, energy_transfer: fl
     return raise_(matrix, w.shape, "out").to(weight.dtype)
 
 
-def project_like(conv: torch.nn.Module, format_name: str, ranks: list[int] | tuple[int, ...]) -> Tensor:
+def project_like(conv: _ConvNd, format_name: str, ranks: list[int] | tuple[int, ...]) -> Tensor:
     """The kernel of the ``format_name`` layer fitted to ``conv`` (decompose, then merge back)."""
     layer = get_format(format_name, conv.weight.dim() - 2).from_dense(conv, tuple(ranks), init="decompose")
     return layer.dense_weight().detach().to(conv.weight.dtype)

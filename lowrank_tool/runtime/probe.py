@@ -32,7 +32,7 @@ def onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         torch.onnx.export(
             module,
             (torch.randn(input_shape),),
-            buf,
+            buf,  # type: ignore[arg-type]  # any file-like object works
             dynamo=False,
             opset_version=PROBE_OPSET,
             training=torch.onnx.TrainingMode.EVAL,

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
@@ -78,7 +78,8 @@ class TrainResult:
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay only weights with ≥2 dims: biases and BN/LN scales stay undecayed."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
@@ -270,7 +271,7 @@ class Trainer:
     def _epoch_order(self, epoch: int) -> None:
         """Make the data order a function of (seed, epoch) so resumed runs see the same batches."""
         sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         gen = getattr(self.train_loader, "generator", None)
         if isinstance(gen, torch.Generator):
@@ -477,4 +478,4 @@ class _progress:
 
     def advance(self, **fields: float) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, advance=1, **fields)
+            self.bar.update(self.task, advance=1, **cast(dict[str, Any], fields))
