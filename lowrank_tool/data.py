@@ -62,56 +62,16 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .errors import LowRankError, first_line
 
-__all__ = ["DATASETS", "DataSpec", "DataInfo", "SyntheticDataset", "build_datasets", "build_loaders"]
-
-#: Every dataset name ``--data`` accepts: the embedded ones first, then the folder datasets.
-DATASETS: tuple[str, ...] = (
-    "digits",
-    "synthetic",
-    "cifar10",
-    "cifar100",
-    "mnist",
-    "fashion-mnist",
-    "svhn",
-    "imagefolder",
-)
-_IN_MEMORY = frozenset({"digits", "synthetic"})
-_GREY = frozenset({"digits", "mnist", "fashion-mnist"})
-_NATIVE_SIZE = {
-    "digits": 32,
-    "synthetic": 32,
-    "cifar10": 32,
-    "cifar100": 32,
-    "svhn": 32,
-    "mnist": 28,
-    "fashion-mnist": 28,
-    "imagefolder": 224,
-}
-# Names people type for a dataset we have under another name. Used for the hint only: one spelling per dataset.
-_ALIASES = {
-    "imagenet": "imagefolder",
-    "folder": "imagefolder",
-    "fmnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "fashion_mnist": "fashion-mnist",
-    "cifar-10": "cifar10",
-    "cifar-100": "cifar100",
-    "sklearn": "digits",
-}
-
-# Per-channel statistics of each training set (the values the literature uses).
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-_MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "imagefolder": _IMAGENET,
-}
-_CROP_PADDING = {"cifar10": 4, "cifar100": 4, "svhn": 4, "mnist": 2, "fashion-mnist": 2}
-_FLIP = frozenset({"cifar10", "cifar100", "fashion-mnist", "imagefolder"})
-_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10, "fashion-mnist": 10}
+__all__ = [
+    "DATASETS",
+    "RECORDS",
+    "DatasetRecord",
+    "DataSpec",
+    "DataInfo",
+    "SyntheticDataset",
+    "build_datasets",
+    "build_loaders",
+]
 
 _MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -119,23 +79,134 @@ _MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-# The files torchvision reads, relative to PATH. We check them ourselves first so that a missing dataset
-# names the exact file expected, instead of torchvision's generic "Dataset not found or corrupted".
-_LAYOUT: dict[str, tuple[str, ...]] = {
-    "cifar10": tuple(
-        f"cifar-10-batches-py/{f}" for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
-    ),
-    "cifar100": ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
-    "mnist": tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES),
-    "fashion-mnist": tuple(f"FashionMNIST/raw/{f}" for f in _MNIST_FILES),
-    "svhn": ("train_32x32.mat", "test_32x32.mat"),
-    "imagefolder": ("train", "val"),
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _torchvision(cls: Any) -> Callable[[str, bool, Any, bool], Dataset]:
+    """A reader for torchvision datasets split by ``train=True/False``."""
+    return lambda root, train, transform, download: cls(root, train=train, transform=transform, download=download)
+
+
+def _svhn(root: str, train: bool, transform: Any, download: bool) -> Dataset:
+    return D.SVHN(root, split="train" if train else "test", transform=transform, download=download)
+
+
+def _image_folder(root: str, train: bool, transform: Any, download: bool) -> Dataset:
+    return D.ImageFolder(os.path.join(root, "train" if train else "val"), transform)
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """Everything the toolkit knows about one dataset, in one place (a new dataset is one more record).
+
+    Attributes:
+        name: the name ``--data`` takes.
+        native_size: side of its images (``image_size`` default).
+        num_classes: number of classes; ``None`` when read from the folders (imagefolder).
+        grey: single-channel images, repeated to 3 channels for the model.
+        in_memory: built in (no PATH, no files).
+        mean_std: per-channel mean and std of the training set (the values the literature uses).
+        crop_padding: RandomCrop padding at the native size (0: no random crop).
+        flip: random horizontal flips in training.
+        layout: the files torchvision reads, relative to PATH (checked first, so a missing dataset names
+            the exact file expected instead of torchvision's "Dataset not found or corrupted").
+        legacy_layout: an older layout torchvision still reads (MNIST's processed tensors).
+        aliases: names people type for it (for the "did you mean" hint only).
+        read: ``read(root, train, transform, download)`` → the split, for the folder datasets.
+    """
+
+    name: str
+    native_size: int
+    num_classes: int | None
+    grey: bool = False
+    in_memory: bool = False
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    crop_padding: int = 0
+    flip: bool = False
+    layout: tuple[str, ...] = ()
+    legacy_layout: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    read: Callable[[str, bool, Any, bool], Dataset] | None = None
+
+
+_CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+
+#: The datasets ``--data`` accepts: the embedded ones first, then the folder datasets.
+RECORDS: dict[str, DatasetRecord] = {
+    r.name: r
+    for r in (
+        DatasetRecord("digits", 32, 10, grey=True, in_memory=True, aliases=("sklearn",)),
+        DatasetRecord("synthetic", 32, 10, in_memory=True),
+        DatasetRecord(
+            "cifar10",
+            32,
+            10,
+            mean_std=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+            crop_padding=4,
+            flip=True,
+            layout=tuple(f"cifar-10-batches-py/{f}" for f in _CIFAR10_FILES),
+            aliases=("cifar-10",),
+            read=_torchvision(D.CIFAR10),
+        ),
+        DatasetRecord(
+            "cifar100",
+            32,
+            100,
+            mean_std=((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+            crop_padding=4,
+            flip=True,
+            layout=("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
+            aliases=("cifar-100",),
+            read=_torchvision(D.CIFAR100),
+        ),
+        DatasetRecord(
+            "mnist",
+            28,
+            10,
+            grey=True,
+            mean_std=((0.1307,), (0.3081,)),
+            crop_padding=2,
+            layout=tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES),
+            legacy_layout=("MNIST/processed/training.pt", "MNIST/processed/test.pt"),
+            read=_torchvision(D.MNIST),
+        ),
+        DatasetRecord(
+            "fashion-mnist",
+            28,
+            10,
+            grey=True,
+            mean_std=((0.2860,), (0.3530,)),
+            crop_padding=2,
+            flip=True,
+            layout=tuple(f"FashionMNIST/raw/{f}" for f in _MNIST_FILES),
+            legacy_layout=("FashionMNIST/processed/training.pt", "FashionMNIST/processed/test.pt"),
+            aliases=("fmnist", "fashionmnist", "fashion_mnist"),
+            read=_torchvision(D.FashionMNIST),
+        ),
+        # no flip: a mirrored digit is not a digit
+        DatasetRecord(
+            "svhn",
+            32,
+            10,
+            mean_std=((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+            crop_padding=4,
+            layout=("train_32x32.mat", "test_32x32.mat"),
+            read=_svhn,
+        ),
+        DatasetRecord(
+            "imagefolder",
+            224,
+            None,
+            mean_std=_IMAGENET,
+            flip=True,
+            layout=("train", "val"),
+            aliases=("imagenet", "folder"),
+            read=_image_folder,
+        ),
+    )
 }
-# Older torchvision versions saved MNIST as processed tensors. torchvision still reads them, so we accept them too.
-_LEGACY_LAYOUT = {
-    "mnist": ("MNIST/processed/training.pt", "MNIST/processed/test.pt"),
-    "fashion-mnist": ("FashionMNIST/processed/training.pt", "FashionMNIST/processed/test.pt"),
-}
+#: Every dataset name ``--data`` accepts.
+DATASETS: tuple[str, ...] = tuple(RECORDS)
 
 
 @dataclass(frozen=True)
@@ -160,11 +231,11 @@ class DataSpec:
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
             raise LowRankError(_unknown_message(self.name))
-        if self.name in _IN_MEMORY and self.path:
+        if RECORDS[self.name].in_memory and self.path:
             raise LowRankError(
                 f"dataset {self.name!r} is built in and takes no PATH, got {self.path!r}; write --data {self.name}"
             )
-        if self.name not in _IN_MEMORY and not self.path:
+        if not RECORDS[self.name].in_memory and not self.path:
             raise LowRankError(
                 f"dataset {self.name!r} is read from a folder but no PATH was given; write {self.name}:PATH (e.g. --data {self.name}:~/data)"
             )
@@ -196,7 +267,7 @@ class DataSpec:
 
 def _unknown_message(name: str) -> str:
     close = difflib.get_close_matches(name, DATASETS, n=3, cutoff=0.6)
-    alias = _ALIASES.get(name)
+    alias = next((r.name for r in RECORDS.values() if name in r.aliases), None)
     if alias and alias not in close:
         close.insert(0, alias)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
@@ -404,25 +475,27 @@ class _GreyToRGB:
 def _transforms(name: str, size: int, augment: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The (train, val) transforms of a folder dataset; train equals val when ``augment`` is off."""
 
-    mean, std = _MEAN_STD[name]
-    tail: list[Any] = [T.ToTensor(), T.Normalize(mean, std)] + ([_GreyToRGB()] if name in _GREY else [])
+    record = RECORDS[name]
+    assert record.mean_std is not None  # every folder dataset has its statistics
+    mean, std = record.mean_std
+    tail: list[Any] = [T.ToTensor(), T.Normalize(mean, std)] + ([_GreyToRGB()] if record.grey else [])
     if name == "imagefolder":
         val = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), *tail])
         return (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *tail]) if augment else val), val
-    native = _NATIVE_SIZE[name]
+    native = record.native_size
     resize: list[Any] = [T.Resize((size, size))] if size != native else []
     val = T.Compose([*resize, *tail])
     if not augment:
         return val, val
-    padding = max(1, round(_CROP_PADDING[name] * size / native))
-    flip: list[Any] = [T.RandomHorizontalFlip()] if name in _FLIP else []
+    padding = max(1, round(record.crop_padding * size / native))
+    flip: list[Any] = [T.RandomHorizontalFlip()] if record.flip else []
     return T.Compose([*resize, T.RandomCrop(size, padding=padding), *flip, *tail]), val
 
 
 def _layout_text(name: str, root: Path) -> str:
     if name == "imagefolder":
         return f"{root / 'train'}/<class>/<image> and {root / 'val'}/<class>/<image> with the same class folders"
-    files = _LAYOUT[name]
+    files = RECORDS[name].layout
     folder = os.path.dirname(files[0])
     listing = ", ".join(os.path.basename(f) for f in files)
     return f"{root / folder if folder else root} holding {listing}"
@@ -442,14 +515,14 @@ def _check_layout(name: str, root: Path, download: bool) -> None:
         raise LowRankError(
             f"{name}:PATH must be a folder, but {root} is a file; point PATH at the folder described: {_layout_text(name, root)}"
         )
-    missing = [rel for rel in _LAYOUT[name] if not (root / rel).exists()]
-    legacy = _LEGACY_LAYOUT.get(name)
+    missing = [rel for rel in RECORDS[name].layout if not (root / rel).exists()]
+    legacy = RECORDS[name].legacy_layout
     if not missing or fetch or (legacy and all((root / rel).exists() for rel in legacy)):
         return
     hint = ""
     for parent in list(root.parents)[:2]:
         # a common slip: PATH points inside the dataset's own folder (e.g. ~/data/cifar-10-batches-py)
-        if all((parent / rel).exists() for rel in _LAYOUT[name]):
+        if all((parent / rel).exists() for rel in RECORDS[name].layout):
             hint = f"; the dataset is in {parent}: write {name}:{parent}"
             break
     else:
@@ -468,22 +541,10 @@ def _folder_datasets(spec: DataSpec, size: int, download: bool, augment: bool) -
     _check_layout(name, root, download)
     train_t, val_t = _transforms(name, size, augment)
     fetch = download and name != "imagefolder"
+    read = RECORDS[name].read
+    assert read is not None  # every folder dataset has a reader
     try:
-        if name == "imagefolder":
-            train, val = D.ImageFolder(str(root / "train"), train_t), D.ImageFolder(str(root / "val"), val_t)
-        elif name == "svhn":
-            train, val = (
-                D.SVHN(str(root), split="train", transform=train_t, download=fetch),
-                D.SVHN(str(root), split="test", transform=val_t, download=fetch),
-            )
-        else:
-            cls = {"cifar10": D.CIFAR10, "cifar100": D.CIFAR100, "mnist": D.MNIST, "fashion-mnist": D.FashionMNIST}[
-                name
-            ]
-            train, val = (
-                cls(str(root), train=True, transform=train_t, download=fetch),
-                cls(str(root), train=False, transform=val_t, download=fetch),
-            )
+        train, val = read(str(root), True, train_t, fetch), read(str(root), False, val_t, fetch)
     except Exception as exc:
         detail = first_line(exc, with_type=False)
         if fetch:
@@ -497,7 +558,9 @@ def _folder_datasets(spec: DataSpec, size: int, download: bool, augment: bool) -
         raise LowRankError(
             f"cannot read {name} from {root} ({detail}); the files may be incomplete or fail torchvision's checksum: delete them and fetch them again with --download"
         ) from None
-    if name == "imagefolder":
+    classes = RECORDS[name].num_classes
+    if classes is None:  # imagefolder: the class folders
+        assert isinstance(train, D.ImageFolder) and isinstance(val, D.ImageFolder)
         if train.classes != val.classes:
             # ImageFolder numbers classes per folder, so mismatched folders would silently mislabel val
             only_train = sorted(set(train.classes) - set(val.classes))
@@ -507,7 +570,7 @@ def _folder_datasets(spec: DataSpec, size: int, download: bool, augment: bool) -
                 f"only in val: {', '.join(only_val) or '-'}); give both the same class folders"
             )
         return train, val, len(train.classes)
-    return train, val, _NUM_CLASSES[name]
+    return train, val, classes
 
 
 # -- public builders ------------------------------------------------------------------------------------
@@ -545,7 +608,7 @@ def build_datasets(
     if image_size is not None:
         _check_int("image_size", image_size, 8)
     _check_int("seed", seed, 0)
-    size = image_size or _NATIVE_SIZE[spec.name]
+    size = image_size or RECORDS[spec.name].native_size
     train: Dataset
     val: Dataset
     if spec.name == "digits":
@@ -557,7 +620,7 @@ def build_datasets(
         classes = 10
     else:
         train, val, classes = _folder_datasets(spec, size, download, augment)
-    info = DataInfo(spec.name, classes, 3, size, len(train), len(val), spec.name in _GREY)  # type: ignore[arg-type]
+    info = DataInfo(spec.name, classes, 3, size, len(train), len(val), RECORDS[spec.name].grey)  # type: ignore[arg-type]
     return train, val, info
 
 
@@ -623,7 +686,7 @@ def build_loaders(
         sampler_cls = DistributedSampler
     train, val, info = build_datasets(spec, image_size=image_size, download=download, seed=seed, augment=augment)
     if workers is None:
-        workers = 0 if spec.name in _IN_MEMORY else min(4, os.cpu_count() or 1)
+        workers = 0 if RECORDS[spec.name].in_memory else min(4, os.cpu_count() or 1)
     common: dict[str, Any] = {
         "num_workers": workers,
         "pin_memory": torch.cuda.is_available(),

@@ -406,95 +406,33 @@ def export_onnx(
         >>> result.verification.max_rel < 1e-4               # doctest: +SKIP
         True
     """
-    if not isinstance(model, nn.Module):
-        raise LowRankError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_opset(opset)
-    batch = parse_batch(batch)
-    if precision not in PRECISIONS:
-        raise LowRankError(f"precision {precision!r} is not known; use one of: {', '.join(PRECISIONS)}")
-    if merge not in MERGE_MODES:
-        raise LowRankError(f"merge {merge!r} is not known; use one of: {', '.join(MERGE_MODES)}")
-    if exporter not in EXPORTERS:
-        raise LowRankError(f"exporter {exporter!r} is not known; use one of: {', '.join(EXPORTERS)}")
-    if precision == "int8" and calib_data is None:
-        raise LowRankError("int8 needs calibration data; pass calib_data (CLI: --calib-data digits, or cifar10:PATH)")
-    if precision != "int8" and calib_data is not None:
-        raise LowRankError("calibration data is only used for int8; drop it or add precision='int8' (CLI: --int8)")
-    path = check_output_path(path)
+    path, batch = _check_request(model, path, batch, opset, precision, merge, exporter, calib_data)
     note = progress or (lambda message: None)
     started = time.perf_counter()
-
     plan = plan_of(model)
     task = _task_of(model, plan)
-    size = parse_input_size(input_size) or (tuple(plan.input_size) if plan is not None else None)
-    if example_input is None:
-        if size is None:
-            raise LowRankError(
-                "no input size known for this model; pass input_size='3x224x224' (CLI: --input-size) or example_input"
-            )
-        trace_batch = 2 if batch == "dynamic" else int(batch)
-        example_input = _default_example(task, size, trace_batch)
-    args = _as_args(example_input)
-    if task == "detection" and batch not in ("dynamic", 1):
-        raise LowRankError(f"detection models export one image per call; use batch 'dynamic' or 1, not {batch}")
+    size, args = _trace_input(plan, task, input_size, example_input, batch)
 
     reference = copy.deepcopy(model).float().eval()  # what the file must compute (before merging)
     work = copy.deepcopy(reference)
     decisions: list[MergeDecision] = []
     if merge != "none":
         note(f"merging factor chains ({merge})")
-        decisions = merge_factors(
-            work, merge, plan=plan, batch=1 if batch == "dynamic" else int(batch), threads=threads, device=device
-        )
+        fixed = 1 if batch == "dynamic" else int(batch)
+        decisions = merge_factors(work, merge, plan=plan, batch=fixed, threads=threads, device=device)
     merged = [d.name for d in decisions if d.merged]
-
-    dtype = torch.float16 if precision == "fp16" else torch.float32
-    work = work.to(dtype)
-    args_typed = _cast(args, dtype)
-    with torch.no_grad():
-        try:
-            probe = work(*args_typed)
-        except Exception as exc:
-            raise LowRankError(
-                f"the model does not run on the example input ({first_line(exc, limit=260)}); check --input-size"
-            ) from None
-    input_names = _input_names(task, args)
-    output_names = _output_names(probe, task)
-    if batch == "dynamic":
-        if task == "detection":
-            axes = {input_names[0]: {1: "height", 2: "width"}} | {o: {0: "detections"} for o in output_names}
-        else:
-            axes = {n: {0: "batch"} for n in input_names} | {o: {0: "batch"} for o in output_names}
-    else:
-        axes = None
-    names = {"input_names": input_names, "output_names": output_names, "dynamic_axes": axes}
+    work, args_typed, names = _typed_graph_io(work, args, task, precision, batch)
 
     with atomic_file(path) as tmp:
         note(f"exporting ({exporter} exporter, opset {opset}, {precision})")
         used = _run_exporters(work, args_typed, str(tmp), opset, names, exporter)
-        proto = load_onnx(tmp)
-        _strip_identities(proto)
-        written_precision = "fp32" if precision == "int8" else precision
-        meta = _metadata(plan, task, size, written_precision, merged, used, metadata)
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            proto.metadata_props.add(key=key, value=value)
-        proto.doc_string = meta.get(META_PREFIX + "summary", f"exported by lowrank-tool {__version__}")
-        import onnx
-
-        onnx.save(proto, str(tmp))
-        opset_written = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
+        meta = _metadata(plan, task, size, "fp32" if precision == "int8" else precision, merged, used, metadata)
+        opset_written = _finish_graph(tmp, meta, default_opset=opset)
         quant_report = None
         if precision == "int8":
             note(f"quantizing to int8 (calibrating on {calib_samples} samples)")
-            quant_report = quantize_file(
-                tmp,
-                tmp,
-                calib_data,
-                size=size,
-                samples=calib_samples,
-                metadata=meta | {META_PREFIX + "precision": "int8"},
-            )
+            int8_meta = meta | {META_PREFIX + "precision": "int8"}
+            quant_report = quantize_file(tmp, tmp, calib_data, size=size, samples=calib_samples, metadata=int8_meta)
         report = None
         if verify:
             note("verifying with ONNX Runtime")
@@ -521,8 +459,8 @@ def export_onnx(
         opset_written,
         precision,
         batch,
-        input_names,
-        output_names,
+        names["input_names"],
+        names["output_names"],
         shapes,
         time.perf_counter() - started,
         path.stat().st_size,
@@ -532,3 +470,87 @@ def export_onnx(
         report,
         quant_report,
     )
+
+
+# -- the steps of export_onnx ------------------------------------------------------------------------------
+def _check_request(
+    model: Any,
+    path: str | os.PathLike[str],
+    batch: int | str,
+    opset: int,
+    precision: str,
+    merge: str,
+    exporter: str,
+    calib_data: Any,
+) -> tuple[Path, int | str]:
+    """Every argument checked before any work: the output path and the parsed batch."""
+    if not isinstance(model, nn.Module):
+        raise LowRankError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_opset(opset)
+    for what, value, allowed in (
+        ("precision", precision, PRECISIONS),
+        ("merge", merge, MERGE_MODES),
+        ("exporter", exporter, EXPORTERS),
+    ):
+        if value not in allowed:
+            raise LowRankError(f"{what} {value!r} is not known; use one of: {', '.join(allowed)}")
+    if precision == "int8" and calib_data is None:
+        raise LowRankError("int8 needs calibration data; pass calib_data (CLI: --calib-data digits, or cifar10:PATH)")
+    if precision != "int8" and calib_data is not None:
+        raise LowRankError("calibration data is only used for int8; drop it or add precision='int8' (CLI: --int8)")
+    return check_output_path(path), parse_batch(batch)
+
+
+def _trace_input(
+    plan: ConversionPlan | None, task: str, input_size: Any, example_input: Any, batch: int | str
+) -> tuple[tuple[int, ...] | None, tuple[Any, ...]]:
+    """The per-sample size recorded in the file, and the arguments the graph is traced with."""
+    size = parse_input_size(input_size) or (tuple(plan.input_size) if plan is not None else None)
+    if example_input is None:
+        if size is None:
+            raise LowRankError(
+                "no input size known for this model; pass input_size='3x224x224' (CLI: --input-size) or example_input"
+            )
+        example_input = _default_example(task, size, 2 if batch == "dynamic" else int(batch))
+    if task == "detection" and batch not in ("dynamic", 1):
+        raise LowRankError(f"detection models export one image per call; use batch 'dynamic' or 1, not {batch}")
+    return size, _as_args(example_input)
+
+
+def _typed_graph_io(
+    work: nn.Module, args: tuple[Any, ...], task: str, precision: str, batch: int | str
+) -> tuple[nn.Module, tuple[Any, ...], dict[str, Any]]:
+    """The model and inputs in the file's precision, and the graph's input/output names and dynamic axes
+    (read from one forward pass, which also shows that the model runs on the input)."""
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    work = work.to(dtype)
+    args_typed = _cast(args, dtype)
+    with torch.no_grad():
+        try:
+            probe = work(*args_typed)
+        except Exception as exc:
+            raise LowRankError(
+                f"the model does not run on the example input ({first_line(exc, limit=260)}); check --input-size"
+            ) from None
+    input_names = _input_names(task, args)
+    output_names = _output_names(probe, task)
+    axes: dict[str, dict[int, str]] | None = None
+    if batch == "dynamic" and task == "detection":
+        axes = {input_names[0]: {1: "height", 2: "width"}} | {o: {0: "detections"} for o in output_names}
+    elif batch == "dynamic":
+        axes = {n: {0: "batch"} for n in input_names} | {o: {0: "batch"} for o in output_names}
+    return work, args_typed, {"input_names": input_names, "output_names": output_names, "dynamic_axes": axes}
+
+
+def _finish_graph(path: Path, meta: dict[str, str], default_opset: int) -> int:
+    """Remove leftover Identity nodes, write the metadata and doc string; returns the opset written."""
+    import onnx
+
+    proto = load_onnx(path)
+    _strip_identities(proto)
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = meta.get(META_PREFIX + "summary", f"exported by lowrank-tool {__version__}")
+    onnx.save(proto, str(path))
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=default_opset)
