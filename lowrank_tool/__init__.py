@@ -15,11 +15,11 @@ module that owns it.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
 
+from ._lazy import lazy_exports
 from ._version import __version__
 
 #: Public name → the module that defines it.
@@ -73,16 +73,7 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 class _Package(types.ModuleType):

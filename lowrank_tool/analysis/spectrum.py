@@ -18,32 +18,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import linalg
 from ..conversion_plan import plan_of
 from ..convert.rank import RankSpec, choose_format, ranks_for
 from ..layers.base import ConvGeometry, LowRankConv
 from ..linalg import (
-    MODES,
     effective_rank,
     energy_kept,
     orthogonality_error,
-    rank_for_energy,
     singular_values,
     stable_rank,
-    unfold,
 )
 
-__all__ = [
-    "unfold",
-    "singular_values",
-    "effective_rank",
-    "stable_rank",
-    "energy_kept",
-    "rank_for_energy",
-    "orthogonality_error",
-    "LayerSpectrum",
-    "analyze",
-    "MODES",
-]
+__all__ = [*linalg.__all__, "LayerSpectrum", "analyze"]
 
 
 @dataclass

@@ -27,15 +27,6 @@ from .cifar import (
 from .stem import cifar_stem_
 
 __all__ = [
-    "BasicBlock",
-    "CifarResNet",
-    "CifarVGG",
-    "Shortcut",
-    "resnet20",
-    "resnet32",
-    "resnet56",
-    "resnet110",
-    "vgg16_cifar",
-    "cifar_stem_",
-    "CIFAR_MODELS",
-]
+    "BasicBlock", "CifarResNet", "CifarVGG", "Shortcut", "resnet20", "resnet32", "resnet56", "resnet110", "vgg16_cifar",
+    "CIFAR_MODELS", "cifar_stem_",
+]  # fmt: skip
