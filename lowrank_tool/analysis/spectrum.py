@@ -18,19 +18,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import linalg
 from ..conversion_plan import plan_of
 from ..convert.rank import RankSpec, choose_format, ranks_for
 from ..layers.base import ConvGeometry, LowRankConv
-from ..linalg import (
+from ..linalg import (  # re-exported: they were first defined here
+    MODES,
     effective_rank,
     energy_kept,
     orthogonality_error,
+    rank_for_energy,
     singular_values,
     stable_rank,
+    unfold,
 )
 
-__all__ = [*linalg.__all__, "LayerSpectrum", "analyze"]
+__all__ = [
+    "MODES", "unfold", "singular_values", "effective_rank", "stable_rank", "energy_kept", "rank_for_energy",
+    "orthogonality_error", "LayerSpectrum", "analyze",
+]  # fmt: skip
 
 
 @dataclass
