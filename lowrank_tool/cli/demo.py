@@ -8,8 +8,6 @@ PyTorch) and times them in ONNX Runtime, back to back.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,76 +30,33 @@ def demo(
     json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Train a dense network and its ELRT low-rank version from scratch on digits, export both to ONNX, compare them."""
-    import torch
+    from ..analysis.compare import compare_dense_and_lowrank
 
-    from ..convert.api import convert
-    from ..errors import LowRankError
-    from ..export.onnx import export_onnx
-    from ..io import load, save
-    from ..runtime import make_session, time_onnx
-    from ..train.config import TrainConfig
-    from ..train.run import train_artifact
+    chatty = not (quiet or json)
 
-    if output is not None and output.exists():
-        raise LowRankError(f"{output} already exists; choose another --output directory")
-    root = output or Path(tempfile.mkdtemp(prefix="lowrank-demo-"))
-    rows: list[dict[str, Any]] = []
-    try:
-        for name, kwargs, method in (
-            ("dense", {"dense": True}, "dense"),
-            (f"ELRT rank {rank:g}", {"rank": rank}, "elrt"),
-        ):
-            directory = root / method
-            torch.manual_seed(seed)  # the same initial dense weights for both runs, and a reproducible demo
-            net = convert(model, num_classes=10, input_size=(3, image_size, image_size), **kwargs)
-            save(net, directory)
-            cfg = TrainConfig(
-                data="digits",
-                epochs=epochs,
-                batch_size=64,
-                lr=0.05,
-                weight_decay=5e-4,
-                warmup_epochs=1,
-                method=method,
-                image_size=image_size,
-                seed=seed,
+    def on_start(name: str) -> None:
+        if chatty:
+            console.print(f"[bold]{name}[/bold]: training {model} on digits for {epochs} epochs")
+
+    def on_epoch(r: dict[str, Any]) -> None:
+        if chatty:
+            console.print(
+                f"  epoch {r['epoch'] + 1}/{epochs}  loss {r['train_loss']:.3f}  val top1 {r['val_top1']:5.1f}%  "
+                f"{r['epoch_seconds']:.1f}s",
+                highlight=False,
             )
-            if not (quiet or json):
-                console.print(f"[bold]{name}[/bold]: training {model} on digits for {epochs} epochs")
 
-            def on_epoch(r: dict[str, Any]) -> None:
-                if not (quiet or json):
-                    console.print(
-                        f"  epoch {r['epoch'] + 1}/{epochs}  loss {r['train_loss']:.3f}  val top1 {r['val_top1']:5.1f}%  "
-                        f"{r['epoch_seconds']:.1f}s",
-                        highlight=False,
-                    )
-
-            _, summary = train_artifact(directory, cfg, progress=not (quiet or json), on_epoch=on_epoch)
-            rows.append(
-                {
-                    "model": name,
-                    "params": summary["params"],
-                    "macs": summary["macs"],
-                    "best_top1": summary["best_top1"],
-                    "last_top1": summary["last_top1"],
-                    "train_seconds": summary["wall_seconds"],
-                    "directory": str(directory),
-                }
-            )
-        # Deployment: both trained models to ONNX (verified against PyTorch), timed back to back in ONNX Runtime.
-        for row, method in zip(rows, ("dense", "elrt"), strict=True):
-            onnx_file = root / f"{method}.onnx"
-            result = export_onnx(load(root / method), onnx_file)
-            row["onnx_file"] = str(onnx_file) if output is not None else None
-            row["onnx_max_rel_error"] = result.verification.max_rel
-        x = torch.randn(1, 3, image_size, image_size).numpy()
-        for row, method in zip(rows, ("dense", "elrt"), strict=True):
-            session = make_session(root / f"{method}.onnx", device="cpu")
-            row["onnx_ms"] = time_onnx(session, {"input": x}, runs=200, warmup=20).median_ms
-    finally:
-        if output is None:
-            shutil.rmtree(root, ignore_errors=True)
+    rows = compare_dense_and_lowrank(
+        model,
+        rank,
+        epochs=epochs,
+        image_size=image_size,
+        seed=seed,
+        output=output,
+        progress=chatty,
+        on_start=on_start,
+        on_epoch=on_epoch,
+    )
     if json:
         print_json({"model": model, "data": "digits", "epochs": epochs, "image_size": image_size, "results": rows})
         return
