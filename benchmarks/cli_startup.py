@@ -1,0 +1,86 @@
+"""Time `lowrank --help`, `lowrank CMD --help` and `lowrank --version`: each a fresh Python process.
+
+Usage:
+    python benchmarks/cli_startup.py                                   # this checkout
+    python benchmarks/cli_startup.py --against /tmp/old --repeat 7     # and another checkout, interleaved
+
+``--against DIR`` runs the same commands from another checkout of the repository (e.g.
+``git worktree add /tmp/old 0a9667c``), alternating with this one, so that the ratio is measured in one
+run on the same machine state. The first round is a warm-up (file cache) and is not counted. The
+package is imported from the directory given, not from what ``pip install -e`` registered. Prints a
+Markdown table (median, min-max) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COMMANDS = (["--help"], ["--version"], ["convert", "--help"], ["train", "--help"], ["export", "--help"])
+
+# Run `lowrank_tool` from a given checkout: drop the editable-install finder, put the checkout first.
+_RUN = (
+    "import sys, runpy; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+    "sys.path.insert(0, sys.argv[1]); sys.argv = ['lowrank', *sys.argv[2:]]; runpy.run_module('lowrank_tool', run_name='__main__')"
+)
+
+
+def one(checkout: Path, argv: list[str]) -> float:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _RUN, str(checkout), *argv], capture_output=True, text=True, cwd="/")
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise SystemExit(f"lowrank {' '.join(argv)} failed in {checkout}: {out.stderr.strip()[-400:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--against", type=Path, help="another checkout to compare with (interleaved)")
+    parser.add_argument("--repeat", type=int, default=7, help="rounds (the first is a warm-up)")
+    parser.add_argument("--json", default="benchmarks/results/cli_startup.json")
+    args = parser.parse_args()
+    here = Path(__file__).resolve().parent.parent
+    checkouts = {"this checkout": here} | ({"against": args.against.resolve()} if args.against else {})
+    times: dict[str, dict[str, list[float]]] = {name: {" ".join(c): [] for c in COMMANDS} for name in checkouts}
+    for round_ in range(args.repeat):
+        for argv in COMMANDS:
+            for name, checkout in checkouts.items():
+                t = one(checkout, list(argv))
+                if round_:
+                    times[name][" ".join(argv)].append(t)
+
+    def cell(samples: list[float]) -> str:
+        return f"{statistics.median(samples):.2f} s [{min(samples):.2f}-{max(samples):.2f}]"
+
+    header = "| command | " + " | ".join(checkouts) + (" | ratio |" if args.against else " |")
+    print(header)
+    print("|---" * (len(checkouts) + 1 + bool(args.against)) + "|")
+    for argv in COMMANDS:
+        key = " ".join(argv)
+        row = f"| lowrank {key} | " + " | ".join(cell(times[name][key]) for name in checkouts)
+        if args.against:
+            row += (
+                f" | {statistics.median(times['against'][key]) / statistics.median(times['this checkout'][key]):.1f}x"
+            )
+        print(row + " |")
+    result = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "checkouts": {name: str(path) for name, path in checkouts.items()},
+        "rounds_counted": args.repeat - 1,
+        "seconds": times,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
