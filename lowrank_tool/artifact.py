@@ -13,12 +13,21 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar
 
-from .errors import LowRankError
+from .errors import LowRankError, LowRankWarning
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no fcntl: runs are not locked there
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "PLAN_FILE",
@@ -30,6 +39,8 @@ __all__ = [
     "atomic_file",
     "atomic_write_text",
     "atomic_directory",
+    "LOCK_FILE",
+    "DirectoryLock",
 ]
 
 PLAN_FILE = "plan.json"
@@ -125,3 +136,79 @@ class atomic_directory:
         os.replace(self.tmp, self.target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+#: The lock file of a training directory (empty when no run holds it).
+LOCK_FILE = ".lowrank.lock"
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory for one run (``DIR/.lowrank.lock``, an OS file lock).
+
+    A second run on the same directory gets a one-line :class:`LowRankError` naming the holder's PID,
+    instead of mixing its checkpoints and metrics with the first run's. The operating system releases the
+    lock when its process ends, however it ends, so a lock left by a killed run is taken over; the holder
+    it recorded is then reported in :attr:`stale` (the caller says so). Within one process the lock is
+    re-entrant (``train_artifact`` holds it around ``Trainer.fit``, which takes it too). Where the OS has no
+    file locks (no :mod:`fcntl`, i.e. Windows) the lock is not taken.
+
+    Example:
+        >>> with DirectoryLock("runs/r20") as lock:  # doctest: +SKIP
+        ...     train()
+    """
+
+    _held: ClassVar[dict[str, list[int]]] = {}  # resolved path → [fd, depth], this process's locks
+
+    def __init__(self, directory: str | os.PathLike[str], what: str = "trained") -> None:
+        self.directory = Path(directory)
+        self.what = what
+        self.stale: str | None = None  # "pid 1234 on host, since ..." of a dead holder that was taken over
+
+    def __enter__(self) -> DirectoryLock:
+        if fcntl is None:  # pragma: no cover - Windows
+            return self
+        key = str(self.directory.resolve())
+        if key in self._held:
+            self._held[key][1] += 1
+            return self
+        path = self.directory / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LowRankError(f"cannot create {path} ({exc.strerror}); make {self.directory} writable") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise LowRankError(
+                f"{self.directory} is being {self.what} by another run ({holder}); wait for it to finish or stop it — "
+                "two runs in one directory would mix their checkpoints and metrics"
+            ) from None
+        previous = os.pread(fd, 256, 0).decode("utf-8", "replace").strip()
+        self.stale = previous or None  # a holder that did not clear its record: it was killed
+        if self.stale:
+            warnings.warn(
+                f"{self.directory}: the run that held it ({self.stale}) ended without releasing its lock (killed?); "
+                "taking it over — its files are as its last checkpoint left them",
+                LowRankWarning,
+                stacklevel=2,
+            )
+        record = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode(), 0)
+        self._held[key] = [fd, 1]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        key = str(self.directory.resolve())
+        held = self._held.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del self._held[key]
+            try:
+                os.ftruncate(held[0], 0)  # an empty lock file: nobody holds it, nobody was killed
+            finally:
+                os.close(held[0])  # releases the lock

@@ -79,8 +79,24 @@ class LayerPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerPlan:
+        """A layer record from JSON; wrong types are a ``ValueError`` naming the field (a plan file is data)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        entry = cls(**{k: v for k, v in data.items() if k in names})
+        where = f"layer {entry.name!r}"
+        for key in ("in_channels", "out_channels", "groups", "calls"):
+            if not _is_int(getattr(entry, key)) or getattr(entry, key) < 0:
+                raise ValueError(f"{where}: {key} {getattr(entry, key)!r} is not a non-negative integer")
+        for key in ("kernel_size", "stride", "dilation"):
+            value = getattr(entry, key)
+            if not isinstance(value, list) or not value or not all(_is_int(v) and v >= 1 for v in value):
+                raise ValueError(f"{where}: {key} {value!r} is not a list of positive integers")
+        if entry.ranks is not None and (
+            not isinstance(entry.ranks, list) or not entry.ranks or not all(_is_int(r) and r >= 1 for r in entry.ranks)
+        ):
+            raise ValueError(f"{where}: ranks {entry.ranks!r} is not a list of positive integers")
+        if entry.converted and entry.ranks is None:
+            raise ValueError(f"{where}: format {entry.format!r} without ranks")
+        return entry
 
 
 @dataclass
@@ -173,6 +189,15 @@ class ConversionPlan:
                 f"{source} has schema version {version}, newer than the {SCHEMA_VERSION} this lowrank-tool {__version__} reads; "
                 "upgrade with `pip install -U lowrank-tool`"
             )
+        if version < 1:
+            raise LowRankError(
+                f"{source} has schema version {version}; versions start at 1, so the file is corrupt — re-create it with `lowrank convert -o DIR`"
+            )
+        size = data.get("input_size")
+        if not isinstance(size, list) or len(size) not in (3, 4) or not all(_is_int(d) and d >= 1 for d in size):
+            raise LowRankError(
+                f"{source}: input_size {size!r} is not 3 or 4 positive integers (C, H, W or C, T, H, W); re-create it with `lowrank convert -o DIR`"
+            )
         try:
             return cls(
                 base_model=dict(data["base_model"]),
@@ -228,3 +253,7 @@ def attach_plan(model: Any, plan: ConversionPlan) -> Any:
         raise LowRankError(f"attach_plan needs a ConversionPlan, got {type(plan).__name__}")
     setattr(model, PLAN_ATTR, plan)
     return model
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

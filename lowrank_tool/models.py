@@ -172,6 +172,10 @@ def list_models(task: str | None = None, source: str | None = None) -> list[Mode
 def _import_factory(spec: str) -> ModelEntry:
     """``package.module:factory`` → an entry that calls ``factory(**kwargs)`` (the user's own code)."""
     module_name, _, attr = spec.partition(":")
+    if not all(part.isidentifier() for part in module_name.split(".")) or not attr.isidentifier():
+        raise LowRankError(
+            f"{spec!r} is not 'package.module:factory'; write e.g. 'mypkg.nets:make_net' (a module path, a colon, a name)"
+        )
     if module_name == "timm":
         raise LowRankError(
             f"{spec!r}: timm's models are spelled timm/NAME, e.g. timm/resnet50 (list them with `lowrank models --source timm`)"

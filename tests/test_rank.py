@@ -38,7 +38,7 @@ def test_rank_parsing(value, kind, number):
         (-0.5, "not positive"),
         (1.5, "fraction above 1"),
         ("abc", "not a number"),
-        (float("nan"), "not positive"),
+        (float("nan"), "not a finite number"),
     ],
 )
 def test_bad_ranks(value, message):

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from typing import Any
 
 import typer
 import typer.core
 
 from .._version import __version__
-from ..errors import LowRankError, VerificationError
-from ._common import fail
+from ..errors import LowRankError, LowRankWarning, VerificationError
+from ._common import fail, note
 
 #: Command → its one-line help (the first line of the command function's docstring), in help order.
 COMMANDS = {
@@ -98,12 +99,48 @@ typer_app = _typer_app
 
 
 def main() -> None:
-    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    """Console-script entry point: user errors become one line on stderr and exit code 2; the toolkit's
+    warnings (:class:`LowRankWarning`) become one ``note:`` line each."""
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
-        app.main(prog_name="lowrank")
+        code = app.main(prog_name="lowrank", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's usage errors: an unknown option, a value not among the choices
+        fail(_usage_line(exc), code=int(getattr(exc, "exit_code", 2)))
     except LowRankError as exc:
         fail(str(exc))
     except VerificationError as exc:
         fail(str(exc), code=1)
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        warnings.showwarning = previous
+
+
+def _usage_line(exc: Exception) -> str:
+    """A click usage error in one line, with the command whose --help explains it."""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    ctx = getattr(exc, "ctx", None)
+    where = f"`{ctx.command_path} --help`" if ctx is not None else "`lowrank --help`"
+    return f"{' '.join(message.split())} (see {where})"
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    if issubclass(category, LowRankWarning):
+        note(str(message))
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)

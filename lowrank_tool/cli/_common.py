@@ -60,6 +60,11 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.exit(code)
 
 
+def note(message: str) -> None:
+    """A remark for the user, one line on stderr (user values printed as text, never as markup)."""
+    err_console.print(f"[yellow]note:[/yellow] {escape(message)}")
+
+
 def human(n: float, unit: str = "") -> str:
     """12_345_678 → '12.3M'."""
     for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import LowRankError
@@ -98,13 +99,13 @@ def analyze(
     if json:
         print_json([s.to_dict() for s in spectra])
         return
-    console.print(_table(spectra, title=str(target)))
+    console.print(_table(spectra, title=escape(str(target))))
     console.print(_summary(spectra))
     console.print(f"[dim]{DEFINITIONS}[/dim]")
     for note in notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
     if plot is not None:
-        console.print(f"plot written to {plot}")
+        console.print(f"plot written to {plot}", markup=False)
 
 
 # -- table and summary -----------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def _table(spectra: Sequence[LayerSpectrum], title: str | None = None) -> Table:
         )
     for s in spectra:
         table.add_row(
-            s.name,
+            escape(s.name),
             "x".join(map(str, s.kernel)),
             f"{s.in_channels}→{s.out_channels}",
             s.format,
@@ -143,7 +144,7 @@ def _table(spectra: Sequence[LayerSpectrum], title: str | None = None) -> Table:
             _pair(s.stable_rank_out, s.stable_rank_in, ".1f"),
             _pair(s.energy_out, s.energy_in, ".3f") if s.ranks else "-",
             "-" if s.orth_error is None else f"{s.orth_error:.1e}",
-            s.note or "",
+            escape(s.note or ""),
             style=None if s.ranks else "dim",
         )
     return table

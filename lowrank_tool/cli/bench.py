@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..choices import DEVICES, ENGINES, MERGE_MODES
@@ -79,7 +80,7 @@ def bench(
         return
     comparisons = {(c["engine"], c["batch"], c["threads"]): c for c in report.comparisons()}
     size = "x".join(map(str, report.input_size))
-    table = Table(title=f"{target} at {size}, {runs} runs after {warmup} warm-up", header_style="bold")
+    table = Table(title=escape(f"{target} at {size}, {runs} runs after {warmup} warm-up"), header_style="bold")
     for col in (
         "model",
         "engine",
@@ -109,7 +110,7 @@ def bench(
         )
     console.print(table)
     for note in report.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, markup=False)
     if comparisons:
         console.print(
             "speedup = dense median / low-rank median; efficiency = speedup / MAC reduction (1.0 = every saved MAC saves time)"

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, POLICIES
-from ..convert.options import option_help
+from ..convert.options import ConvertOptions, RankSpec, option_help
 from ._common import (
     MODEL_ARG_HELP,
     choices,
@@ -77,26 +78,43 @@ def convert(
         raise LowRankError(f"{output} already exists; choose another output directory or pass --force")
     if target_speedup is not None and policy.value != "latency":
         raise LowRankError("--target-speedup needs --policy latency")
-    if policy.value == "latency" and not json:
-        err_console.print(
-            "measuring layer forms in ONNX Runtime on this machine (cached per machine; the first run takes longer)"
-        )
     if energy is not None:
         if rank is not None:
             raise LowRankError("--energy and --rank exclude each other; choose one rank rule")
         rank = f"energy:{energy}"
+    if rank is not None:  # a bad value is named first, before what it would need
+        RankSpec.parse(rank, what="--energy" if energy is not None else "--rank")
     if weights is not None and init.value != "decompose":
         raise LowRankError(
             "--weights are only used to decompose trained weights; add --init decompose (random init would discard them)"
         )
-    if (
-        rank is not None
-        and (rank.strip().lower() == "erank" or rank.startswith("energy:"))
-        and weights is None
-        and init.value != "decompose"
-    ):
+    needs_weights = rank is not None and (rank.strip().lower() == "erank" or rank.startswith("energy:"))
+    if needs_weights and weights is None and init.value != "decompose":
         raise LowRankError(f"rank {rank} is computed from trained weights; add --weights FILE --init decompose")
-    kwargs = parse_model_args(model_arg)
+    options = ConvertOptions(
+        rank=rank,
+        format=format.value,
+        target_params=target_params,
+        target_macs=target_macs,
+        round_to=round_to,
+        exclude=exclude or (),
+        layer_rank=layer_rank or None,
+        input_size=input_size,
+        num_classes=num_classes,
+        init=init.value,
+        allow_growth=allow_growth,
+        dense=dense,
+        weights=weights,
+        model_kwargs=parse_model_args(model_arg) or None,
+        policy=policy.value,
+        target_speedup=target_speedup,
+        latency_threads=threads,
+        latency_batch=batch,
+    )
+    if policy.value == "latency" and not json:
+        err_console.print(
+            "measuring layer forms in ONNX Runtime on this machine (cached per machine; the first run takes longer)"
+        )
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -116,36 +134,15 @@ def convert(
         disable=json or not err_console.is_terminal,
     )
     with bar:
-        task = bar.add_task(f"tracing {model}", total=None, layer="")
+        task = bar.add_task(escape(f"tracing {model}"), total=None, layer="")
 
         def progress(done: int, total: int, name: str) -> None:
-            bar.update(task, description=f"{init.value} init", completed=done, total=total, layer=name)
+            bar.update(task, description=f"{init.value} init", completed=done, total=total, layer=escape(name))
 
-        converted = do_convert(
-            model,
-            rank,
-            format=format.value,
-            target_params=target_params,
-            target_macs=target_macs,
-            round_to=round_to,
-            exclude=exclude or (),
-            layer_rank=layer_rank or None,
-            input_size=input_size,
-            num_classes=num_classes,
-            init=init.value,
-            allow_growth=allow_growth,
-            dense=dense,
-            progress=progress,
-            weights=weights,
-            model_kwargs=kwargs or None,
-            policy=policy.value,
-            target_speedup=target_speedup,
-            latency_threads=threads,
-            latency_batch=batch,
-        )
+        converted = do_convert(model, options=options, progress=progress)
         plan = summary(converted)
         if output is not None:
-            bar.update(task, description=f"writing {output}", layer="")
+            bar.update(task, description=escape(f"writing {output}"), layer="")
             save(converted, output, overwrite=force)
     if json:
         data = plan.to_dict()
@@ -155,4 +152,5 @@ def convert(
         return
     print_plan(plan, title=f"{model} → low-rank")
     if output is not None:
-        console.print(f"wrote [bold]{output}/plan.json[/bold] and [bold]{output}/model.safetensors[/bold]")
+        out = escape(str(output))
+        console.print(f"wrote [bold]{out}/plan.json[/bold] and [bold]{out}/model.safetensors[/bold]")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ._common import console, human, print_json
@@ -36,7 +37,7 @@ def demo(
 
     def on_start(name: str) -> None:
         if chatty:
-            console.print(f"[bold]{name}[/bold]: training {model} on digits for {epochs} epochs")
+            console.print(f"[bold]{escape(name)}[/bold]: training {escape(model)} on digits for {epochs} epochs")
 
     def on_epoch(r: dict[str, Any]) -> None:
         if chatty:
@@ -61,7 +62,8 @@ def demo(
         print_json({"model": model, "data": "digits", "epochs": epochs, "image_size": image_size, "results": rows})
         return
     table = Table(
-        title=f"{model} on digits ({image_size}x{image_size}), {epochs} epochs from scratch", header_style="bold"
+        title=escape(f"{model} on digits ({image_size}x{image_size}), {epochs} epochs from scratch"),
+        header_style="bold",
     )
     for col in (
         "model",

@@ -130,6 +130,7 @@ def export(
         f"wrote {result.path} ({human(result.size_bytes, 'B')}, {precision}) in {result.seconds:.1f}s: "
         f"{result.exporter} exporter, opset {result.opset}; inputs {shapes} → outputs {', '.join(result.output_names)}",
         highlight=False,
+        markup=False,
     )
     if merge.value != "none":
         total = len(result.merge_decisions)
@@ -143,10 +144,11 @@ def export(
             f"int8 accuracy on {q.data} val ({q.eval_samples} images): fp32 {q.fp32_top1:.2f}% → int8 {q.int8_top1:.2f}% "
             f"({q.int8_top1 - q.fp32_top1:+.2f} points; calibrated on {q.calib_samples} train images)",
             highlight=False,
+            markup=False,
         )
     if result.verification is not None:
-        console.print(result.verification.line(), highlight=False)
+        console.print(result.verification.line(), highlight=False, markup=False)
         for note in result.verification.notes:
-            console.print(f"  note: {note}", highlight=False)
+            console.print(f"  note: {note}", highlight=False, markup=False)
     else:
         console.print("not verified (--no-verify)")

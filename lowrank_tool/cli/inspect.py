@@ -33,5 +33,6 @@ def inspect(
     size = (directory / WEIGHTS_FILE).stat().st_size
     console.print(
         f"loaded {plan.base_model.get('name') or plan.base_model.get('class')}: {human(params)} parameters, "
-        f"{WEIGHTS_FILE} {human(size, 'B')}, plan schema v{plan.schema_version} (lowrank-tool {plan.toolkit_version})"
+        f"{WEIGHTS_FILE} {human(size, 'B')}, plan schema v{plan.schema_version} (lowrank-tool {plan.toolkit_version})",
+        markup=False,
     )

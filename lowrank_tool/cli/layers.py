@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ._common import MODEL_ARG_HELP, console, parse_model_args, print_json
@@ -54,13 +55,13 @@ def layers(
         table.add_column(col)
     for entry in plan.layers:
         table.add_row(
-            entry.name,
+            escape(entry.name),
             entry.kind,
             f"{entry.in_channels}→{entry.out_channels}",
             "x".join(map(str, entry.kernel_size)),
             "x".join(map(str, entry.stride)),
             "x".join(map(str, entry.output_size or [])) or "-",
-            entry.format if entry.converted else f"dense: {entry.reason}",
+            entry.format if entry.converted else escape(f"dense: {entry.reason}"),
             style=None if entry.converted else "dim",
         )
     console.print(table)

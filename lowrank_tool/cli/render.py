@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich.markup import escape
 from rich.table import Table
 
 from ._common import console, human
@@ -34,7 +35,7 @@ def _size(sizes: list[int] | None) -> str:
 
 
 def plan_table(plan: ConversionPlan, title: str | None = None) -> Table:
-    table = Table(title=title, show_lines=False, header_style="bold", pad_edge=False)
+    table = Table(title=escape(title) if title else None, show_lines=False, header_style="bold", pad_edge=False)
     for col in ("layer", "kernel", "channels", "out size", "format", "ranks", "params", "MACs", "note"):
         left = col in ("layer", "format", "note")
         table.add_column(
@@ -43,7 +44,7 @@ def plan_table(plan: ConversionPlan, title: str | None = None) -> Table:
     for layer in plan.layers:
         style = None if layer.converted else "dim"
         table.add_row(
-            layer.name,
+            escape(layer.name),
             "x".join(map(str, layer.kernel_size)),
             f"{layer.in_channels}→{layer.out_channels}",
             _size(layer.output_size),
@@ -51,7 +52,7 @@ def plan_table(plan: ConversionPlan, title: str | None = None) -> Table:
             ",".join(map(str, layer.ranks)) if layer.ranks else "-",
             f"{human(layer.params_before)}→{human(layer.params_after)}",
             f"{human(layer.macs_before)}→{human(layer.macs_after)}",
-            layer.reason or (f"err {layer.error:.2e}" if layer.error is not None else ""),
+            escape(layer.reason or (f"err {layer.error:.2e}" if layer.error is not None else "")),
             style=style,
         )
     t = plan.totals()
@@ -83,7 +84,7 @@ def print_plan(plan: ConversionPlan, title: str | None = None) -> None:
     console.print(f"[dim]{rank_meaning(plan)}; MACs count conv and linear layers[/dim]")
     if plan.trace.get("path") == "hooks":
         console.print(
-            f"[dim]torch.fx could not trace the whole model ({plan.trace.get('fx_error')}); shapes came from forward hooks[/dim]"
+            f"[dim]torch.fx could not trace the whole model ({escape(str(plan.trace.get('fx_error')))}); shapes came from forward hooks[/dim]"
         )
     for note in plan.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..choices import AMP_MODES, DEEPTWIST_LOWERINGS, DEVICES, MEMORY_FORMATS, OPTIMIZERS, ORTH_KINDS, SCHEDULES
 from ..errors import LowRankError
-from ._common import TRUST_CODE_HELP, choices, console, err_console, human
+from ._common import TRUST_CODE_HELP, choices, console, err_console, fail, human
 
 Optim = choices("Optim", OPTIMIZERS)
 Schedule = choices("Schedule", SCHEDULES)
@@ -254,12 +255,13 @@ def train(
     except TrainingInterrupted as exc:
         if rank0:
             err_console.print(
-                f"interrupted: {exc}; state saved in {directory}; continue with `lowrank train {directory} --resume`"
+                f"interrupted: {exc}; state saved in {directory}; continue with `lowrank train {directory} --resume`",
+                markup=False,
             )
         sys.exit(130)
     except TrainingDiverged as exc:
         if rank0:
-            err_console.print(f"[bold red]error:[/bold red] {exc}")
+            fail(str(exc), code=1)
         sys.exit(1)
     if not rank0:
         return
@@ -267,9 +269,12 @@ def train(
         print_json_line(summary)
     else:
         console.print(
-            f"[bold]done[/bold] {summary['model']} ({summary['method']}) on {summary['data']}: best top1 {summary['best_top1']:.2f}% "
-            f"(epoch {summary['best_epoch'] + 1}), last {summary['last_top1']:.2f}%, {human(summary['params'])} params, "
-            f"{human(summary['macs'])} MACs, {summary['wall_seconds']:.1f}s; results in {directory}",
+            "[bold]done[/bold] "
+            + escape(
+                f"{summary['model']} ({summary['method']}) on {summary['data']}: best top1 {summary['best_top1']:.2f}% "
+                f"(epoch {summary['best_epoch'] + 1}), last {summary['last_top1']:.2f}%, {human(summary['params'])} params, "
+                f"{human(summary['macs'])} MACs, {summary['wall_seconds']:.1f}s; results in {directory}"
+            ),
             highlight=False,
         )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -151,6 +153,8 @@ def _plan(model: nn.Module | str, opts: ConvertOptions, example_input: Any = Non
     ref = next((p for p in module.parameters() if p.is_floating_point()), None)
     device, dtype = (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)
     if example_input is None:
+        if device.type != "meta":
+            _check_fits(size)
         example = _to(make_example(task, size, batch=1), device, dtype)
         train_example = _to(make_example(task, size, batch=2), device, dtype)
     else:
@@ -181,6 +185,21 @@ def _plan(model: nn.Module | str, opts: ConvertOptions, example_input: Any = Non
             )
         apply_latency_policy(module, plan, opts)
     return _Planned(module, plan, example, cap.meta or device.type == "meta")
+
+
+def _check_fits(size: tuple[int, ...]) -> None:
+    """Refuse an input size whose trace cannot fit in memory, before allocating it (one line, not an OOM)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: let the allocator decide
+        return
+    per_sample = math.prod(size) * 4  # float32
+    # three samples are built (a batch of 1 and one of 2), and activations take many times the input
+    if 3 * per_sample > memory // 4:
+        raise LowRankError(
+            f"input size {'x'.join(map(str, size))} is {per_sample / 2**30:.1f} GiB per image as float32, too large to trace "
+            f"on this machine ({memory / 2**30:.0f} GiB of memory); pass the size the model is used at with --input-size"
+        )
 
 
 @dataclass

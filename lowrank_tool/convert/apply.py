@@ -13,10 +13,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..choices import FORMAT_CHOICES
 from ..conversion_plan import ConversionPlan, LayerPlan
 from ..errors import LowRankError
 from ..layers import get_format
 from ..layers.base import ConvGeometry, Init
+from .options import RankSpec
+from .rank import ranks_for
 from .support import conv_support
 
 __all__ = ["apply_plan", "set_submodule", "get_submodule"]
@@ -65,6 +68,19 @@ def _check_matches(module: nn.Module, entry: LayerPlan) -> ConvGeometry:
     return support
 
 
+def _check_ranks(entry: LayerPlan, geometry: ConvGeometry) -> None:
+    """A plan's ranks must fit the layer (a file could ask for rank 100000 and 360 GB of factors)."""
+    if entry.format not in FORMAT_CHOICES:  # a registered format knows its own ranks
+        return
+    full = ranks_for(entry.format, geometry, RankSpec("ratio", 1.0), 1)
+    ranks = tuple(entry.ranks or ())
+    if len(ranks) != len(full) or any(r > f for r, f in zip(ranks, full, strict=False)):
+        raise LowRankError(
+            f"the plan gives {entry.name!r} ({entry.format}) ranks {list(ranks)}, but that layer takes "
+            f"{len(full)} rank(s) of at most {list(full)}; re-create the plan with this model"
+        )
+
+
 @torch.no_grad()
 def apply_plan(
     model: nn.Module,
@@ -87,6 +103,7 @@ def apply_plan(
         geometry = _check_matches(module, entry)
         assert isinstance(module, (nn.Conv2d, nn.Conv3d))  # _check_matches raised otherwise
         cls = get_format(entry.format, len(entry.kernel_size))
+        _check_ranks(entry, geometry)
         layer = cls.from_dense(module, tuple(entry.ranks or ()), init=init, geometry=geometry)
         if init == "decompose":
             ref = module.weight.detach().double()

@@ -67,7 +67,11 @@ class RankSpec:
                     f"{what} {value} is not positive; use a fraction in (0, 1] (e.g. 0.3) or an integer rank >= 1"
                 )
             return cls("absolute", value)
-        if not math.isfinite(value) or value <= 0:
+        if not math.isfinite(value):
+            raise LowRankError(
+                f"{what} {value} is not a finite number; use a fraction in (0, 1] (e.g. 0.3) or an integer rank >= 1"
+            )
+        if value <= 0:
             raise LowRankError(
                 f"{what} {value} is not positive; use a fraction in (0, 1] (e.g. 0.3) or an integer rank >= 1"
             )
@@ -183,6 +187,11 @@ class ConvertOptions:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise LowRankError(f"{b} {value!r} must be a fraction in (0, 1) of the dense model, e.g. 0.4")
         self.rank_spec = RankSpec.parse(0.3 if self.rank is None else self.rank)
+        if self.dense and (self.rank is not None or budgets):
+            given = "rank" if self.rank is not None else budgets[0]
+            raise LowRankError(
+                f"dense converts nothing, so {given} would be ignored; drop --dense or drop --{given.replace('_', '-')}"
+            )
         if self.policy not in POLICIES:
             raise LowRankError(
                 f"policy {self.policy!r} is not known; use 'rank' (ranks as requested) or 'latency' (measured per layer)"

@@ -13,6 +13,7 @@ Accepted sources, none of which unpickles code:
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raise LowRankError(
                 f"{path} is not a readable safetensors file ({exc}); re-save the weights with safetensors.torch.save_file"
             ) from None
+    if not zipfile.is_zipfile(path):  # what torch.save has written since PyTorch 1.6
+        raise LowRankError(
+            f"{path} is neither a .safetensors file nor a PyTorch checkpoint (torch.save writes a zip archive); "
+            "save the weights with torch.save(model.state_dict(), path) or safetensors"
+        )
     try:
         data: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

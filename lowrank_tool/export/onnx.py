@@ -24,6 +24,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 import os
 import time
 import warnings
@@ -310,6 +311,8 @@ def load_onnx(path: str | os.PathLike[str], load_weights: bool = True) -> Any:
     path = Path(path)
     if not path.is_file():
         raise LowRankError(f"{path} does not exist; point to an .onnx file written by `lowrank export`")
+    if path.stat().st_size == 0:
+        raise LowRankError(f"{path} is empty (0 bytes); re-export it with `lowrank export`")
     try:
         return onnx.load(str(path), load_external_data=load_weights)
     except Exception as exc:
@@ -406,7 +409,7 @@ def export_onnx(
         >>> result.verification.max_rel < 1e-4               # doctest: +SKIP
         True
     """
-    path, batch = _check_request(model, path, batch, opset, precision, merge, exporter, calib_data)
+    path, batch = _check_request(model, path, batch, opset, precision, merge, exporter, calib_data, tolerance)
     note = progress or (lambda message: None)
     started = time.perf_counter()
     plan = plan_of(model)
@@ -482,8 +485,16 @@ def _check_request(
     merge: str,
     exporter: str,
     calib_data: Any,
+    tolerance: float | None = None,
 ) -> tuple[Path, int | str]:
     """Every argument checked before any work: the output path and the parsed batch."""
+    if tolerance is not None and (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float))
+        or not math.isfinite(tolerance)
+        or tolerance <= 0
+    ):
+        raise LowRankError(f"tolerance {tolerance!r} must be a positive number (a maximum relative error), e.g. 1e-3")
     if not isinstance(model, nn.Module):
         raise LowRankError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_opset(opset)

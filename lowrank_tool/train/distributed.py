@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import LowRankError
+
 __all__ = ["DistInfo", "setup", "teardown", "all_reduce_sum", "launch"]
 
 
@@ -37,6 +39,8 @@ class DistInfo:
 def setup(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes in the environment (a no-op for a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LowRankError("device 'cuda' requested but no CUDA device is available; use --device cpu (or auto)")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if world <= 1:
         return DistInfo(device=torch.device("cuda" if use_cuda else "cpu"))

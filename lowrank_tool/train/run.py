@@ -5,6 +5,7 @@ Used by ``lowrank train``/``lowrank demo`` and by :func:`fit` for users' own loa
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch.distributed as tdist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..artifact import SUMMARY_FILE, atomic_write_text
+from ..artifact import SUMMARY_FILE, DirectoryLock, atomic_write_text
 from ..convert.api import summary
 from ..data import build_loaders
 from ..errors import LowRankError, first_line
@@ -110,52 +111,67 @@ def train_artifact(
     owns_dist = dist is None
     dist = dist or setup(config.device)
     completed = False
+    lock = DirectoryLock(directory) if dist.is_main else contextlib.nullcontext()
     try:
-        model = load(directory, trust_code=trust_code)
-        plan = summary(model)
-        train_loader, val_loader, info = build_loaders(
-            config.data,
-            batch_size=config.batch_size,
-            workers=config.workers,
-            image_size=config.image_size,
-            download=config.download,
-            seed=config.seed,
-            distributed=dist.enabled,
-        )
-        _check_classes(model.to(dist.device), val_loader, info.num_classes, dist.device, str(directory))
-        if not resume:
-            torch.manual_seed(config.seed)
-        trainer = Trainer(
-            model, train_loader, val_loader, config, out_dir=directory, dist=dist, on_epoch=on_epoch, progress=progress
-        )
-        result = trainer.fit(resume=resume)
-        totals = plan.totals()
-        summary_data = {
-            "directory": str(directory),
-            "model": plan.base_model.get("name") or plan.base_model.get("class"),
-            "method": config.method,
-            "data": config.data,
-            "epochs": config.epochs,
-            "best_top1": result.best_top1,
-            "best_epoch": result.best_epoch,
-            "last_top1": result.last.get("val_top1"),
-            "last_top5": result.last.get("val_top5"),
-            "params": totals["params_after"],
-            "macs": totals["macs_after"],
-            "dense_params": totals["params_before"],
-            "dense_macs": totals["macs_before"],
-            "wall_seconds": result.wall_seconds,
-            "world_size": dist.world_size,
-        }
-        if dist.enabled:
-            summary_data["rank_checksums"] = _rank_checksums(trainer.raw_model, dist)
-        if dist.is_main:
-            atomic_write_text(directory / SUMMARY_FILE, json.dumps(summary_data, indent=2) + "\n")
+        with lock:
+            result, summary_data = _train_locked(directory, config, resume, progress, on_epoch, dist, trust_code)
         completed = True
         return result, summary_data
     finally:
         if owns_dist:
             teardown(dist, completed)
+
+
+def _train_locked(
+    directory: Path,
+    config: TrainConfig,
+    resume: bool,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    dist: DistInfo,
+    trust_code: bool,
+) -> tuple[TrainResult, dict[str, Any]]:
+    model = load(directory, trust_code=trust_code)
+    plan = summary(model)
+    train_loader, val_loader, info = build_loaders(
+        config.data,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        image_size=config.image_size,
+        download=config.download,
+        seed=config.seed,
+        distributed=dist.enabled,
+    )
+    _check_classes(model.to(dist.device), val_loader, info.num_classes, dist.device, str(directory))
+    if not resume:
+        torch.manual_seed(config.seed)
+    trainer = Trainer(
+        model, train_loader, val_loader, config, out_dir=directory, dist=dist, on_epoch=on_epoch, progress=progress
+    )
+    result = trainer.fit(resume=resume)
+    totals = plan.totals()
+    summary_data = {
+        "directory": str(directory),
+        "model": plan.base_model.get("name") or plan.base_model.get("class"),
+        "method": config.method,
+        "data": config.data,
+        "epochs": config.epochs,
+        "best_top1": result.best_top1,
+        "best_epoch": result.best_epoch,
+        "last_top1": result.last.get("val_top1"),
+        "last_top5": result.last.get("val_top5"),
+        "params": totals["params_after"],
+        "macs": totals["macs_after"],
+        "dense_params": totals["params_before"],
+        "dense_macs": totals["macs_before"],
+        "wall_seconds": result.wall_seconds,
+        "world_size": dist.world_size,
+    }
+    if dist.enabled:
+        summary_data["rank_checksums"] = _rank_checksums(trainer.raw_model, dist)
+    if dist.is_main:
+        atomic_write_text(directory / SUMMARY_FILE, json.dumps(summary_data, indent=2) + "\n")
+    return result, summary_data
 
 
 def _rank_checksums(model: nn.Module, dist: DistInfo) -> list[float]:

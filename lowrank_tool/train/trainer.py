@@ -10,11 +10,13 @@ SIGINT/SIGTERM handling, a stop on non-finite loss that keeps the last good chec
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +40,10 @@ from ..artifact import (
     METRICS_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
+    DirectoryLock,
     atomic_write_text,
 )
-from ..errors import LowRankError, first_line
+from ..errors import LowRankError, LowRankWarning, first_line
 from ..layers import LowRankConv
 from ..methods import Method, get_method, get_method_class
 from .checkpoint import (
@@ -53,7 +56,11 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
 
-__all__ = ["Trainer", "TrainResult", "TrainingInterrupted", "TrainingDiverged"]
+__all__ = ["Trainer", "TrainResult", "TrainingInterrupted", "TrainingDiverged", "RESUMABLE"]
+
+#: The options ``--resume`` may change: how long, where and how fast it runs. Any other change would make
+#: a different run, so it is refused with a one-line error instead of being recorded but not applied.
+RESUMABLE = ("epochs", "workers", "device", "download", "memory_format")
 
 
 class TrainingInterrupted(Exception):
@@ -250,13 +257,47 @@ class Trainer:
         """Continue from ``out_dir/train_state.pt`` (model, optimizer, scheduler, scaler, RNG, epoch)."""
         if self.out_dir is None:
             raise LowRankError("resume needs an output directory (the run's DIR)")
-        self.load_state_dict(load_train_state(self.out_dir / STATE_FILE, map_location=self.device))
+        state = load_train_state(self.out_dir / STATE_FILE, map_location=self.device)
+        self._check_resumable(state)
+        self.load_state_dict(state)
         metrics = self.out_dir / METRICS_FILE
         if metrics.is_file():  # drop records of epochs the saved state does not include
             lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             self.history = [m for m in lines if m["epoch"] < self.epoch]
             if self.dist.is_main:
                 atomic_write_text(metrics, "".join(json.dumps(m) + "\n" for m in self.history))
+
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        """A resumed run is the saved run: options that change what is trained are refused, not half-applied.
+
+        Only :data:`RESUMABLE` options may differ. A longer ``epochs`` continues the run; its learning-rate
+        schedule then spans the new length from here on (a note says so), so the result equals a run started
+        with that many epochs only if the saved run had been started with it too.
+        """
+        saved = state.get("config")
+        if not isinstance(saved, dict):
+            return  # a state from before configs were saved: nothing to compare
+        now = self.cfg.to_dict()
+        changed = [k for k in now if k in saved and saved[k] != now[k] and k not in RESUMABLE]
+        if changed:
+            diffs = ", ".join(f"{k} {saved[k]!r} → {now[k]!r}" for k in changed)
+            raise LowRankError(
+                f"--resume continues the saved run, and these options differ from it: {diffs}; drop them to continue, "
+                "or train anew with them (--force, without --resume)"
+            )
+        completed = int(state.get("epoch", 0))
+        if now["epochs"] <= completed:
+            raise LowRankError(
+                f"the saved run has already trained {completed} epochs, as many as --epochs {now['epochs']} asks for; "
+                f"to train longer, pass --epochs greater than {completed} with --resume"
+            )
+        if saved.get("epochs") != now["epochs"]:
+            warnings.warn(
+                f"--epochs {now['epochs']} instead of the saved run's {saved.get('epochs')}: the learning-rate schedule "
+                f"now spans {now['epochs']} epochs, so the result is not the same as a run started with --epochs {now['epochs']}",
+                LowRankWarning,
+                stacklevel=3,
+            )
 
     def _save(self, best: bool) -> None:
         if self.out_dir is None or not self.dist.is_main:
@@ -282,6 +323,13 @@ class Trainer:
 
         Returns the per-epoch history and the best accuracy.
         """
+        lock = (
+            DirectoryLock(self.out_dir) if self.out_dir is not None and self.dist.is_main else contextlib.nullcontext()
+        )
+        with lock:
+            return self._fit(resume, stop_at)
+
+    def _fit(self, resume: bool, stop_at: int | None) -> TrainResult:
         if resume:
             self.resume()
         start = time.perf_counter()
@@ -295,6 +343,7 @@ class Trainer:
                         self.raw_model, self.epoch
                     )  # before evaluating: LRPET evaluates the projected model
                     record.update(self.evaluate())
+                    self._check_finite()  # before the checkpoint: a kept checkpoint is a good one
                     improved = record["val_top1"] > self.best_top1
                     if improved:
                         self.best_top1, self.best_epoch = record["val_top1"], self.epoch
@@ -342,7 +391,7 @@ class Trainer:
                 if not torch.isfinite(total):
                     raise TrainingDiverged(
                         f"loss became {total.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
-                        f"the last good checkpoint (after epoch {self.epoch}) is kept; lower --lr or set --grad-clip"
+                        f"{self._kept()}; lower --lr or set --grad-clip"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(total).backward()
@@ -383,6 +432,29 @@ class Trainer:
             "epoch_seconds": seconds,
             "images_per_s": count / max(seconds, 1e-9),
         }
+
+    def _kept(self) -> str:
+        """What the output directory holds after a divergence in the current epoch."""
+        if self.out_dir is None:
+            return "nothing was saved (no output directory)"
+        if self.epoch == 0:
+            return "no epoch finished, so this run wrote no checkpoint: the directory keeps what it held before"
+        return f"the last good checkpoint (after epoch {self.epoch}) is kept"
+
+    def _check_finite(self) -> None:
+        """Refuse to checkpoint weights or buffers (e.g. batch-norm running variances) that are NaN or inf."""
+        tensors = itertools.chain(self.raw_model.named_parameters(), self.raw_model.named_buffers())
+        bad = [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if self.dist.enabled:  # buffers can differ per rank: every rank must stop together
+            any_bad = all_reduce_sum([float(len(bad))], self.dist)[0] > 0
+        else:
+            any_bad = bool(bad)
+        if any_bad:
+            where = f"{len(bad)} tensors, e.g. {bad[0]}" if bad else "on another rank"
+            raise TrainingDiverged(
+                f"weights or buffers became NaN/inf in epoch {self.epoch + 1} ({where}); {self._kept()}; "
+                "lower --lr or set --grad-clip"
+            )
 
     def _images(self, images: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
         images = images.to(self.device, non_blocking=non_blocking)

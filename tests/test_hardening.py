@@ -1,0 +1,171 @@
+"""Faults that must end cleanly: concurrent runs, resumes with changed options, divergence, markup in user values."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import lowrank_tool as lr
+from lowrank_tool.artifact import LOCK_FILE, DirectoryLock
+from lowrank_tool.errors import LowRankError, LowRankWarning
+from lowrank_tool.train.checkpoint import load_train_state
+from lowrank_tool.train.config import TrainConfig
+from lowrank_tool.train.trainer import Trainer, TrainingDiverged
+
+
+@pytest.fixture(scope="module")
+def r20(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hard") / "r20"
+    lr.save(lr.convert("resnet20", rank=0.5, input_size=(3, 16, 16)), d)
+    return d
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+TRAIN = ("--data", "synthetic", "--image-size", "16", "--quiet")
+
+
+# -- one run per directory -----------------------------------------------------------------------------------
+def test_a_second_run_on_a_locked_directory_is_refused_and_writes_nothing(r20, tmp_path, cli):
+    d = _copy(r20, tmp_path / "run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom lowrank_tool.artifact import DirectoryLock\n"
+         "DirectoryLock(sys.argv[1]).__enter__(); print('locked', flush=True); time.sleep(120)", str(d)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = cli("train", d, *TRAIN, "--epochs", "1")
+        assert code == 2 and f"pid {holder.pid}" in err and "being trained by another run" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not (d / "metrics.jsonl").exists() and not (d / "train_state.pt").exists()
+    finally:
+        holder.kill()  # SIGKILL: the holder cannot clear its record
+        holder.wait()
+    assert f"pid {holder.pid}" in (d / LOCK_FILE).read_text()
+    code, _, err = cli("train", d, *TRAIN, "--epochs", "1")
+    assert code == 0, err
+    assert "note:" in err and "ended without releasing its lock" in err and f"pid {holder.pid}" in err
+    assert (d / LOCK_FILE).read_text() == ""  # released cleanly: nothing stale for the next run
+    assert load_train_state(d / "train_state.pt")["epoch"] == 1
+
+
+def test_the_lock_is_reentrant_within_a_process_and_released(tmp_path):
+    with DirectoryLock(tmp_path) as outer:
+        with DirectoryLock(tmp_path):
+            assert "pid" in (tmp_path / LOCK_FILE).read_text()
+        assert outer.stale is None and (tmp_path / LOCK_FILE).read_text() != ""
+    assert (tmp_path / LOCK_FILE).read_text() == ""
+    with DirectoryLock(tmp_path) as again:  # a cleanly released lock is not "stale"
+        assert again.stale is None
+
+
+def test_a_lock_on_an_unwritable_directory_is_one_line(tmp_path):
+    with pytest.raises(LowRankError, match="cannot create"):
+        DirectoryLock(tmp_path / "missing" / "dir").__enter__()
+
+
+# -- resume ------------------------------------------------------------------------------------------------
+def test_resume_refuses_changed_hyper_parameters_and_keeps_the_state(r20, tmp_path, cli):
+    d = _copy(r20, tmp_path / "run")
+    assert cli("train", d, *TRAIN, "--epochs", "1", "--lr", "0.05")[0] == 0
+    before = _digest(d / "train_state.pt")
+    code, _, err = cli("train", d, *TRAIN, "--epochs", "3", "--resume", "--lr", "1e6")
+    assert code == 2 and "lr 0.05 → 1000000.0" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert _digest(d / "train_state.pt") == before
+    code, _, err = cli("train", d, *TRAIN, "--epochs", "3", "--resume", "--optimizer", "adamw", "--seed", "5")
+    assert code == 2 and "optimizer 'sgd' → 'adamw'" in err and "seed 0 → 5" in err
+
+
+def test_resume_with_more_epochs_says_the_schedule_changed(r20, tmp_path, cli):
+    d = _copy(r20, tmp_path / "run")
+    assert cli("train", d, *TRAIN, "--epochs", "1")[0] == 0
+    code, _, err = cli("train", d, *TRAIN, "--epochs", "2", "--resume")
+    assert code == 0, err
+    assert "note:" in err and "--epochs 2 instead of the saved run's 1" in err
+    state = load_train_state(d / "train_state.pt")
+    assert state["epoch"] == 2 and state["config"]["epochs"] == 2
+
+
+def test_resume_of_a_finished_run_with_no_more_epochs_is_refused(r20, tmp_path, cli):
+    d = _copy(r20, tmp_path / "run")
+    assert cli("train", d, *TRAIN, "--epochs", "2")[0] == 0
+    for epochs in ("2", "1"):
+        code, _, err = cli("train", d, *TRAIN, "--epochs", epochs, "--resume")
+        assert code == 2 and "already trained 2 epochs" in err and "greater than 2" in err
+
+
+# -- divergence --------------------------------------------------------------------------------------------
+def _loaders():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 16, 16, generator=g)
+    y = torch.arange(64) % 10
+    return DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x[:16], y[:16]), batch_size=16)
+
+
+def _poisoning_trainer(out_dir, poison_epoch):
+    model = lr.convert("resnet20", rank=0.5, input_size=(3, 16, 16))
+    train, val = _loaders()
+    trainer = Trainer(model, train, val, TrainConfig(epochs=3, lr=0.05), out_dir=out_dir, progress=False)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    original = trainer.method.after_epoch
+
+    def after_epoch(m, epoch):  # a finite loss, but a buffer blew up (what --lr 1e4 does to running_var)
+        original(m, epoch)
+        if epoch == poison_epoch:
+            bn.running_var.fill_(float("inf"))
+
+    trainer.method.after_epoch = after_epoch
+    return trainer
+
+
+def test_non_finite_buffers_in_the_first_epoch_write_no_checkpoint(tmp_path):
+    trainer = _poisoning_trainer(tmp_path, poison_epoch=0)
+    with pytest.raises(
+        TrainingDiverged, match=r"NaN/inf in epoch 1 \(1 tensors, e.g. .*running_var\); no epoch finished"
+    ):
+        trainer.fit()
+    assert not (tmp_path / "train_state.pt").exists() and not (tmp_path / "model.safetensors").exists()
+
+
+def test_non_finite_buffers_later_keep_the_previous_good_checkpoint(tmp_path):
+    trainer = _poisoning_trainer(tmp_path, poison_epoch=1)
+    with pytest.raises(
+        TrainingDiverged, match=r"NaN/inf in epoch 2 .*the last good checkpoint \(after epoch 1\) is kept"
+    ):
+        trainer.fit()
+    state = load_train_state(tmp_path / "train_state.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+# -- markup in user values -------------------------------------------------------------------------------------
+def test_paths_and_patterns_with_markup_are_printed_as_text(tmp_path, cli):
+    out = tmp_path / "hp[/lr]" / "run [bold]"
+    code, stdout, err = cli("convert", "resnet20", "--rank", "0.5", "--input-size", "3x16x16", "-o", out)
+    assert code == 0, err
+    assert (out / "plan.json").is_file() and str(out) in stdout.replace("\n", "")
+    code, stdout, err = cli("inspect", out)
+    assert code == 0 and str(out) in stdout.replace("\n", "")
+    code, _, err = cli("convert", "resnet20", "--input-size", "3x16x16", "--layer-rank", "re:[/x]=8")
+    assert code == 2 and "re:[/x]" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(tmp_path):
+    (tmp_path / LOCK_FILE).write_text("pid 1 on elsewhere, since then")
+    with pytest.warns(LowRankWarning, match=r"\(pid 1 on elsewhere, since then\) ended without releasing its lock"):
+        with DirectoryLock(tmp_path) as lock:
+            assert lock.stale == "pid 1 on elsewhere, since then"

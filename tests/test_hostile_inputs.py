@@ -1,0 +1,457 @@
+"""Hostile and clumsy inputs, one row each: the command, what it gets, the exit code, a fragment the one-line
+message must contain, and the files that must not exist afterwards (nothing half-written).
+
+Every row runs the `lowrank` command in-process. The files it reads are built once in ``world``: a good
+artifact and its ONNX file, and broken copies of them (a tampered plan.json, an empty or foreign file).
+Faults that need a real process (signals, concurrent runs, locks) are in test_hardening.py and test_train.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import lowrank_tool as lr
+
+_PLAN_EDITS = {
+    "bad_kwargs": lambda d: d["base_model"].update(kwargs={"bogus": 1}),
+    "list_kwargs": lambda d: d["base_model"].update(kwargs=[1, 2]),
+    "ranks_abc": lambda d: _first_converted(d).update(ranks="abc"),
+    "ranks_huge": lambda d: _first_converted(d).update(ranks=[100000, 100000]),
+    "ranks_short": lambda d: _first_converted(d).update(ranks=[8]),
+    "ranks_zero": lambda d: _first_converted(d).update(ranks=[0, 8]),
+    "ranks_missing": lambda d: _first_converted(d).update(ranks=None),
+    "kernel_bad": lambda d: _first_converted(d).update(kernel_size="3x3"),
+    "channels_float": lambda d: _first_converted(d).update(in_channels=16.5),
+    "format_bogus": lambda d: _first_converted(d).update(format="bogus"),
+    "input_abc": lambda d: d.update(input_size="abc"),
+    "input_neg": lambda d: d.update(input_size=[3, -16, 16]),
+    "input_2d": lambda d: d.update(input_size=[16, 16]),
+    "schema0": lambda d: d.update(schema_version=0),
+    "schema_new": lambda d: d.update(schema_version=99),
+    "schema_str": lambda d: d.update(schema_version="1"),
+    "kind_other": lambda d: d.update(kind="something.else"),
+    "layers_missing": lambda d: d.pop("layers"),
+    "model_unknown": lambda d: d["base_model"].update(name="nosuchnet"),
+    "model_factory": lambda d: d["base_model"].update(source="import", name="os:system"),
+    "model_download": lambda d: d["base_model"]["kwargs"].update(weights="DEFAULT"),
+    "layer_renamed": lambda d: _first_converted(d).update(name="nosuch.layer"),
+}
+
+
+def _first_converted(data):
+    return next(entry for entry in data["layers"] if entry["format"] != "dense")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = tmp_path_factory.mktemp("world")
+    art = w / "art"
+    lr.save(lr.convert("resnet20", rank=0.5, input_size=(3, 16, 16)), art)
+    lr.export_onnx(lr.load(art), w / "m.onnx")
+    (w / "empty.onnx").write_bytes(b"")
+    (w / "garbage.onnx").write_bytes(b"\x00\x01garbage")
+    (w / "notonnx.txt").write_text("hello")
+    (w / "empty.yaml").write_text("")
+    (w / "list.yaml").write_text("- 1\n- 2\n")
+    (w / "bad.yaml").write_text("model: [unclosed\n")
+    (w / "unknown_key.yaml").write_text("model: resnet20\nepochs: 1\nbogus: 3\n")
+    for name, edit in _PLAN_EDITS.items():
+        shutil.copytree(art, w / name)
+        data = json.loads((w / name / "plan.json").read_text())
+        edit(data)
+        (w / name / "plan.json").write_text(json.dumps(data))
+    for name, content in {"plan_notjson": "{not json", "plan_binary": "\x00\xff\xfe", "plan_list": "[]"}.items():
+        shutil.copytree(art, w / name)
+        (w / name / "plan.json").write_text(content, errors="surrogateescape")
+    shutil.copytree(art, w / "no_weights")
+    (w / "no_weights" / "model.safetensors").unlink()
+    shutil.copytree(art, w / "bad_weights")
+    (w / "bad_weights" / "model.safetensors").write_bytes(b"not safetensors")
+    shutil.copytree(art, w / "no_plan")
+    (w / "no_plan" / "plan.json").unlink()
+    (w / "file_not_dir").write_text("x")
+    return w
+
+
+# (id, argv with {w} for the world directory, exit code, message fragment, paths that must not exist afterwards)
+ROWS = [
+    # -- convert: model, rank, sizes, patterns ----------------------------------------------------------------
+    ("convert-unknown-model", "convert nosuchmodel", 2, "unknown model 'nosuchmodel'", []),
+    ("convert-typo-model", "convert resnet2O", 2, "unknown model", []),
+    ("convert-rank-0", "convert resnet20 --rank 0", 2, "rank 0 is not positive", []),
+    ("convert-rank-neg", "convert resnet20 --rank -1", 2, "not positive", []),
+    ("convert-rank-1.5", "convert resnet20 --rank 1.5", 2, "fraction above 1", []),
+    ("convert-rank-inf", "convert resnet20 --rank inf", 2, "not a finite number", []),
+    ("convert-rank-nan", "convert resnet20 --rank nan", 2, "not a finite number", []),
+    ("convert-rank-abc", "convert resnet20 --rank abc", 2, "'abc' is not a number", []),
+    ("convert-rank-empty", "convert resnet20 --rank ''", 2, "is not a number", []),
+    ("convert-energy-1.5", "convert resnet20 --energy 1.5", 2, "the energy must be a fraction in (0, 1]", []),
+    ("convert-energy-no-weights", "convert resnet20 --energy 0.9", 2, "computed from trained weights", []),
+    ("convert-energy-and-rank", "convert resnet20 --energy 0.9 --rank 0.3", 2, "exclude each other", []),
+    ("convert-erank-no-weights", "convert resnet20 --rank erank", 2, "computed from trained weights", []),
+    ("convert-format", "convert resnet20 --format tt", 2, "'tt' is not one of", []),
+    ("convert-init", "convert resnet20 --init svd", 2, "'svd' is not one of", []),
+    ("convert-policy", "convert resnet20 --policy fast", 2, "'fast' is not one of", []),
+    ("convert-unknown-option", "convert resnet20 --nosuchoption", 2, "No such option: --nosuchoption", []),
+    ("convert-missing-model", "convert", 2, "Missing argument", []),
+    ("convert-round-to-0", "convert resnet20 --round-to 0", 2, "round_to 0 must be a positive integer", []),
+    ("convert-round-to-abc", "convert resnet20 --round-to abc", 2, "should be a valid integer", []),
+    ("convert-target-params-2", "convert resnet20 --target-params 2", 2, "must be a fraction in (0, 1)", []),
+    ("convert-target-params-0", "convert resnet20 --target-params 0", 2, "must be a fraction in (0, 1)", []),
+    ("convert-target-macs-neg", "convert resnet20 --target-macs -0.5", 2, "must be a fraction in (0, 1)", []),
+    ("convert-two-budgets", "convert resnet20 --target-params 0.5 --target-macs 0.5", 2, "at most one of", []),
+    (
+        "convert-budget-and-rank",
+        "convert resnet20 --target-params 0.5 --rank 0.3",
+        2,
+        "give either rank or target_params",
+        [],
+    ),
+    (
+        "convert-budget-unreachable",
+        "convert resnet20 --target-params 0.001 --input-size 3x16x16",
+        2,
+        "cannot be met",
+        [],
+    ),
+    ("convert-input-abc", "convert resnet20 --input-size abc", 2, "is malformed", []),
+    ("convert-input-zero", "convert resnet20 --input-size 3x0x16", 2, "has a zero dimension", []),
+    ("convert-input-2d", "convert resnet20 --input-size 16x16", 2, "is malformed", []),
+    ("convert-input-huge", "convert resnet20 --input-size 3x99999x99999", 2, "too large to trace", []),
+    ("convert-input-channels", "convert resnet20 --input-size 5x16x16", 2, "does not run on input size 5x16x16", []),
+    ("convert-input-fixed-size", "convert vit_b_16 --input-size 3x32x32", 2, "does not run on input size 3x32x32", []),
+    (
+        "convert-exclude-nothing",
+        "convert resnet20 --input-size 3x16x16 --exclude nosuchlayer",
+        2,
+        "match no convolution",
+        [],
+    ),
+    ("convert-exclude-bad-regex", "convert resnet20 --exclude 're:[unclosed'", 2, "not a valid regular expression", []),
+    (
+        "convert-exclude-everything",
+        "convert resnet20 --input-size 3x16x16 --exclude 're:.*'",
+        2,
+        "every convertible layer is excluded",
+        [],
+    ),
+    (
+        "convert-layer-rank-markup",
+        "convert resnet20 --input-size 3x16x16 --layer-rank 're:[/x]=8'",
+        2,
+        "'re:[/x]' match no convolution",
+        [],
+    ),
+    ("convert-layer-rank-abc", "convert resnet20 --layer-rank layer1.0.conv1=abc", 2, "is not a number", []),
+    ("convert-layer-rank-no-eq", "convert resnet20 --layer-rank layer1.0.conv1", 2, "layer-rank", []),
+    ("convert-dense-and-rank", "convert resnet20 --dense --rank 0.5", 2, "dense converts nothing", []),
+    ("convert-output-exists", "convert resnet20 --input-size 3x16x16 -o {w}/art", 2, "already exists", []),
+    (
+        "convert-output-is-file",
+        "convert resnet20 --input-size 3x16x16 -o {w}/file_not_dir --force",
+        2,
+        "not a directory",
+        [],
+    ),
+    ("convert-weights-missing", "convert resnet20 --weights {w}/nosuch.pt --init decompose", 2, "do not exist", []),
+    (
+        "convert-weights-text",
+        "convert resnet20 --weights {w}/notonnx.txt --init decompose",
+        2,
+        "neither a .safetensors file nor a PyTorch checkpoint",
+        [],
+    ),
+    (
+        "convert-weights-bad-safetensors",
+        "convert resnet20 --weights {w}/bad_weights/model.safetensors --init decompose",
+        2,
+        "not a readable safetensors file",
+        [],
+    ),
+    (
+        "convert-weights-lowrank-dir",
+        "convert resnet20 --weights {w}/art --init decompose",
+        2,
+        "holds a low-rank model",
+        [],
+    ),
+    ("convert-weights-random-init", "convert resnet20 --weights {w}/art", 2, "only used to decompose", []),
+    ("convert-num-classes-0", "convert resnet20 --num-classes 0", 2, "num_classes 0 must be a positive integer", []),
+    ("convert-model-arg-no-eq", "convert resnet20 --model-arg foo", 2, "is not KEY=VALUE", []),
+    ("convert-model-arg-twice", "convert resnet20 --model-arg a=1 --model-arg a=2", 2, "is given twice", []),
+    ("convert-model-arg-unknown", "convert resnet20 --model-arg bogus=1", 2, "unexpected keyword argument 'bogus'", []),
+    ("convert-model-arg-conflict", "convert resnet20 --num-classes 10 --model-arg num_classes=5", 2, "disagree", []),
+    ("convert-factory-needs-arg", "convert os:system", 2, "missing required argument", []),
+    ("convert-factory-no-module", "convert :Net", 2, "is not 'package.module:factory'", []),
+    ("convert-factory-bad-path", "convert 'os.:x'", 2, "is not 'package.module:factory'", []),
+    ("convert-factory-missing", "convert nosuchpkg.mod:make", 2, "cannot import 'nosuchpkg.mod:make'", []),
+    ("convert-factory-not-callable", "convert os:sep", 2, "is not callable", []),
+    ("convert-factory-not-module", "convert builtins:dict", 2, "returned", []),
+    ("convert-timm-spelling", "convert timm:create_model", 2, "timm/NAME", []),
+    (
+        "convert-speedup-below-1",
+        "convert resnet20 --policy latency --target-speedup 0.5",
+        2,
+        "must be a number above 1",
+        [],
+    ),
+    ("convert-speedup-no-policy", "convert resnet20 --target-speedup 2", 2, "needs --policy latency", []),
+    (
+        "convert-threads-0",
+        "convert resnet20 --policy latency --threads 0",
+        2,
+        "latency_threads 0 must be a positive integer",
+        [],
+    ),
+    (
+        "convert-batch-0",
+        "convert resnet20 --policy latency --batch 0",
+        2,
+        "latency_batch 0 must be a positive integer",
+        [],
+    ),
+    # -- layers and models ---------------------------------------------------------------------------------------
+    ("layers-unknown-model", "layers nosuchmodel", 2, "unknown model", []),
+    ("layers-input-1d", "layers resnet20 --input-size 1x1", 2, "is malformed", []),
+    ("layers-model-arg", "layers resnet20 --model-arg x", 2, "is not KEY=VALUE", []),
+    ("models-task", "models --task nosuchtask", 2, "unknown task 'nosuchtask'", []),
+    ("models-source", "models --source nosuch", 2, "unknown source 'nosuch'", []),
+    ("unknown-command", "nosuchcommand", 2, "No such command 'nosuchcommand'", []),
+    # -- inspect: what an artifact directory can hold -----------------------------------------------------------
+    ("inspect-missing", "inspect {w}/nosuchdir", 2, "is not a directory", []),
+    ("inspect-a-file", "inspect {w}/m.onnx", 2, "is not a directory", []),
+    ("inspect-no-plan", "inspect {w}/no_plan", 2, "plan.json does not exist", []),
+    ("inspect-no-weights", "inspect {w}/no_weights", 2, "model.safetensors does not exist", []),
+    ("inspect-bad-weights", "inspect {w}/bad_weights", 2, "is corrupt or not a safetensors file", []),
+    ("inspect-plan-not-json", "inspect {w}/plan_notjson", 2, "is not valid JSON", []),
+    ("inspect-plan-binary", "inspect {w}/plan_binary", 2, "is not valid JSON", []),
+    ("inspect-plan-list", "inspect {w}/plan_list", 2, "is not a lowrank_tool plan", []),
+    ("inspect-kind-other", "inspect {w}/kind_other", 2, "is not a lowrank_tool plan", []),
+    ("inspect-schema-0", "inspect {w}/schema0", 2, "schema version 0", []),
+    ("inspect-schema-new", "inspect {w}/schema_new", 2, "newer than the 1", []),
+    ("inspect-schema-str", "inspect {w}/schema_str", 2, "no integer schema_version", []),
+    ("inspect-layers-missing", "inspect {w}/layers_missing", 2, "missing or has a malformed field", []),
+    ("inspect-kwargs-bogus", "inspect {w}/bad_kwargs", 2, "unexpected keyword argument 'bogus'", []),
+    ("inspect-kwargs-list", "inspect {w}/list_kwargs", 2, "must be a JSON object", []),
+    ("inspect-ranks-abc", "inspect {w}/ranks_abc", 2, "ranks 'abc' is not a list of positive integers", []),
+    ("inspect-ranks-huge", "inspect {w}/ranks_huge", 2, "ranks [100000, 100000], but that layer takes", []),
+    ("inspect-ranks-short", "inspect {w}/ranks_short", 2, "takes 2 rank(s)", []),
+    ("inspect-ranks-zero", "inspect {w}/ranks_zero", 2, "is not a list of positive integers", []),
+    ("inspect-ranks-missing", "inspect {w}/ranks_missing", 2, "without ranks", []),
+    ("inspect-kernel-bad", "inspect {w}/kernel_bad", 2, "kernel_size '3x3' is not a list", []),
+    ("inspect-channels-float", "inspect {w}/channels_float", 2, "in_channels 16.5", []),
+    ("inspect-format-bogus", "inspect {w}/format_bogus", 2, "unknown format 'bogus'", []),
+    ("inspect-input-abc", "inspect {w}/input_abc", 2, "input_size 'abc' is not 3 or 4 positive integers", []),
+    ("inspect-input-neg", "inspect {w}/input_neg", 2, "is not 3 or 4 positive integers", []),
+    ("inspect-input-2d", "inspect {w}/input_2d", 2, "is not 3 or 4 positive integers", []),
+    ("inspect-model-unknown", "inspect {w}/model_unknown", 2, "nosuchnet", []),
+    ("inspect-model-factory", "inspect {w}/model_factory", 2, "--trust-code", []),
+    ("inspect-model-download", "inspect {w}/model_download", 2, "weights", []),
+    ("inspect-layer-renamed", "inspect {w}/layer_renamed", 2, "'nosuch.layer'", []),
+    # -- export ----------------------------------------------------------------------------------------------------
+    ("export-missing-dir", "export {w}/nosuchdir --onnx {w}/x1.onnx", 2, "is not a directory", ["x1.onnx"]),
+    ("export-no-parent", "export {w}/art --onnx {w}/nodir/m.onnx", 2, "does not exist; create it first", ["nodir"]),
+    ("export-onto-dir", "export {w}/art --onnx {w}/art", 2, "is a directory", []),
+    ("export-opset-99", "export {w}/art --onnx {w}/x2.onnx --opset 99", 2, "opset 99 is not supported", ["x2.onnx"]),
+    ("export-opset-abc", "export {w}/art --onnx {w}/x3.onnx --opset abc", 2, "should be a valid integer", ["x3.onnx"]),
+    ("export-batch-0", "export {w}/art --onnx {w}/x4.onnx --batch 0", 2, "batch 0 is not valid", ["x4.onnx"]),
+    ("export-batch-abc", "export {w}/art --onnx {w}/x5.onnx --batch abc", 2, "batch 'abc' is not valid", ["x5.onnx"]),
+    (
+        "export-tolerance-neg",
+        "export {w}/art --onnx {w}/x6.onnx --tolerance -1",
+        2,
+        "must be a positive number",
+        ["x6.onnx"],
+    ),
+    (
+        "export-tolerance-nan",
+        "export {w}/art --onnx {w}/x7.onnx --tolerance nan",
+        2,
+        "must be a positive number",
+        ["x7.onnx"],
+    ),
+    ("export-int8-no-data", "export {w}/art --onnx {w}/x8.onnx --int8", 2, "needs calibration data", ["x8.onnx"]),
+    (
+        "export-data-no-int8",
+        "export {w}/art --onnx {w}/x9.onnx --calib-data digits",
+        2,
+        "only used with --int8",
+        ["x9.onnx"],
+    ),
+    (
+        "export-int8-fp16",
+        "export {w}/art --onnx {w}/x10.onnx --int8 --fp16 --calib-data digits",
+        2,
+        "exclude each other",
+        ["x10.onnx"],
+    ),
+    ("export-input-abc", "export {w}/art --onnx {w}/x11.onnx --input-size abc", 2, "is malformed", ["x11.onnx"]),
+    ("export-merge", "export {w}/art --onnx {w}/x12.onnx --merge some", 2, "'some' is not one of", ["x12.onnx"]),
+    ("export-exporter", "export {w}/art --onnx {w}/x13.onnx --exporter tf", 2, "'tf' is not one of", ["x13.onnx"]),
+    ("export-device", "export {w}/art --onnx {w}/x14.onnx --device tpu", 2, "'tpu' is not one of", ["x14.onnx"]),
+    (
+        "export-calib-unknown",
+        "export {w}/art --onnx {w}/x15.onnx --int8 --calib-data nosuch",
+        2,
+        "unknown dataset 'nosuch'",
+        ["x15.onnx"],
+    ),
+    ("export-bad-plan", "export {w}/ranks_huge --onnx {w}/x16.onnx", 2, "that layer takes", ["x16.onnx"]),
+    # -- bench and analyze: ONNX files and directories -----------------------------------------------------------
+    ("bench-missing", "bench {w}/nosuch.onnx", 2, "does not exist", []),
+    ("bench-empty", "bench {w}/empty.onnx", 2, "is empty (0 bytes)", []),
+    ("bench-garbage", "bench {w}/garbage.onnx", 2, "is not a readable ONNX file", []),
+    ("bench-text", "bench {w}/notonnx.txt", 2, "is not a readable ONNX file", []),
+    ("bench-batch-0", "bench {w}/art --batch 0", 2, "must be positive integers", []),
+    ("bench-batch-abc", "bench {w}/art --batch abc", 2, "is not a list of integers", []),
+    ("bench-threads-abc", "bench {w}/art --threads abc", 2, "is not a list of integers", []),
+    ("bench-runs-0", "bench {w}/art --runs 0", 2, "runs must be >= 1", []),
+    ("bench-warmup-neg", "bench {w}/art --warmup -1", 2, "warmup >= 0", []),
+    ("bench-engine", "bench {w}/art --engine foo", 2, "engine 'foo' is not known", []),
+    ("bench-bad-plan", "bench {w}/ranks_abc", 2, "ranks 'abc'", []),
+    ("bench-factory-plan", "bench {w}/model_factory", 2, "--trust-code", []),
+    ("analyze-garbage", "analyze {w}/garbage.onnx", 2, "is not a readable ONNX file", []),
+    ("analyze-empty", "analyze {w}/empty.onnx", 2, "is empty (0 bytes)", []),
+    ("analyze-rank-abc", "analyze {w}/art --rank abc", 2, "is not a number", []),
+    ("analyze-rank-dense", "analyze {w}/art --rank dense", 2, "gives no ranks to analyse", []),
+    ("analyze-plot-ext", "analyze {w}/art --plot {w}/out.txt", 2, "has extension '.txt'", ["out.txt"]),
+    ("analyze-plot-dir", "analyze {w}/art --plot {w}/art", 2, "has extension '(none)'", []),
+    ("analyze-plot-no-parent", "analyze {w}/art --plot {w}/nodir/r.png", 2, "does not exist", ["nodir"]),
+    ("analyze-unknown", "analyze nosuchmodel", 2, "no artifact directory or .onnx file", []),
+    ("analyze-input-without-rank", "analyze resnet20 --input-size 3x16x16", 2, "add --rank", []),
+    ("analyze-input-on-dir", "analyze {w}/art --input-size 3x16x16 --rank 0.3", 2, "applies to a model name", []),
+    ("analyze-model-arg-on-dir", "analyze {w}/art --model-arg a=1", 2, "applies to a model name", []),
+    ("analyze-a-text-file", "analyze {w}/notonnx.txt", 2, "neither an artifact directory nor an .onnx file", []),
+    # -- train ---------------------------------------------------------------------------------------------------
+    ("train-no-target", "train", 2, "give an artifact directory", []),
+    ("train-missing-dir", "train {w}/nosuchdir --data synthetic", 2, "is not a directory", ["nosuchdir"]),
+    ("train-data-unknown", "train {w}/art --data nosuch", 2, "unknown dataset 'nosuch'", ["art/metrics.jsonl"]),
+    ("train-data-typo", "train {w}/art --data fmnist:/x", 2, "did you mean", ["art/metrics.jsonl"]),
+    ("train-data-no-path", "train {w}/art --data cifar10", 2, "no PATH was given", ["art/metrics.jsonl"]),
+    ("train-data-path-for-digits", "train {w}/art --data digits:/x", 2, "takes no PATH", ["art/metrics.jsonl"]),
+    (
+        "train-data-missing-folder",
+        "train {w}/art --data cifar10:{w}/nodata",
+        2,
+        "does not exist",
+        ["art/metrics.jsonl", "nodata"],
+    ),
+    (
+        "train-data-folder-is-file",
+        "train {w}/art --data cifar10:{w}/notonnx.txt",
+        2,
+        "must be a folder",
+        ["art/metrics.jsonl"],
+    ),
+    ("train-data-empty-folder", "train {w}/art --data mnist:{w}/art", 2, "mnist not found in", ["art/metrics.jsonl"]),
+    (
+        "train-epochs-0",
+        "train {w}/art --data synthetic --epochs 0",
+        2,
+        "epochs 0 must be a positive integer",
+        ["art/metrics.jsonl"],
+    ),
+    (
+        "train-lr-neg",
+        "train {w}/art --data synthetic --lr -1",
+        2,
+        "must be a finite number >= 0",
+        ["art/metrics.jsonl"],
+    ),
+    (
+        "train-lr-nan",
+        "train {w}/art --data synthetic --lr nan",
+        2,
+        "must be a finite number >= 0",
+        ["art/metrics.jsonl"],
+    ),
+    ("train-batch-0", "train {w}/art --data synthetic --batch-size 0", 2, "batch_size 0", ["art/metrics.jsonl"]),
+    (
+        "train-method",
+        "train {w}/art --data synthetic --method nosuch",
+        2,
+        "method 'nosuch' is not known",
+        ["art/metrics.jsonl"],
+    ),
+    (
+        "train-optimizer",
+        "train {w}/art --data synthetic --optimizer nosuch",
+        2,
+        "'nosuch' is not one of",
+        ["art/metrics.jsonl"],
+    ),
+    (
+        "train-warmup-long",
+        "train {w}/art --data synthetic --epochs 1 --warmup-epochs 5",
+        2,
+        "exceeds epochs",
+        ["art/metrics.jsonl"],
+    ),
+    (
+        "train-amp-fp16-cpu",
+        "train {w}/art --data synthetic --epochs 1 --amp fp16 --device cpu",
+        2,
+        "needs a CUDA device",
+        ["art/train_state.pt"],
+    ),
+    (
+        "train-cuda-missing",
+        "train {w}/art --data synthetic --epochs 1 --device cuda",
+        2,
+        "no CUDA device is available",
+        ["art/train_state.pt"],
+    ),
+    ("train-nproc-0", "train {w}/art --data synthetic --nproc 0", 2, "--nproc 0 must be >= 1", ["art/metrics.jsonl"]),
+    (
+        "train-resume-nothing",
+        "train {w}/art --data synthetic --resume",
+        2,
+        "does not exist; --resume needs a run",
+        ["art/metrics.jsonl"],
+    ),
+    ("train-image-size-4", "train {w}/art --data synthetic --image-size 4", 2, "image_size", ["art/metrics.jsonl"]),
+    ("train-recipe-missing", "train --recipe {w}/nosuch.yaml", 2, "does not exist", []),
+    ("train-recipe-empty", "train --recipe {w}/empty.yaml", 2, "must be a mapping with at least a 'model' key", []),
+    ("train-recipe-list", "train --recipe {w}/list.yaml", 2, "must be a mapping", []),
+    ("train-recipe-bad-yaml", "train --recipe {w}/bad.yaml", 2, "is not valid YAML", []),
+    ("train-recipe-unknown-key", "train --recipe {w}/unknown_key.yaml -o {w}/r1", 2, "bogus", ["r1"]),
+    ("train-bad-plan", "train {w}/ranks_huge --data synthetic", 2, "that layer takes", ["ranks_huge/metrics.jsonl"]),
+    ("train-no-weights", "train {w}/no_weights --data synthetic", 2, "does not exist", ["no_weights/metrics.jsonl"]),
+]
+
+
+def test_the_table_is_large_and_covers_every_command():
+    assert len(ROWS) >= 150
+    assert len({row[0] for row in ROWS}) == len(ROWS)
+    commands = {row[1].split()[0] for row in ROWS}
+    assert {"convert", "layers", "models", "inspect", "export", "bench", "analyze", "train"} <= commands
+
+
+@pytest.mark.parametrize("case, argv, code, fragment, absent", ROWS, ids=[row[0] for row in ROWS])
+def test_hostile_input(world, cli, case, argv, code, fragment, absent):
+    import shlex
+
+    args = [a.replace("{w}", str(world)) for a in shlex.split(argv)]
+    got, out, err = cli(*args)
+    assert got == code, f"{case}: exit {got}, stderr: {err[-600:]}"
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{case}: not one error line: {err[-600:]}"
+    assert fragment and fragment in lines[0], f"{case}: {fragment!r} not in {lines[0]!r}"
+    for rel in absent:
+        assert not (world / rel).exists(), f"{case}: {rel} was left behind"
+    leftovers = [p.name for p in world.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+    assert not leftovers, f"{case}: temporary files left: {leftovers}"
+
+
+def test_the_console_script_gives_the_same_line(world):
+    """One row through the installed entry point, in a real process: no traceback, exit 2, one line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lowrank_tool", "inspect", str(world / "ranks_huge")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "that layer takes" in proc.stderr
