@@ -11,6 +11,7 @@ new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import socket
@@ -22,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
-from .errors import LowRankError, LowRankWarning
+from .errors import LowRankError, LowRankWarning, first_line
 
 try:
     import fcntl
@@ -38,6 +39,8 @@ __all__ = [
     "SUMMARY_FILE",
     "atomic_file",
     "atomic_write_text",
+    "write_error",
+    "check_path",
     "atomic_directory",
     "LOCK_FILE",
     "DirectoryLock",
@@ -49,6 +52,66 @@ BEST_FILE = "best.safetensors"
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+
+
+#: errno values that mean "this place cannot take the file": full disk, quota, read-only, permission, too long.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENAMETOOLONG}
+#: ... and how libraries that wrap the OS error (safetensors, torch.save's C++ writer) report a failed write.
+_WRITE_TEXTS = ("No space left on device", "os error 28", "file write failed", "Disk quota exceeded", "iostream error",
+                "unexpected pos")  # fmt: skip
+
+
+def _disk_fault(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        return True
+    return isinstance(exc, Exception) and any(text in str(exc) for text in _WRITE_TEXTS)
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path if path.is_dir() else path.parent).free < 1 << 20
+    except OSError:
+        return False
+
+
+def write_error(path: Path, exc: BaseException) -> LowRankError:
+    """A write that the disk refused, as one line (nothing is left behind: the caller removed its temporary)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        why = exc.strerror
+    elif "No space left" in str(exc) or "os error 28" in str(exc) or _nearly_full(path):
+        why = "No space left on device"  # torch.save and safetensors report a full disk in their own words
+    else:
+        why = f"write failed: {first_line(exc, with_type=False)}"
+    return LowRankError(
+        f"cannot write {path} ({why}); free some space or choose another directory — nothing was written"
+    )
+
+
+#: File-name and path limits of Linux and macOS file systems, in bytes.
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def check_path(path: str | os.PathLike[str]) -> Path:
+    """A path the file system can take: each name at most 255 bytes, the whole at most 4096 (else one line)."""
+    path = Path(path)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise LowRankError(
+                f"the name {part[:32]}... is {size} bytes long, over the {NAME_MAX}-byte limit of a file name; choose a shorter name"
+            )
+    size = len(os.fsencode(os.path.abspath(path)))
+    if size >= PATH_MAX:
+        raise LowRankError(
+            f"the path {str(path)[:48]}... is {size} bytes long, over the {PATH_MAX}-byte limit; choose a shorter path"
+        )
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -63,14 +126,20 @@ def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
         ...     tmp.write_text("{}")
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what the user's umask says
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _disk_fault(exc):
+            raise write_error(path, exc) from None
         raise
 
 
@@ -94,6 +163,7 @@ class atomic_directory:
         self.created: list[Path] = []  # parent directories made here, removed again on failure
 
     def __enter__(self) -> Path:
+        check_path(self.target)
         if self.target.exists() and not self.overwrite:
             raise LowRankError(
                 f"{self.target} already exists; choose another output directory or pass --force (overwrite=True)"
@@ -128,7 +198,10 @@ class atomic_directory:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self._remove_created()
+            if exc is not None and _disk_fault(exc):
+                raise write_error(self.target, exc) from None
             return
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the directory gets what the umask says
         old = None
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")

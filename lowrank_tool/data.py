@@ -92,7 +92,17 @@ def _svhn(root: str, train: bool, transform: Any, download: bool) -> Dataset:
 
 
 def _image_folder(root: str, train: bool, transform: Any, download: bool) -> Dataset:
-    return D.ImageFolder(os.path.join(root, "train" if train else "val"), transform)
+    return D.ImageFolder(os.path.join(root, "train" if train else "val"), transform, loader=_read_image)
+
+
+def _read_image(path: str) -> Any:
+    """torchvision's image loader, with a damaged file named in one line instead of PIL's traceback."""
+    try:
+        return D.folder.default_loader(path)
+    except Exception as exc:
+        raise LowRankError(
+            f"{path} is not a readable image ({first_line(exc, with_type=False)}); remove or replace the file"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,16 @@ def first_line(exc: BaseException, *, with_type: bool = True, limit: int = 200) 
     """An exception in one line for a message: ``"TypeError: text"`` (or just the text, ``with_type=False``).
 
     The line is the first of the message that is not a quoted traceback (some libraries, such as the ONNX
-    exporters, put one in the message), with terminal colour codes removed.
+    exporters, put one in the message) nor a header ending in ``:`` with the detail below it, with terminal
+    colour codes removed.
     """
     text = _ANSI.sub("", str(exc)).strip()
-    line = next(
-        (s.strip() for s in text.splitlines() if s.strip() and not s.strip().startswith(("Traceback", "File "))), ""
-    )
+    lines = [s.strip() for s in text.splitlines() if s.strip() and not s.strip().startswith(("Traceback", "File "))]
+    if len(lines) > 1 and lines[0].endswith(
+        ":"
+    ):  # a header ("Error(s) in loading state_dict for Net:"): the detail follows
+        lines = lines[1:]
+    line = lines[0] if lines else ""
     if with_type:
         return f"{type(exc).__name__}: {line}"[:limit]
     if isinstance(exc, KeyError):  # its text is only the missing key

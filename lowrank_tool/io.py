@@ -126,5 +126,13 @@ def load(
             f"{weights} does not match the model rebuilt from the plan ({len(missing)} missing, {len(unexpected)} unexpected tensors: {sample}); "
             "save and load with the same model"
         )
+    bad = [
+        name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise LowRankError(
+            f"{weights} holds NaN/inf values ({len(bad)} tensors, e.g. {bad[0]}); it is corrupt or from a diverged run — "
+            "re-create it, or train again from the last good checkpoint"
+        )
     model.to(map_location)
     return attach_plan(model, plan)

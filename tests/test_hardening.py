@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
+import os
 import shutil
+import signal
+import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -169,3 +175,148 @@ def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(tmp_path):
     with pytest.warns(LowRankWarning, match=r"\(pid 1 on elsewhere, since then\) ended without releasing its lock"):
         with DirectoryLock(tmp_path) as lock:
             assert lock.stale == "pid 1 on elsewhere, since then"
+
+
+# -- disk full, damaged state, bad data ----------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (root only, where the machine allows mounting): a disk that really fills up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)])
+
+
+def _fill(disk, leave):
+    (disk / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(disk).free - leave))
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(r20, small_disk, cli):
+    _fill(small_disk, 16 * 1024)
+    code, _, err = cli("convert", "resnet20", "--input-size", "3x16x16", "-o", small_disk / "r20")
+    assert code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("export", r20, "--onnx", small_disk / "m.onnx")
+    assert code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in small_disk.iterdir()] == ["filler"]
+
+
+def test_a_disk_that_fills_up_during_training_is_one_line(r20, small_disk, cli):
+    d = small_disk / "run"
+    shutil.copytree(r20, d, ignore=shutil.ignore_patterns("*.lock"))
+    _fill(small_disk, 64 * 1024)  # less room than a checkpoint needs
+    code, _, err = cli("train", d, *TRAIN, "--epochs", "1")
+    assert code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+    assert not (d / "train_state.pt").exists()
+
+
+def test_save_on_a_full_disk_is_a_lowrank_error(monkeypatch, tmp_path):
+    import lowrank_tool.io as lio
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lio, "save_model", full)
+    with pytest.raises(LowRankError, match=r"cannot write .*out \(No space left on device\)"):
+        lr.save(lr.convert("resnet20", rank=0.5, input_size=(3, 16, 16)), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_train_state_is_one_line(r20, tmp_path, cli):
+    d = _copy(r20, tmp_path / "run")
+    assert cli("train", d, *TRAIN, "--epochs", "1")[0] == 0
+    state = torch.load(d / "train_state.pt", weights_only=True)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:0]
+    torch.save(state, d / "train_state.pt")
+    code, _, err = cli("train", d, *TRAIN, "--epochs", "2", "--resume")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "damaged or not from this run" in errors[0] and "Traceback" not in err
+
+
+def test_a_cut_metrics_line_does_not_stop_a_resume(r20, tmp_path, cli):
+    d = _copy(r20, tmp_path / "run")
+    assert cli("train", d, *TRAIN, "--epochs", "1")[0] == 0
+    with open(d / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 1, "train_lo')  # a crash mid-write, and a foreign line
+        fh.write("\nnot json at all\n[1, 2]\n")
+    code, _, err = cli("train", d, *TRAIN, "--epochs", "2", "--resume")
+    assert code == 0, err
+    records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+
+
+def test_labels_the_model_cannot_predict_are_one_line(tmp_path):
+    model = lr.convert("resnet20", rank=0.5, input_size=(3, 16, 16))  # 10 classes
+    x, y = torch.randn(32, 3, 16, 16), torch.full((32,), 12)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    trainer = Trainer(model, loader, None, TrainConfig(epochs=1), out_dir=tmp_path, progress=False)
+    with pytest.raises(LowRankError, match=r"label 12, outside 0..9"):
+        trainer.fit()
+    assert not (tmp_path / "train_state.pt").exists()
+
+
+def test_a_corrupt_image_in_an_image_folder_is_named(r20, tmp_path, cli):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(root / split / cls / f"{i}.png")
+    (root / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    d = tmp_path / "run"
+    lr.save(lr.convert("resnet20", rank=0.5, num_classes=2, input_size=(3, 16, 16)), d)
+    code, _, err = cli("train", d, "--data", f"imagefolder:{root}", "--image-size", "16", "--epochs", "1", "--quiet",
+                       "--batch-size", "4", "--workers", "1")  # fmt: skip
+    assert code == 2 and "broken.png is not a readable image" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_weights_with_nan_are_refused_at_load(r20, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = _copy(r20, tmp_path / "run")
+    tensors = load_file(d / "model.safetensors")
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, d / "model.safetensors")
+    with pytest.raises(LowRankError, match=rf"holds NaN/inf values \(1 tensors, e.g. {name}\)"):
+        lr.load(d)
+
+
+def test_weights_of_another_shape_name_the_tensor(r20, tmp_path):
+    other = tmp_path / "r25"
+    lr.save(lr.convert("resnet20", rank=0.25, input_size=(3, 16, 16), round_to=1), other)
+    d = _copy(r20, tmp_path / "run")
+    shutil.copy(other / "model.safetensors", d / "model.safetensors")
+    with pytest.raises(LowRankError, match="does not match the model rebuilt from the plan") as info:
+        lr.load(d)
+    assert "Error(s) in loading" not in str(info.value)
+
+
+def test_sigterm_during_export_leaves_no_temporary_file(tmp_path):
+    src = tmp_path / "r50"
+    lr.save(lr.convert("resnet50", rank=0.3), src)
+    proc = subprocess.Popen([sys.executable, "-m", "lowrank_tool", "export", str(src), "--onnx", str(tmp_path / "m.onnx")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".m.onnx.*")):
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".m.onnx.*")), "the export never started writing"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert not list(tmp_path.glob(".m.onnx.*")) and not (tmp_path / "m.onnx").exists()
+
+
+def test_artifacts_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        lr.save(lr.convert("resnet20", rank=0.5, input_size=(3, 16, 16)), tmp_path / "a")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "a" / "plan.json").stat().st_mode) == 0o644

@@ -75,6 +75,11 @@ def world(tmp_path_factory):
     shutil.copytree(art, w / "no_plan")
     (w / "no_plan" / "plan.json").unlink()
     (w / "file_not_dir").write_text("x")
+    import onnx
+
+    proto = onnx.load(str(w / "m.onnx"))
+    next(p for p in proto.metadata_props if p.key == "lowrank_tool.plan").value = "{not json"
+    onnx.save(proto, str(w / "badmeta.onnx"))
     return w
 
 
@@ -327,6 +332,45 @@ ROWS = [
     ("analyze-input-on-dir", "analyze {w}/art --input-size 3x16x16 --rank 0.3", 2, "applies to a model name", []),
     ("analyze-model-arg-on-dir", "analyze {w}/art --model-arg a=1", 2, "applies to a model name", []),
     ("analyze-a-text-file", "analyze {w}/notonnx.txt", 2, "neither an artifact directory nor an .onnx file", []),
+    (
+        "analyze-plan-not-json",
+        "analyze {w}/badmeta.onnx",
+        2,
+        "the embedded plan (metadata lowrank_tool.plan) is not JSON",
+        [],
+    ),
+    ("bench-plan-not-json", "bench {w}/badmeta.onnx --runs 1 --warmup 0", 2, "is not JSON", []),
+    # -- names and paths the file system cannot take ---------------------------------------------------------
+    (
+        "convert-name-too-long",
+        "convert resnet20 --input-size 3x16x16 -o {w}/" + "n" * 300,
+        2,
+        "over the 255-byte limit",
+        [],
+    ),
+    ("export-name-too-long", "export {w}/art --onnx {w}/" + "n" * 300 + ".onnx", 2, "over the 255-byte limit", []),
+    (
+        "analyze-plot-name-too-long",
+        "analyze {w}/art --plot {w}/" + "n" * 300 + ".png",
+        2,
+        "over the 255-byte limit",
+        [],
+    ),
+    (
+        "convert-path-too-long",
+        "convert resnet20 --input-size 3x16x16 -o {w}/" + "/".join(["d" * 200] * 25),
+        2,
+        "over the 4096-byte limit",
+        ["d" * 200],
+    ),
+    (
+        "export-path-too-long",
+        "export {w}/art --onnx {w}/" + "/".join(["d" * 200] * 25) + "/m.onnx",
+        2,
+        "over the 4096-byte limit",
+        ["d" * 200],
+    ),
+    ("inspect-name-too-long", "inspect {w}/" + "n" * 300, 2, "File name too long", []),
     # -- train ---------------------------------------------------------------------------------------------------
     ("train-no-target", "train", 2, "give an artifact directory", []),
     ("train-missing-dir", "train {w}/nosuchdir --data synthetic", 2, "is not a directory", ["nosuchdir"]),

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..artifact import atomic_file
+from ..artifact import atomic_file, check_path
 from ..errors import LowRankError
 from .spectrum import LayerSpectrum
 
@@ -20,6 +20,7 @@ _COLOURED = 6
 
 def check_plot_path(path: Path) -> None:
     """One-line errors before any work: a known extension, an existing writable directory, not a directory."""
+    check_path(path)
     ext = path.suffix.lower().lstrip(".")
     if ext not in PLOT_FORMATS:
         raise LowRankError(

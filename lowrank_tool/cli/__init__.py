@@ -9,7 +9,9 @@ module level, so help and ``--version`` answer at once. ``tests/test_cli_startup
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 import warnings
 from typing import Any
 
@@ -17,7 +19,7 @@ import typer
 import typer.core
 
 from .._version import __version__
-from ..errors import LowRankError, LowRankWarning, VerificationError
+from ..errors import LowRankError, LowRankWarning, VerificationError, first_line
 from ._common import fail, note
 
 #: Command → its one-line help (the first line of the command function's docstring), in help order.
@@ -103,6 +105,9 @@ def main() -> None:
     warnings (:class:`LowRankWarning`) become one ``note:`` line each."""
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM unwinds like Ctrl-C: temporary files and directories are removed on the way out
+    previous_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         code = app.main(prog_name="lowrank", standalone_mode=False)
         if isinstance(code, int) and code:
@@ -112,13 +117,26 @@ def main() -> None:
     except typer.TyperException as exc:  # click's usage errors: an unknown option, a value not among the choices
         fail(_usage_line(exc), code=int(getattr(exc, "exit_code", 2)))
     except LowRankError as exc:
-        fail(str(exc))
+        fail(_last_line(str(exc)))
     except VerificationError as exc:
         fail(str(exc), code=1)
+    except OSError as exc:  # the last safety net: a path the OS refuses, a permission, a vanished file
+        where = f": {str(exc.filename)[:80]}" if exc.filename else ""
+        fail(f"{exc.strerror or first_line(exc)}{where}; check the path and its permissions")
     except KeyboardInterrupt:
         sys.exit(130)
     finally:
         warnings.showwarning = previous
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _last_line(message: str) -> str:
+    """A LowRankError re-raised from a DataLoader worker carries the worker's traceback: keep its message."""
+    if "\n" not in message:
+        return message
+    last = [line.strip() for line in message.splitlines() if line.strip()][-1]
+    return last.split("LowRankError: ", 1)[-1]
 
 
 def _usage_line(exc: Exception) -> str:
@@ -127,6 +145,10 @@ def _usage_line(exc: Exception) -> str:
     ctx = getattr(exc, "ctx", None)
     where = f"`{ctx.command_path} --help`" if ctx is not None else "`lowrank --help`"
     return f"{' '.join(message.split())} (see {where})"
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 _default_showwarning = warnings.showwarning

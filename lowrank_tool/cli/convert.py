@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from ..artifact import check_path
 from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, POLICIES
 from ..convert.options import ConvertOptions, RankSpec, option_help
 from ._common import (
@@ -74,7 +75,7 @@ def convert(
     from ..errors import LowRankError
     from ..io import save
 
-    if output is not None and output.exists() and not force:
+    if output is not None and check_path(output).exists() and not force:
         raise LowRankError(f"{output} already exists; choose another output directory or pass --force")
     if target_speedup is not None and policy.value != "latency":
         raise LowRankError("--target-speedup needs --policy latency")

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..artifact import atomic_file
+from ..artifact import atomic_file, check_path
 from ..choices import (
     DEFAULT_OPSET,
     EXPORTERS,
@@ -343,7 +343,7 @@ def parse_batch(value: int | str) -> int | str:
 
 def check_output_path(path: str | os.PathLike[str]) -> Path:
     """The output file's parent must exist and be writable, and the path must not be a directory."""
-    path = Path(path).expanduser()
+    path = check_path(Path(path).expanduser())
     if path.is_dir():
         raise LowRankError(f"{path} is a directory; give a file name such as {path / 'model.onnx'}")
     parent = path.parent if str(path.parent) else Path(".")

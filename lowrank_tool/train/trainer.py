@@ -42,6 +42,7 @@ from ..artifact import (
     WEIGHTS_FILE,
     DirectoryLock,
     atomic_write_text,
+    write_error,
 )
 from ..errors import LowRankError, LowRankWarning, first_line
 from ..layers import LowRankConv
@@ -245,13 +246,23 @@ class Trainer:
             raise LowRankError(
                 f"train state does not match the model ({first_line(exc, with_type=False, limit=160)}); train without --resume"
             ) from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-        self.global_step = int(state["global_step"])
-        self.best_top1, self.best_epoch = float(state["best_top1"]), int(state["best_epoch"])
+        try:  # a tampered or foreign state fails here in many ways; each is one line
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+            self.global_step = int(state["global_step"])
+            self.best_top1, self.best_epoch = float(state["best_top1"]), int(state["best_epoch"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+            raise LowRankError(
+                f"the train state is damaged or not from this run ({first_line(exc, limit=160)}); "
+                "delete train_state.pt and train without --resume"
+            ) from None
+        if self.epoch < 0 or self.step_in_epoch < 0 or self.global_step < 0:
+            raise LowRankError(
+                "the train state has negative counters; delete train_state.pt and train without --resume"
+            )
 
     def resume(self) -> None:
         """Continue from ``out_dir/train_state.pt`` (model, optimizer, scheduler, scaler, RNG, epoch)."""
@@ -262,8 +273,7 @@ class Trainer:
         self.load_state_dict(state)
         metrics = self.out_dir / METRICS_FILE
         if metrics.is_file():  # drop records of epochs the saved state does not include
-            lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            self.history = [m for m in lines if m["epoch"] < self.epoch]
+            self.history = [m for m in _metric_records(metrics) if m["epoch"] < self.epoch]
             if self.dist.is_main:
                 atomic_write_text(metrics, "".join(json.dumps(m) + "\n" for m in self.history))
 
@@ -351,8 +361,11 @@ class Trainer:
                     self.step_in_epoch = 0
                     self.history.append(record)
                     if self.dist.is_main and self.out_dir is not None:
-                        with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
-                            fh.write(json.dumps(record) + "\n")
+                        try:
+                            with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
+                                fh.write(json.dumps(record) + "\n")
+                        except OSError as exc:  # a full disk: one line (resume drops a cut record)
+                            raise write_error(self.out_dir / METRICS_FILE, exc) from None
                     self._save(improved)
                     if self.on_epoch is not None and self.dist.is_main:
                         self.on_epoch(record)
@@ -380,11 +393,13 @@ class Trainer:
         with bar:
             for images, labels in self._batches():
                 images = self._images(images, non_blocking=True)
+                given = labels
                 labels = labels.to(self.device, non_blocking=True)
                 with torch.autocast(
                     self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
                 ):
                     logits = self.model(images)
+                    _check_labels(given, logits.shape[-1])
                     loss = self.criterion(logits, labels)
                 penalty = self.method.penalty(self.raw_model)
                 total = loss.float() + (penalty if penalty is not None else 0.0)
@@ -494,6 +509,30 @@ class Trainer:
             "val_top1": 100 * top1 / max(count, 1),
             "val_top5": 100 * top5 / max(count, 1),
         }
+
+
+def _check_labels(labels: torch.Tensor, classes: int) -> None:
+    """Labels the model cannot predict are a data error, in one line (cross-entropy would raise an IndexError,
+    or a device-side assert on CUDA). ``labels`` is the batch as the loader gave it (on the CPU: no sync)."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        bad = int(labels.max()) if int(labels.max()) >= classes else int(labels.min())
+        raise LowRankError(
+            f"the training data has label {bad}, outside 0..{classes - 1} (the model has {classes} outputs); check the "
+            "dataset's label files, or convert the model with --num-classes matching the data"
+        )
+
+
+def _metric_records(path: Path) -> list[dict[str, Any]]:
+    """The epoch records of ``metrics.jsonl``; a line cut by a crash, or one that is not ours, is skipped."""
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int) and not isinstance(record["epoch"], bool):
+            records.append(record)
+    return records
 
 
 def resolve_memory_format(name: str, model: nn.Module, device: torch.device) -> torch.memory_format:
