@@ -450,6 +450,13 @@ ROWS = [
         "no CUDA device is available",
         ["art/train_state.pt"],
     ),
+    (
+        "train-nproc-bad-data",
+        "train {w}/art --data cifar10:{w}/nodata --nproc 2",
+        2,
+        "data folder",
+        ["art/metrics.jsonl", "nodata"],
+    ),
     ("train-nproc-0", "train {w}/art --data synthetic --nproc 0", 2, "--nproc 0 must be >= 1", ["art/metrics.jsonl"]),
     (
         "train-resume-nothing",

@@ -8,9 +8,11 @@ CUDA, gloo on CPU. Multi-node runs use torchrun's own rendezvous flags (see the 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -89,4 +91,33 @@ def launch(nproc: int, argv: list[str]) -> int:
         "lowrank_tool",
         *argv,
     ]
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace")
+    assert proc.stderr is not None
+    return _relay(proc.stderr, proc.wait, sys.stderr)
+
+
+#: torchrun's own output: its banner, its logger (``E1124 16:08:41.61 ...``), and the failure report it prints
+#: after the ranks' own one-line errors (a ChildFailedError traceback).
+_TORCHRUN_NOISE = re.compile(r"^(\*{5,}|Setting OMP_NUM_THREADS|[EWI]\d{4} \d\d:\d\d:\d\d)")
+
+
+def _relay(lines: Any, wait: Any, out: Any) -> int:
+    """Copy the ranks' stderr to ``out``, each distinct ``error:`` line once and without torchrun's own report;
+    returns the ranks' exit code (2 for a usage error) rather than torchrun's generic 1."""
+    seen: set[str] = set()
+    user_error = quiet = False
+    for line in lines:
+        if quiet or not line.strip() or _TORCHRUN_NOISE.match(line):
+            continue
+        if line.startswith("Traceback (most recent call last):") and user_error:
+            quiet = True  # torchrun's ChildFailedError report about the ranks that already said why
+            continue
+        if line.startswith("error: "):
+            user_error = True
+            if line in seen:
+                continue
+            seen.add(line)
+        out.write(line)
+        out.flush()
+    code = int(wait())
+    return 2 if code and user_error else code
