@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -71,6 +71,22 @@ def rebuild(
     return apply_plan(model, plan, init=init)
 
 
+def _check_dtypes(weights: Path, model: nn.Module) -> None:
+    """A float parameter must get float values: loading would otherwise cast integers silently."""
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            stored = {name: fh.get_slice(name).get_dtype() for name in fh.keys()}
+    except SafetensorError:
+        return  # load_model below reports the file as corrupt
+    for name, tensor in model.state_dict().items():
+        kind = stored.get(name)
+        if tensor.is_floating_point() and kind is not None and not kind.startswith(("F", "BF")):
+            raise LowRankError(
+                f"{weights} stores {name} as {kind}, but it is a floating-point tensor of the model; the file was not "
+                "written by lowrank_tool.save — re-create it with `lowrank convert -o DIR`"
+            )
+
+
 def load(
     directory: str | os.PathLike[str],
     model: nn.Module | None = None,
@@ -109,6 +125,7 @@ def load(
             f"{weights} does not exist; the artifact is incomplete, re-create it with `lowrank convert -o DIR`"
         )
     model = rebuild(plan, model, where=str(directory / PLAN_FILE), trust_code=trust_code, init="none")
+    _check_dtypes(weights, model)
     try:
         missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
     except SafetensorError as exc:

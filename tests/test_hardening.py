@@ -320,3 +320,47 @@ def test_artifacts_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "a" / "plan.json").stat().st_mode) == 0o644
+
+
+def test_an_epoch_resumed_mid_way_is_marked(tmp_path):
+    model = lr.convert("resnet20", rank=0.5, input_size=(3, 16, 16))
+    train, val = _loaders()
+    cfg = TrainConfig(epochs=2, lr=0.05)
+    trainer = Trainer(model, train, val, cfg, out_dir=tmp_path, progress=False)
+    original = trainer.method.after_step
+
+    def interrupt(m, step):
+        original(m, step)
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer.method.after_step = interrupt
+    with pytest.raises(Exception, match="stopped by signal"):
+        trainer.fit()
+    again = Trainer(lr.convert("resnet20", rank=0.5, input_size=(3, 16, 16)), train, val, cfg, out_dir=tmp_path,
+                    progress=False)  # fmt: skip
+    result = again.fit(resume=True)
+    assert result.history[0]["resumed_at_step"] == 2 and "resumed_at_step" not in result.history[1]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["resumed_at_step"] == 2
+
+
+def test_a_data_set_with_one_class_is_a_warning():
+    from lowrank_tool.train.run import _check_classes
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 1))
+    loader = DataLoader(TensorDataset(torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)), batch_size=2)
+    with pytest.warns(LowRankWarning, match="the data has 1 class: every prediction is right"):
+        _check_classes(model, loader, 1, torch.device("cpu"), "DIR")
+
+
+def test_integer_values_for_float_weights_are_refused(r20, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = _copy(r20, tmp_path / "run")
+    tensors = load_file(d / "model.safetensors")
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = torch.ones_like(tensors[name], dtype=torch.int64)
+    save_file(tensors, d / "model.safetensors")
+    with pytest.raises(LowRankError, match=rf"stores {name} as I64, but it is a floating-point tensor"):
+        lr.load(d)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 from ..artifact import SUMMARY_FILE, DirectoryLock, atomic_write_text
 from ..convert.api import summary
 from ..data import build_loaders
-from ..errors import LowRankError, first_line
+from ..errors import LowRankError, LowRankWarning, first_line
 from ..io import load
 from .config import TrainConfig
 from .distributed import DistInfo, setup, teardown
@@ -70,6 +71,12 @@ def fit(
 
 
 def _check_classes(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, where: str) -> None:
+    if num_classes < 2:
+        warnings.warn(
+            f"the data has {num_classes} class: every prediction is right, so accuracy says nothing; check the data",
+            LowRankWarning,
+            stacklevel=3,
+        )
     images, _ = next(iter(loader))
     was = model.training
     model.eval()

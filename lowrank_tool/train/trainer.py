@@ -384,6 +384,7 @@ class Trainer:
 
     def _train_epoch(self, stopper: _Stopper) -> dict[str, Any]:
         self.model.train()
+        resumed_at = self.step_in_epoch  # > 0: this epoch started before an interruption
         t0 = time.perf_counter()
         loss_sum = correct = count = pen_sum = 0.0
         steps = 0
@@ -446,7 +447,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": seconds,
             "images_per_s": count / max(seconds, 1e-9),
-        }
+        } | ({"resumed_at_step": resumed_at} if resumed_at else {})  # its train loss/top-1 cover the later steps only
 
     def _kept(self) -> str:
         """What the output directory holds after a divergence in the current epoch."""
