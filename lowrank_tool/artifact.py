@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -44,6 +45,8 @@ __all__ = [
     "atomic_directory",
     "LOCK_FILE",
     "DirectoryLock",
+    "sweep_stale",
+    "native_path",
 ]
 
 PLAN_FILE = "plan.json"
@@ -108,6 +111,87 @@ def check_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _temp_prefix(target: Path) -> str:
+    """``.NAME.PID-``: temporaries are hidden, name their target, and name the process that writes them."""
+    return f".{target.name}.{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, it is someone else's
+        return True
+    return True
+
+
+def sweep_stale(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove what a killed writer of ``target`` left beside it; return what was removed (and warn).
+
+    A write killed at a moment no handler can catch (SIGKILL, power loss) leaves its temporary
+    (``.NAME.PID-XXXXXXXX.tmp``) beside the target; one killed between the two renames of a directory
+    replacement leaves the previous directory as ``.NAME.old-PID`` (put back when the target is missing).
+    Only leftovers of processes that no longer run are touched, so a concurrent writer's files are safe.
+    Every write through :func:`atomic_file` / :func:`atomic_directory` sweeps first; each sweep that finds
+    something says so with one :class:`~lowrank_tool.errors.LowRankWarning`.
+    """
+    target = Path(target)
+    parent = target.parent
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    temp = re.compile(re.escape(f".{target.name}.") + r"(\d+)-[A-Za-z0-9_]{8}\.[A-Za-z0-9]+")
+    old = re.compile(re.escape(f".{target.name}.old-") + r"(\d+)")
+    removed: list[Path] = []
+    restored: Path | None = None
+    for name in names:
+        match = temp.fullmatch(name) or old.fullmatch(name)
+        if match is None or _alive(int(match.group(1))) or int(match.group(1)) == os.getpid():
+            continue
+        leftover = parent / name
+        try:
+            if match.re is old and not os.path.lexists(target):
+                os.replace(leftover, target)
+                restored = leftover
+            elif leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+                removed.append(leftover)
+            else:
+                leftover.unlink()
+                removed.append(leftover)
+        except OSError:
+            continue  # not ours to remove (permissions): leave it
+    if removed or restored:
+        what = [f"removed {len(removed)} temporary file(s) left by an interrupted write"] if removed else []
+        if restored:
+            what.append(f"put back the previous {target.name} from {restored.name}")
+        warnings.warn(f"{target}: {'; '.join(what)} (the writer was killed)", LowRankWarning, stacklevel=3)
+    return removed
+
+
+@contextlib.contextmanager
+def native_path(path: str | os.PathLike[str]) -> Iterator[str]:
+    """``path`` as a str that libraries taking UTF-8 paths (safetensors) accept, while it is open.
+
+    A name that is not valid UTF-8 (a byte-named directory from an old file system, a tar) is passed as
+    the ``/proc/self/fd`` (or ``/dev/fd``) path of an open descriptor; any other path unchanged.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            proc = f"/proc/self/fd/{fd}"
+            yield proc if os.path.exists(proc) else f"/dev/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield text
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -126,8 +210,9 @@ def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
         ...     tmp.write_text("{}")
     """
     path = Path(path)
+    sweep_stale(path)
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=suffix, dir=path.parent)
     except OSError as exc:
         raise write_error(path, exc) from None
     os.close(fd)
@@ -176,7 +261,8 @@ class atomic_directory:
             for p in reversed(missing):
                 p.mkdir()
                 self.created.append(p)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=parent))
+            sweep_stale(self.target)
+            self.tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(self.target), suffix=".tmp", dir=parent))
         except OSError as exc:
             self._remove_created()
             raise LowRankError(

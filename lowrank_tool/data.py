@@ -11,7 +11,9 @@
   size or class count, use :class:`SyntheticDataset` directly.
 * ``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist``, ``svhn``: torchvision datasets read from
   the folder PATH, in torchvision's on-disk layout. ``download=True`` (``--download``) lets
-  torchvision fetch them into PATH.
+  torchvision fetch them into PATH. MNIST and Fashion-MNIST are also read from the four idx files
+  (raw or ``.gz``) right in PATH, as the original sites and Debian's ``dataset-fashion-mnist``
+  (``fashion-mnist:/usr/share/datasets/fashion-mnist``) ship them.
 * ``imagefolder``: ``PATH/train/<class>/<image>`` and ``PATH/val/<class>/<image>`` (ImageNet layout).
 
 **Grey images** (digits, MNIST, Fashion-MNIST) are fed to 3-channel models by repeating the grey channel
@@ -44,8 +46,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import gzip
 import math
 import os
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +89,53 @@ _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 def _torchvision(cls: Any) -> Callable[[str, bool, Any, bool], Dataset]:
     """A reader for torchvision datasets split by ``train=True/False``."""
     return lambda root, train, transform, download: cls(root, train=train, transform=transform, download=download)
+
+
+def _flat_files(root: Path) -> bool:
+    """MNIST's four idx files directly in ``root``, raw or gzipped (the original site's and Debian's layout)."""
+    return all((root / f).exists() or (root / f"{f}.gz").exists() for f in _MNIST_FILES)
+
+
+def _read_idx(path: Path, ndim: int) -> torch.Tensor:
+    """An idx file of unsigned bytes (``path`` or ``path.gz``) as a uint8 tensor, its header checked."""
+    source = path if path.exists() else path.with_name(path.name + ".gz")
+    try:
+        raw = gzip.decompress(source.read_bytes()) if source.suffix == ".gz" else source.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise LowRankError(f"{source} is not readable ({first_line(exc, with_type=False)}); fetch it again") from None
+    if len(raw) < 4 + 4 * ndim or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
+        raise LowRankError(f"{source} is not an idx file of {ndim}-D unsigned bytes; fetch it again")
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    body = raw[4 + 4 * ndim :]
+    if len(body) != math.prod(shape):
+        raise LowRankError(
+            f"{source} is cut or padded: its header says {'x'.join(map(str, shape))} values, it holds {len(body)}; "
+            "fetch it again"
+        )
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
+
+
+def _mnist_like(cls: Any) -> Callable[[str, bool, Any, bool], Dataset]:
+    """torchvision's reader for MNIST-like data, which also takes the four idx files (or .gz) right in PATH."""
+
+    class Flat(cls):
+        def _check_exists(self) -> bool:
+            return True
+
+        def _load_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+            split = "train" if self.train else "t10k"
+            root = Path(self.root)
+            return _read_idx(root / f"{split}-images-idx3-ubyte", 3), _read_idx(root / f"{split}-labels-idx1-ubyte", 1)
+
+    Flat.__name__ = Flat.__qualname__ = cls.__name__  # its repr and folders are the dataset's
+
+    def read(root: str, train: bool, transform: Any, download: bool) -> Dataset:
+        standard = all(os.path.exists(os.path.join(root, cls.__name__, "raw", f)) for f in _MNIST_FILES)
+        if not download and not standard and _flat_files(Path(root)):
+            return Flat(root, train=train, transform=transform)
+        return cls(root, train=train, transform=transform, download=download)
+
+    return read
 
 
 def _svhn(root: str, train: bool, transform: Any, download: bool) -> Dataset:
@@ -178,7 +229,7 @@ RECORDS: dict[str, DatasetRecord] = {
             crop_padding=2,
             layout=tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES),
             legacy_layout=("MNIST/processed/training.pt", "MNIST/processed/test.pt"),
-            read=_torchvision(D.MNIST),
+            read=_mnist_like(D.MNIST),
         ),
         DatasetRecord(
             "fashion-mnist",
@@ -191,7 +242,7 @@ RECORDS: dict[str, DatasetRecord] = {
             layout=tuple(f"FashionMNIST/raw/{f}" for f in _MNIST_FILES),
             legacy_layout=("FashionMNIST/processed/training.pt", "FashionMNIST/processed/test.pt"),
             aliases=("fmnist", "fashionmnist", "fashion_mnist"),
-            read=_torchvision(D.FashionMNIST),
+            read=_mnist_like(D.FashionMNIST),
         ),
         # no flip: a mirrored digit is not a digit
         DatasetRecord(
@@ -529,6 +580,8 @@ def _check_layout(name: str, root: Path, download: bool) -> None:
     legacy = RECORDS[name].legacy_layout
     if not missing or fetch or (legacy and all((root / rel).exists() for rel in legacy)):
         return
+    if name in ("mnist", "fashion-mnist") and _flat_files(root):
+        return  # the four idx files (or .gz) right in PATH
     hint = ""
     for parent in list(root.parents)[:2]:
         # a common slip: PATH points inside the dataset's own folder (e.g. ~/data/cifar-10-batches-py)
@@ -568,6 +621,8 @@ def _folder_datasets(spec: DataSpec, size: int, download: bool, augment: bool) -
         raise LowRankError(
             f"cannot read {name} from {root} ({detail}); the files may be incomplete or fail torchvision's checksum: delete them and fetch them again with --download"
         ) from None
+    for split, dataset in (("train", train), ("test", val)):
+        _check_counts(name, root, split, dataset)
     classes = RECORDS[name].num_classes
     if classes is None:  # imagefolder: the class folders
         assert isinstance(train, D.ImageFolder) and isinstance(val, D.ImageFolder)
@@ -581,6 +636,18 @@ def _folder_datasets(spec: DataSpec, size: int, download: bool, augment: bool) -
             )
         return train, val, len(train.classes)
     return train, val, classes
+
+
+def _check_counts(name: str, root: Path, split: str, dataset: Dataset) -> None:
+    """Images and labels read from separate files (MNIST's idx pair, SVHN's X/y) must be as many."""
+    images = getattr(dataset, "data", None)
+    labels = getattr(dataset, "targets", getattr(dataset, "labels", None))
+    if images is None or labels is None or len(images) == len(labels):
+        return
+    raise LowRankError(
+        f"{name} in {root}: the {split} split has {len(images)} images but {len(labels)} labels; the files are "
+        "damaged or from different releases — fetch them again (delete them and add --download)"
+    )
 
 
 # -- public builders ------------------------------------------------------------------------------------

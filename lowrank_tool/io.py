@@ -17,7 +17,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ._version import __version__
-from .artifact import PLAN_FILE, WEIGHTS_FILE, atomic_directory
+from .artifact import PLAN_FILE, WEIGHTS_FILE, atomic_directory, native_path
 from .conversion_plan import ConversionPlan, attach_plan, plan_of
 from .convert.api import summary
 from .convert.apply import apply_plan
@@ -71,16 +71,28 @@ def rebuild(
     return apply_plan(model, plan, init=init)
 
 
-def _check_dtypes(weights: Path, model: nn.Module) -> None:
-    """A float parameter must get float values: loading would otherwise cast integers silently."""
+def _check_header(weights: Path, model: nn.Module) -> None:
+    """The file must hold every tensor of the model, and a float tensor must get float values.
+
+    Checked from the header before loading, because loading forgives both: PyTorch's batch norm fills a
+    missing ``num_batches_tracked`` with 0, and a copy casts integers to float silently.
+    """
     try:
-        with safe_open(str(weights), framework="pt") as fh:
+        with native_path(weights) as name, safe_open(name, framework="pt") as fh:
             stored = {name: fh.get_slice(name).get_dtype() for name in fh.keys()}
     except SafetensorError:
         return  # load_model below reports the file as corrupt
-    for name, tensor in model.state_dict().items():
-        kind = stored.get(name)
-        if tensor.is_floating_point() and kind is not None and not kind.startswith(("F", "BF")):
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in stored]
+    if missing:
+        raise LowRankError(
+            f"{weights} does not match the model rebuilt from the plan: it lacks {len(missing)} of its tensors (e.g. "
+            f"{missing[0]}); it was written for another plan, or not by lowrank_tool.save — save and load with the "
+            "same model, or re-create it with `lowrank convert -o DIR`"
+        )
+    for name, tensor in expected.items():
+        kind = stored[name]
+        if tensor.is_floating_point() and not kind.startswith(("F", "BF")):
             raise LowRankError(
                 f"{weights} stores {name} as {kind}, but it is a floating-point tensor of the model; the file was not "
                 "written by lowrank_tool.save — re-create it with `lowrank convert -o DIR`"
@@ -125,9 +137,10 @@ def load(
             f"{weights} does not exist; the artifact is incomplete, re-create it with `lowrank convert -o DIR`"
         )
     model = rebuild(plan, model, where=str(directory / PLAN_FILE), trust_code=trust_code, init="none")
-    _check_dtypes(weights, model)
+    _check_header(weights, model)
     try:
-        missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
+        with native_path(weights) as name:
+            missing, unexpected = load_model(model, name, strict=False, device=str(map_location))
     except SafetensorError as exc:
         raise LowRankError(
             f"{weights} is corrupt or not a safetensors file ({exc}); re-create it with `lowrank convert -o DIR`"

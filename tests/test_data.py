@@ -506,3 +506,33 @@ def test_distributed_samplers(tmp_path):
 def test_bad_loader_arguments(kwargs, message):
     with pytest.raises(LowRankError, match=message):
         build_loaders("synthetic", **kwargs)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_like_idx_files_right_in_path_raw_or_gzipped(tmp_path, gz):
+    """The original sites' and Debian's dataset-fashion-mnist layout: the four files in PATH, maybe .gz."""
+    import gzip
+
+    data = fake_mnist(tmp_path / "staging", folder="x")
+    for path in (tmp_path / "staging" / "x" / "raw").iterdir():
+        target = tmp_path / "flat" / (path.name + (".gz" if gz else ""))
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(gzip.compress(path.read_bytes()) if gz else path.read_bytes())
+    train, val, info = build_datasets(f"fashion-mnist:{tmp_path / 'flat'}", augment=False)
+    images, labels = data["t10k"]
+    assert info.train_size == info.val_size == 6 and type(val).__name__ == "FashionMNIST"
+    x, y = val[3]
+    assert y == labels[3] and torch.allclose(
+        x[0], (torch.as_tensor(images[3] / 255, dtype=torch.float32) - 0.2860) / 0.3530, atol=1e-5
+    )
+
+
+def test_a_cut_idx_file_is_one_line(tmp_path):
+    fake_mnist(tmp_path / "s", folder="x")
+    (tmp_path / "flat").mkdir()
+    for path in (tmp_path / "s" / "x" / "raw").iterdir():
+        (tmp_path / "flat" / path.name).write_bytes(path.read_bytes())
+    cut = tmp_path / "flat" / "train-images-idx3-ubyte"
+    cut.write_bytes(cut.read_bytes()[:-10])
+    with pytest.raises(LowRankError, match=r"train-images-idx3-ubyte is cut or padded: its header says 6x28x28 values"):
+        build_datasets(f"fashion-mnist:{tmp_path / 'flat'}")

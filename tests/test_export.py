@@ -297,8 +297,16 @@ def test_cli_export_prints_verification(r18_dir, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert "torchscript exporter, opset 17; inputs input batchx3x32x32 → outputs logits" in out
     assert "verification passed on CPU: input 3x3x32x32" in out and "tolerance 0.0001, fp32" in out
+    before = (tmp_path / "m.onnx").read_bytes()
+    code, out, err = run(
+        ["export", str(r18_dir), "--onnx", str(tmp_path / "m.onnx"), "--batch", "2"], capsys, monkeypatch
+    )
+    assert code == 2 and "m.onnx already exists; choose another --onnx file or pass --force" in err
+    assert (tmp_path / "m.onnx").read_bytes() == before  # untouched
     code, out, _ = run(
-        ["export", str(r18_dir), "--onnx", str(tmp_path / "m.onnx"), "--json", "--batch", "2"], capsys, monkeypatch
+        ["export", str(r18_dir), "--onnx", str(tmp_path / "m.onnx"), "--json", "--batch", "2", "--force"],
+        capsys,
+        monkeypatch,
     )
     data = json.loads(out)
     assert (

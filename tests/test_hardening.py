@@ -364,3 +364,78 @@ def test_integer_values_for_float_weights_are_refused(r20, tmp_path):
     save_file(tensors, d / "model.safetensors")
     with pytest.raises(LowRankError, match=rf"stores {name} as I64, but it is a floating-point tensor"):
         lr.load(d)
+
+
+# -- what a killed writer leaves behind ---------------------------------------------------------------------------
+_KILLED_WRITER = """
+import os, signal, sys
+from lowrank_tool.artifact import atomic_directory, atomic_file
+target = sys.argv[2]
+if sys.argv[1] == "file":
+    with atomic_file(target) as tmp:
+        tmp.write_text("half")
+        os.kill(os.getpid(), signal.SIGKILL)
+with atomic_directory(target, overwrite=True) as tmp:
+    (tmp / "plan.json").write_text("new")
+    os.replace(target, os.path.join(os.path.dirname(target), "." + os.path.basename(target) + ".old-%d" % os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)  # between the two renames of a replacement
+"""
+
+
+def _killed_writer(kind, target):
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, kind, str(target)])
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    return proc.pid
+
+
+def test_a_temporary_left_by_sigkill_is_removed_by_the_next_write_with_a_note(r20, tmp_path, cli):
+    out = tmp_path / "m[1] é.onnx"
+    pid = _killed_writer("file", out)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".{out.name}.{pid}-") and left[0].endswith(".tmp")
+    code, _, err = cli("export", r20, "--onnx", out, "--no-verify")
+    assert code == 0, err
+    assert f"note: {out}: removed 1 temporary file(s) left by an interrupted write (the writer was killed)" in err
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_a_live_writers_temporary_is_left_alone(tmp_path):
+    from lowrank_tool.artifact import sweep_stale
+
+    live = tmp_path / f".m.onnx.{os.getppid()}-abcdefgh.tmp"  # the parent process: alive
+    live.write_text("being written")
+    assert sweep_stale(tmp_path / "m.onnx") == [] and live.exists()
+
+
+def test_a_directory_replacement_killed_between_its_renames_is_put_back(r20, tmp_path):
+    from lowrank_tool.artifact import sweep_stale
+
+    target = _copy(r20, tmp_path / "art")
+    pid = _killed_writer("directory", target)
+    assert not target.exists() and (tmp_path / f".art.old-{pid}").is_dir()
+    with pytest.warns(LowRankWarning, match=r"put back the previous art from \.art\.old-\d+; removed|removed 1"):
+        sweep_stale(target)
+    assert lr.load(target) is not None and sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_an_artifact_directory_whose_name_is_not_utf8(tmp_path):
+    """Byte names (an old file system, a tar) work end to end, printed as their bytes even where the
+    locale makes Python's streams strict UTF-8 (PYTHONIOENCODING=utf-8 here)."""
+    d = os.path.join(os.fsencode(tmp_path), b"run-\xff")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+
+    def lowrank(*argv):
+        cmd = [os.fsencode(sys.executable), b"-m", b"lowrank_tool", *(os.fsencode(a) for a in argv)]
+        return subprocess.run(cmd, capture_output=True, env=env, timeout=300)
+
+    res = lowrank("convert", "resnet20", "--rank", "0.5", "--input-size", "3x16x16", "-o", d)
+    assert res.returncode == 0 and b"wrote " + d + b"/plan.json" in res.stdout, res.stderr
+    res = lowrank("inspect", d)
+    assert res.returncode == 0 and b"loaded resnet20" in res.stdout, res.stderr
+    res = lowrank("train", d, *TRAIN, "--epochs", "1")
+    assert res.returncode == 0 and os.path.isfile(os.path.join(d, b"best.safetensors")), res.stderr
+    res = lowrank("export", d, "--onnx", os.path.join(d, b"m.onnx"))
+    assert res.returncode == 2 and b"is not a UTF-8 path" in res.stderr and b"Traceback" not in res.stderr
+    assert not os.path.exists(os.path.join(d, b"m.onnx"))
+    res = lowrank("export", d, "--onnx", tmp_path / "m.onnx")
+    assert res.returncode == 0 and (tmp_path / "m.onnx").is_file(), res.stderr

@@ -9,11 +9,16 @@ Faults that need a real process (signals, concurrent runs, locks) are in test_ha
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 import lowrank_tool as lr
 
@@ -41,6 +46,22 @@ _PLAN_EDITS = {
     "model_download": lambda d: d["base_model"]["kwargs"].update(weights="DEFAULT"),
     "layer_renamed": lambda d: _first_converted(d).update(name="nosuch.layer"),
 }
+
+
+class _Evil:
+    """Pickles as a call to os.system: what a hostile train_state.pt would carry."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.path}'",))
+
+
+def _write_idx(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
 def _first_converted(data):
@@ -75,6 +96,18 @@ def world(tmp_path_factory):
     shutil.copytree(art, w / "no_plan")
     (w / "no_plan" / "plan.json").unlink()
     (w / "file_not_dir").write_text("x")
+    shutil.copytree(art, w / "pickled_state")
+    # a pickle that would run code on load (os.system as its reducer): refused by weights_only, never called
+    torch.save({"version": 1, "model": _Evil(w / "PWNED")}, w / "pickled_state" / "train_state.pt")
+    shutil.copytree(art, w / "no_nbt")
+    tensors = load_file(str(w / "no_nbt" / "model.safetensors"))
+    save_file(
+        {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}, w / "no_nbt" / "model.safetensors"
+    )
+    fashion = w / "fashion_counts" / "FashionMNIST" / "raw"
+    for split in ("train", "t10k"):
+        _write_idx(fashion / f"{split}-images-idx3-ubyte", np.zeros((6, 28, 28)))
+        _write_idx(fashion / f"{split}-labels-idx1-ubyte", np.zeros(6 if split == "t10k" else 4))
     import onnx
 
     proto = onnx.load(str(w / "m.onnx"))
@@ -473,6 +506,29 @@ ROWS = [
     ("train-recipe-unknown-key", "train --recipe {w}/unknown_key.yaml -o {w}/r1", 2, "bogus", ["r1"]),
     ("train-bad-plan", "train {w}/ranks_huge --data synthetic", 2, "that layer takes", ["ranks_huge/metrics.jsonl"]),
     ("train-no-weights", "train {w}/no_weights --data synthetic", 2, "does not exist", ["no_weights/metrics.jsonl"]),
+    (
+        "train-resume-pickled-state",
+        "train {w}/pickled_state --data synthetic --resume",
+        2,
+        "is corrupt or not a lowrank_tool train state (Weights only load failed",
+        ["pickled_state/metrics.jsonl", "PWNED"],
+    ),
+    (
+        "train-fashion-label-count",
+        "train {w}/art --data fashion-mnist:{w}/fashion_counts --epochs 1",
+        2,
+        "the train split has 6 images but 4 labels",
+        ["art/metrics.jsonl"],
+    ),
+    (
+        "inspect-no-num-batches-tracked",
+        "inspect {w}/no_nbt",
+        2,
+        "it lacks 19 of its tensors (e.g. bn1.num_batches_tracked)",
+        [],
+    ),
+    ("export-existing-onnx", "export {w}/art --onnx {w}/m.onnx", 2, "m.onnx already exists; choose another", []),
+    ("export-non-utf8-onnx", "export {w}/art --onnx {w}/m\udcff.onnx", 2, "is not a UTF-8 path", ["m\udcff.onnx"]),
 ]
 
 

@@ -263,6 +263,8 @@ def test_cli_ddp_two_cpu_processes(r20, tmp_path):
         "0",
     )
     assert res.returncode == 0, res.stderr[-2000:]
+    # low-rank on CPU trains channels_last (auto): 1x1 factors must not send DDP down its stride-mismatch copy
+    assert "Grad strides do not match bucket view strides" not in res.stderr
     summary = json.loads((d / "summary.json").read_text())
     assert summary["world_size"] == 2
     a, b = summary["rank_checksums"]
@@ -339,3 +341,33 @@ def test_unknown_memory_format_is_a_clear_error():
         LowRankError, match="memory_format 'nhwc' is not known; expected one of auto, channels_last, contiguous"
     ):
         TrainConfig(memory_format="nhwc")
+
+
+_DDP_STRIDES = """
+import sys, tempfile, warnings
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+import lowrank_tool as lr
+from lowrank_tool.train.trainer import match_gradient_strides
+
+dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+model = lr.convert("resnet20", rank=0.3, input_size=(3, 16, 16)).to(memory_format=torch.channels_last)
+if sys.argv[1] == "hooks":
+    match_gradient_strides(model)
+ddp = DistributedDataParallel(model)
+x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+weights = [p for p in model.parameters() if p.dim() == 4]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for _ in range(2):  # the convolution's gradient plus a penalty's (as ELRT's orthogonality term adds)
+        (ddp(x).sum() + sum((w.flatten(1) @ w.flatten(1).T).sum() for w in weights)).backward()
+print(sum("Grad strides do not match" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.parametrize("hooks, expected", [("none", "1"), ("hooks", "0")])
+def test_ddp_gets_gradients_with_its_bucket_strides_in_channels_last(hooks, expected):
+    """1x1 factors in channels_last: without the hooks DDP warns (and copies); with them it does not."""
+    res = subprocess.run([sys.executable, "-c", _DDP_STRIDES, hooks], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == expected

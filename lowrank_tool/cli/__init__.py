@@ -100,11 +100,26 @@ app = typer.main.get_command(_typer_app)
 typer_app = _typer_app
 
 
+def _print_any_path() -> None:
+    """Let stdout/stderr print file names that are not valid UTF-8 (as ``ls`` does: their bytes as they are).
+
+    Under a UTF-8 locale Python's streams refuse the surrogates such names decode to, so printing a
+    path like ``run-\\xff`` would end the command with a UnicodeEncodeError.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="surrogateescape")
+            except (ValueError, OSError):  # a closed or foreign stream: leave it
+                pass
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2; the toolkit's
     warnings (:class:`LowRankWarning`) become one ``note:`` line each."""
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
+    _print_any_path()
     main_thread = threading.current_thread() is threading.main_thread()
     # SIGTERM unwinds like Ctrl-C: temporary files and directories are removed on the way out
     previous_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None

@@ -21,7 +21,12 @@ def export(
         typer.Argument(help="Artifact directory from `lowrank convert -o DIR` (trained or not).", show_default=False),
     ],
     onnx: Annotated[
-        Path, typer.Option("--onnx", help="The .onnx file to write (replaced atomically).", show_default=False)
+        Path,
+        typer.Option(
+            "--onnx",
+            help="The .onnx file to write (atomically; an existing file only with --force).",
+            show_default=False,
+        ),
     ],
     opset: Annotated[int, typer.Option(help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET}.")] = DEFAULT_OPSET,
     batch: Annotated[str, typer.Option(help="'dynamic' (any batch size) or a fixed batch size N.")] = "dynamic",
@@ -69,6 +74,7 @@ def export(
     threads: Annotated[
         int | None, typer.Option(help="ONNX Runtime threads for --merge auto timings. [default: all cores]")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --onnx file.")] = False,
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
@@ -95,7 +101,8 @@ def export(
     if calib_data is not None and not int8:
         raise LowRankError("--calib-data is only used with --int8; add --int8 or drop --calib-data")
     parse_batch(batch)
-    check_output_path(onnx)
+    if check_output_path(onnx).exists() and not force:
+        raise LowRankError(f"{onnx} already exists; choose another --onnx file or pass --force to replace it")
     if calib_data is not None:
         from ..data import DataSpec
 

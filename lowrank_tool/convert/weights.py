@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..artifact import PLAN_FILE, WEIGHTS_FILE
+from ..artifact import PLAN_FILE, WEIGHTS_FILE, native_path
 from ..conversion_plan import ConversionPlan
 from ..errors import LowRankError, first_line
 
@@ -50,7 +50,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise LowRankError(f"weights {path} do not exist; pass a .safetensors/.pt file or a dense artifact directory")
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path))
+            with native_path(path) as name:
+                return load_file(name)
         except (SafetensorError, OSError) as exc:
             raise LowRankError(
                 f"{path} is not a readable safetensors file ({exc}); re-save the weights with safetensors.torch.save_file"

@@ -344,6 +344,13 @@ def parse_batch(value: int | str) -> int | str:
 def check_output_path(path: str | os.PathLike[str]) -> Path:
     """The output file's parent must exist and be writable, and the path must not be a directory."""
     path = check_path(Path(path).expanduser())
+    try:
+        os.fspath(path.absolute()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise LowRankError(
+            f"{os.fsencode(path)!r} is not a UTF-8 path, and the ONNX tools (exporter, checker, ONNX Runtime) take only "
+            "UTF-8 paths; choose a UTF-8 name"
+        ) from None
     if path.is_dir():
         raise LowRankError(f"{path} is a directory; give a file name such as {path / 'model.onnx'}")
     parent = path.parent if str(path.parent) else Path(".")

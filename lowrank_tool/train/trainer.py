@@ -11,6 +11,7 @@ SIGINT/SIGTERM handling, a stop on non-finite loss that keeps the last good chec
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -345,6 +346,7 @@ class Trainer:
         start = time.perf_counter()
         end = self.cfg.epochs if stop_at is None else min(stop_at, self.cfg.epochs)
         self.raw_model.to(memory_format=self.memory_format)  # again: a previous fit() handed it back contiguous
+        hooks = match_gradient_strides(self.raw_model) if self.dist.enabled else []
         try:
             with _Stopper() as stopper:
                 while self.epoch < end:
@@ -372,6 +374,8 @@ class Trainer:
             if self.epoch >= self.cfg.epochs:
                 self.method.finalize(self.raw_model)
         finally:  # hand the model back in the default layout, also after an interruption or an error
+            for hook in hooks:
+                hook.remove()
             self.raw_model.to(memory_format=torch.contiguous_format)
         return TrainResult(list(self.history), self.best_top1, self.best_epoch, time.perf_counter() - start)
 
@@ -534,6 +538,33 @@ def _metric_records(path: Path) -> list[dict[str, Any]]:
         if isinstance(record, dict) and isinstance(record.get("epoch"), int) and not isinstance(record["epoch"], bool):
             records.append(record)
     return records
+
+
+def match_gradient_strides(model: nn.Module) -> list[Any]:
+    """Give each 1x1-like weight's gradient exactly its parameter's strides (hooks; returns their handles).
+
+    A tensor with size-1 dims, such as a 1x1 kernel ``(O, I, 1, 1)``, has the same memory order in both
+    layouts, and which strides its gradient carries on those dims depends on the backend and on which
+    terms (convolution, orthogonality penalty) contributed to it. Autograd accepts either, but DDP builds
+    its gradient buckets from the parameters' strides and copies every gradient whose strides differ
+    through a slow path ("Grad strides do not match bucket view strides"). The hook restrides such a
+    gradient to its parameter's strides: the same memory, no copy.
+    """
+    handles = []
+    for param in model.parameters():
+        if param.dim() >= 2 and 1 in param.shape[1:] and param.requires_grad:
+            handles.append(param.register_hook(functools.partial(_restride, param)))
+    return handles
+
+
+def _restride(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    if grad.stride() == param.stride() or grad.shape != param.shape:
+        return grad
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        if grad.dim() == 4 or fmt is torch.contiguous_format:
+            if grad.is_contiguous(memory_format=fmt) and param.is_contiguous(memory_format=fmt):
+                return grad.as_strided(param.shape, param.stride(), grad.storage_offset())  # same order: no copy
+    return grad
 
 
 def resolve_memory_format(name: str, model: nn.Module, device: torch.device) -> torch.memory_format:
