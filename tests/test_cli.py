@@ -157,3 +157,15 @@ def test_errors_print_user_values_verbatim(name, tmp_path, capsys, monkeypatch):
     target = tmp_path / name
     code, _, err = run(["inspect", str(target)], capsys, monkeypatch)
     assert code == 2 and str(target) in err and len(err.strip().splitlines()) == 1
+
+
+def test_convert_says_where_rounding_moved_ranks_well_above_the_ratio(capsys, monkeypatch):
+    """A CIFAR network's 16-channel layers: rank 0.3 is ⌈4.8⌉ = 5, rounded up to 8 — half the channels."""
+    code, out, _ = run_cli(["convert", "resnet20", "--rank", "0.3"], capsys, monkeypatch)
+    assert code == 0
+    assert (
+        "note: rounding to multiples of 8 raised 13 of 18 layers well above rank 0.3 (e.g. layer1.0.conv1: 5,5 → 8,8, "
+        "0.50 of its 16 input channels); --round-to 1 keeps the exact ratio" in " ".join(out.split())
+    )
+    code, out, _ = run_cli(["convert", "resnet20", "--rank", "0.3", "--round-to", "1"], capsys, monkeypatch)
+    assert code == 0 and "rounding to multiples" not in out and "5,5" in out

@@ -273,6 +273,11 @@ def test_a_corrupt_image_in_an_image_folder_is_named(r20, tmp_path, cli):
                        "--batch-size", "4", "--workers", "1")  # fmt: skip
     assert code == 2 and "broken.png is not a readable image" in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # int8 calibration reads the same folder: the same line, and no .onnx
+    code, _, err = cli("export", d, "--onnx", tmp_path / "q.onnx", "--int8", "--calib-data", f"imagefolder:{root}",
+                       "--calib-samples", "16", "--input-size", "3x16x16")  # fmt: skip
+    assert code == 2 and "broken.png is not a readable image" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "q.onnx").exists()
 
 
 def test_weights_with_nan_are_refused_at_load(r20, tmp_path):

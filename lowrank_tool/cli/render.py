@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
@@ -27,6 +28,33 @@ def rank_meaning(plan: ConversionPlan) -> str:
         f"{head}: tucker2 r_in=⌈{r}·C_in⌉, r_out=⌈{r}·C_out⌉; svd r=⌈{r}·min(C_out, C_in·k)⌉; "
         f"cp R=⌈{r}·min(C_in, C_out)⌉"
         + (f"; rounded up to multiples of {policy['round_to']}" if policy.get("round_to", 1) > 1 else "")
+    )
+
+
+def rounding_note(plan: ConversionPlan) -> str | None:
+    """Where rounding ranks up to a multiple moved a layer well above the ratio asked (narrow layers).
+
+    On a CIFAR network "rank 0.3" of a 16-channel layer is ⌈4.8⌉ = 5, rounded up to 8: half its channels.
+    """
+    rank, round_to = plan.policy.get("rank"), plan.policy.get("round_to", 1)
+    if not isinstance(rank, float) or round_to <= 1:
+        return None
+    raised = []
+    for layer in plan.layers:
+        ranks = layer.ranks
+        if not layer.converted or layer.format != "tucker2" or not ranks or len(ranks) != 2:
+            continue
+        exact = (math.ceil(rank * layer.in_channels - 1e-9), math.ceil(rank * layer.out_channels - 1e-9))
+        kept = ranks[0] / layer.in_channels
+        if kept > 1.25 * rank:
+            raised.append((layer, ranks, exact, kept))
+    if not raised:
+        return None
+    layer, ranks, exact, kept = raised[0]
+    return (
+        f"rounding to multiples of {round_to} raised {len(raised)} of {sum(x.converted for x in plan.layers)} layers "
+        f"well above rank {rank} (e.g. {layer.name}: {exact[0]},{exact[1]} → {ranks[0]},{ranks[1]}, "
+        f"{kept:.2f} of its {layer.in_channels} input channels); --round-to 1 keeps the exact ratio"
     )
 
 
@@ -82,6 +110,9 @@ def print_plan(plan: ConversionPlan, title: str | None = None) -> None:
         f"traced with {plan.trace.get('path')}"
     )
     console.print(f"[dim]{rank_meaning(plan)}; MACs count conv and linear layers[/dim]")
+    note = rounding_note(plan)
+    if note is not None:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
     if plan.trace.get("path") == "hooks":
         console.print(
             f"[dim]torch.fx could not trace the whole model ({escape(str(plan.trace.get('fx_error')))}); shapes came from forward hooks[/dim]"
