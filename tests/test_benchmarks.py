@@ -1,0 +1,51 @@
+"""The benchmark scripts stay runnable: each on a tiny setting, checking what it writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _accuracy(out, *argv):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--data", "synthetic", "--image-size", "16"]
+    return subprocess.run(
+        [*cmd, "--seeds", "0", "--epochs", "1", "--out", str(out), *argv], capture_output=True, text=True
+    )
+
+
+def test_accuracy_benchmark_writes_a_table_and_does_not_repeat_runs(tmp_path):
+    out = tmp_path / "acc"
+    res = _accuracy(out, "--arms", "dense", "elrt:orth=none,lr=0.05", "--ranks", "0.5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["arm"], r["rank"]) for r in data["runs"]] == [("dense", None), ("elrt:orth=none,lr=0.05", "0.5")]
+    dense, low = data["runs"]
+    assert low["params"] < dense["params"] == low["dense_params"] and len(low["curve"]) == 1
+    row = next(r for r in data["summary"] if r["arm"] != "dense")
+    assert row["vs_dense"] == low["last_top1"] - dense["last_top1"] and row["n"] == 1
+    table = out.with_suffix(".md").read_text()
+    assert "| resnet20 | synthetic | 1 | elrt:orth=none,lr=0.05 | 0.5 | 1 |" in table
+    again = _accuracy(out, "--arms", "dense", "elrt:orth=none,lr=0.05", "--ranks", "0.5")
+    assert again.returncode == 0 and len(json.loads(out.with_suffix(".json").read_text())["runs"]) == 2
+
+
+def test_accuracy_benchmark_refuses_an_unknown_option_before_training(tmp_path):
+    res = _accuracy(tmp_path / "acc", "--arms", "elrt:nosuch=1")
+    assert res.returncode != 0 and "'nosuch=1' is not KEY=VALUE" in res.stderr
+    assert not (tmp_path / "acc.json").exists()
+
+
+def test_accuracy_benchmark_equal_time_arm_is_compared_with_dense_at_its_budget(tmp_path):
+    out = tmp_path / "acc"
+    res = _accuracy(out, "--arms", "dense", "elrt", "--equal-time")
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    timed = [r for r in data["runs"] if r["arm"] == "elrt @dense-time"]
+    assert len(timed) == 1 and timed[0]["equal_time_of"] == 1 and timed[0]["epochs"] >= 1
+    dense = next(r for r in data["runs"] if r["arm"] == "dense")
+    row = next(r for r in data["summary"] if r["arm"] == "elrt @dense-time")
+    assert row["vs_dense"] == timed[0]["last_top1"] - dense["last_top1"]
