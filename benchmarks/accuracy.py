@@ -89,7 +89,8 @@ def train_one(
         "workers": 0,
         "image_size": args.image_size,
     }
-    directory = tmp / f"{model_name}-{arm}-{rank}-{seed}-{epochs}".replace(":", "_").replace(",", "_")
+    name = f"{model_name}-{arm}-{rank}-{seed}-{epochs}".replace(":", "_").replace(",", "_").replace(" ", "_")
+    directory = Path(tempfile.mkdtemp(prefix=name + "-", dir=tmp)) / "run"  # unique: an equal-time rerun too
     torch.manual_seed(seed)  # the initialisation
     started = time.perf_counter()
     if method == "dense":
@@ -99,14 +100,19 @@ def train_one(
     elif method == "decompose":
         dense_epochs = max(1, epochs // 2)
         model = lr.convert(model_name, num_classes=args.num_classes, dense=True)
-        lr.save(model, directory / "dense")
+        lr.save(model, directory.with_name("dense"))
         train_artifact(
-            directory / "dense", TrainConfig(**(base | {"method": "dense", "epochs": dense_epochs})), progress=False
+            directory.with_name("dense"),
+            TrainConfig(**(base | {"method": "dense", "epochs": dense_epochs})),
+            progress=False,
         )
-        trained = lr.load(directory / "dense")
-        dense_model = lr.build_model(model_name, num_classes=args.num_classes)
-        dense_model.load_state_dict(trained.state_dict())  # a --dense artifact is the network itself
-        model = lr.convert(dense_model, init="decompose", **(rank_options(rank or "0.5") | convert_kw))
+        model = lr.convert(  # what `lowrank convert MODEL --weights DENSE_DIR --init decompose` does
+            model_name,
+            num_classes=args.num_classes,
+            weights=str(directory.with_name("dense")),
+            init="decompose",
+            **(rank_options(rank or "0.5") | convert_kw),
+        )
         lr.save(model, directory)
         cfg = TrainConfig(**(base | {"epochs": max(1, epochs - dense_epochs), "lr": 0.01} | train_kw))
     else:

@@ -49,3 +49,12 @@ def test_accuracy_benchmark_equal_time_arm_is_compared_with_dense_at_its_budget(
     dense = next(r for r in data["runs"] if r["arm"] == "dense")
     row = next(r for r in data["summary"] if r["arm"] == "elrt @dense-time")
     assert row["vs_dense"] == timed[0]["last_top1"] - dense["last_top1"]
+
+
+def test_accuracy_benchmark_runs_every_method(tmp_path):
+    out = tmp_path / "acc"
+    res = _accuracy(out, "--arms", "decompose", "lrpet", "deeptwist", "--ranks", "0.5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    runs = {r["arm"]: r for r in json.loads(out.with_suffix(".json").read_text())["runs"]}
+    assert set(runs) == {"decompose", "lrpet", "deeptwist"}
+    assert all(r["params"] < r["dense_params"] for r in runs.values())
