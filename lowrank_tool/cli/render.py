@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
@@ -36,6 +35,9 @@ def rounding_note(plan: ConversionPlan) -> str | None:
 
     On a CIFAR network "rank 0.3" of a 16-channel layer is ⌈4.8⌉ = 5, rounded up to 8: half its channels.
     """
+    from ..convert.options import RankSpec
+    from ..convert.rank import ranks_for
+
     rank, round_to = plan.policy.get("rank"), plan.policy.get("round_to", 1)
     if not isinstance(rank, float) or round_to <= 1:
         return None
@@ -44,7 +46,7 @@ def rounding_note(plan: ConversionPlan) -> str | None:
         ranks = layer.ranks
         if not layer.converted or layer.format != "tucker2" or not ranks or len(ranks) != 2:
             continue
-        exact = (math.ceil(rank * layer.in_channels - 1e-9), math.ceil(rank * layer.out_channels - 1e-9))
+        exact = ranks_for("tucker2", layer.geometry(), RankSpec.parse(rank), round_to=1)
         kept = ranks[0] / layer.in_channels
         if kept > 1.25 * rank:
             raised.append((layer, ranks, exact, kept))
