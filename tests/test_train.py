@@ -200,6 +200,14 @@ def test_cli_train_writes_metrics_and_weights(r20, tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr and again.stderr.count("\n") == 1
 
 
+def test_cli_frobenius_decay_reaches_the_run(r20, tmp_path):
+    d = _copy(r20, tmp_path / "run")
+    res = cli("train", str(d), "--data", "synthetic", "--image-size", "16", "--epochs", "1", "--frobenius-decay")
+    assert res.returncode == 0, res.stderr
+    assert load_train_state(d / "train_state.pt")["config"]["frobenius_decay"] is True
+    assert "--frobenius-decay" in cli("train", "--help").stdout
+
+
 def test_cli_sigterm_then_resume(r20, tmp_path):
     d = _copy(r20, tmp_path / "run")
     proc = subprocess.Popen(

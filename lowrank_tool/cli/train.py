@@ -60,6 +60,13 @@ def train(
     weight_decay: Annotated[
         float | None, typer.Option(help="Weight decay (never on biases / norm weights). [default: 5e-4]")
     ] = None,
+    frobenius_decay: Annotated[
+        bool | None,
+        typer.Option(
+            "--frobenius-decay/--no-frobenius-decay",
+            help="Decay the kernel each low-rank layer computes, not each factor (Khodak et al. 2021). [default: off]",
+        ),
+    ] = None,
     schedule: Annotated[
         Schedule | None, typer.Option(help="Learning-rate schedule, per step. [default: cosine]")
     ] = None,
@@ -171,6 +178,7 @@ def train(
             momentum=momentum,
             nesterov=nesterov,
             weight_decay=weight_decay,
+            frobenius_decay=frobenius_decay,
             schedule=schedule,
             warmup_epochs=warmup_epochs,
             label_smoothing=label_smoothing,

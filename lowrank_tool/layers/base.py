@@ -267,6 +267,11 @@ class LowRankConv(nn.Module):
         """
         raise NotImplementedError
 
+    def kernel_norm_sq(self) -> Tensor:
+        """‖W‖²_F of the dense kernel this layer computes, in float32, differentiable (Frobenius decay)."""
+        with torch.autocast(next(self.parameters()).device.type, enabled=False):
+            return self.dense_weight().float().pow(2).sum()
+
     # -- shared API ---------------------------------------------------------------------------------
     @property
     def weight(self) -> Tensor:

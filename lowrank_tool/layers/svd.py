@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
@@ -74,6 +75,14 @@ class SVDConv2d(LowRankConv):
         u = self.out_proj.weight.reshape(g.out_channels, r)
         v = self.core.weight.reshape(r, -1)
         return (u @ v).reshape(g.out_channels, g.in_channels, *g.kernel_size)
+
+    def kernel_norm_sq(self) -> Tensor:
+        """‖UV‖²_F = Σ (UᵀU ∘ VVᵀ): two r×r products instead of the C_out×C_in·k² kernel."""
+        (r,) = self.ranks
+        with torch.autocast(self.core.weight.device.type, enabled=False):
+            u = self.out_proj.weight.reshape(self.geometry.out_channels, r).float()
+            v = self.core.weight.reshape(r, -1).float()
+            return ((u.T @ u) * (v @ v.T)).sum()
 
     def factors(self) -> list[Tensor]:
         (r,) = self.ranks

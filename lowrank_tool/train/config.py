@@ -42,6 +42,8 @@ class TrainConfig:
         momentum: SGD momentum.
         nesterov: Nesterov momentum for SGD.
         weight_decay: L2 / decoupled weight decay; never applied to biases and normalisation weights.
+        frobenius_decay: decay the kernel each low-rank layer computes (``weight_decay / 2 · ‖W‖²`` added to
+            the loss) instead of each of its factors (Khodak et al. 2021; see :mod:`.decay`).
         schedule: ``cosine`` (to 0), ``step`` (×gamma at ``milestones``), ``onecycle`` (linear up over
             30% then cosine down) or ``constant``; all per step, after ``warmup_epochs`` of linear warm-up.
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
@@ -80,6 +82,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    frobenius_decay: bool = False
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     milestones: list[int] = field(default_factory=list)
@@ -178,7 +181,9 @@ class TrainConfig:
             self.lowering in DEEPTWIST_LOWERINGS,
             f"lowering {self.lowering!r} is not known; expected one of {', '.join(DEEPTWIST_LOWERINGS)}",
         )
-        need(isinstance(self.bn_rectify, bool), f"bn_rectify {self.bn_rectify!r} must be true or false")
+        for name in ("bn_rectify", "frobenius_decay", "nesterov", "download"):
+            value = getattr(self, name)
+            need(isinstance(value, bool), f"{name} {value!r} must be true or false")
 
     @classmethod
     def keys(cls) -> list[str]:

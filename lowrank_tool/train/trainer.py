@@ -56,6 +56,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
+from .decay import frobenius_penalty, param_groups
 from .distributed import DistInfo, all_reduce_sum
 
 __all__ = ["Trainer", "TrainResult", "TrainingInterrupted", "TrainingDiverged", "RESUMABLE"]
@@ -83,16 +84,6 @@ class TrainResult:
     @property
     def last(self) -> dict[str, Any]:
         return self.history[-1] if self.history else {}
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay only weights with ≥2 dims: biases and BN/LN scales stay undecayed."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -206,7 +197,7 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------------------
     def _optimizer(self) -> torch.optim.Optimizer:
-        groups = _param_groups(self.raw_model, self.cfg.weight_decay)
+        groups = param_groups(self.raw_model, self.cfg.weight_decay, frobenius=self.cfg.frobenius_decay)
         if self.cfg.optimizer == "adamw":
             return torch.optim.AdamW(groups, lr=self.cfg.lr)
         return torch.optim.SGD(
@@ -408,6 +399,9 @@ class Trainer:
                     loss = self.criterion(logits, labels)
                 penalty = self.method.penalty(self.raw_model)
                 total = loss.float() + (penalty if penalty is not None else 0.0)
+                if self.cfg.frobenius_decay:
+                    decay = frobenius_penalty(self.raw_model, self.cfg.weight_decay)
+                    total = total + (decay if decay is not None else 0.0)
                 if not torch.isfinite(total):
                     raise TrainingDiverged(
                         f"loss became {total.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
