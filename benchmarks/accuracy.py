@@ -137,7 +137,10 @@ def train_one(
         "macs": summary["macs"],
         "train_seconds": seconds,
         "curve": [
-            {k: m.get(k) for k in ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "orth", "seconds")}
+            {
+                k: m.get(k)
+                for k in ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "orth_penalty", "epoch_seconds")
+            }
             for m in metrics
         ],
     }

@@ -25,6 +25,7 @@ def test_accuracy_benchmark_writes_a_table_and_does_not_repeat_runs(tmp_path):
     assert [(r["arm"], r["rank"]) for r in data["runs"]] == [("dense", None), ("elrt:orth=none,lr=0.05", "0.5")]
     dense, low = data["runs"]
     assert low["params"] < dense["params"] == low["dense_params"] and len(low["curve"]) == 1
+    assert low["curve"][0]["epoch_seconds"] > 0 and low["curve"][0]["orth_penalty"] == 0  # orth=none
     row = next(r for r in data["summary"] if r["arm"] != "dense")
     assert row["vs_dense"] == low["last_top1"] - dense["last_top1"] and row["n"] == 1
     table = out.with_suffix(".md").read_text()
