@@ -46,6 +46,8 @@ DEEPTWIST_LOWERINGS = ("format", *LOWERINGS)
 # -- export and run ------------------------------------------------------------------------------------
 #: Devices for training, ONNX Runtime verification and benchmarks: ``auto`` takes CUDA when present.
 DEVICES = ("auto", "cpu", "cuda")
+#: Devices of the ONNX runtimes: also ``tensorrt`` (ONNX Runtime's TensorRT provider, CUDA behind it).
+RUNTIME_DEVICES = (*DEVICES, "tensorrt")
 EXPORTERS = ("auto", "torchscript", "dynamo")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 17
@@ -56,5 +58,9 @@ MIN_OPSET, MAX_OPSET = 13, 20
 MERGE_MODES = ("none", "all", "auto")
 #: Default verification tolerance (max relative error) per precision.
 TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.1}
-#: What ``lowrank bench`` times.
-ENGINES = ("onnxruntime", "torch")
+#: Runtimes that run the exported ONNX file (``lowrank_tool.runtime.engines``); OpenVINO is an optional extra.
+RUNTIME_ENGINES = ("onnxruntime", "openvino")
+#: What ``lowrank bench`` times: the ONNX runtimes and PyTorch eager.
+ENGINES = (*RUNTIME_ENGINES, "torch")
+#: The default engines of ``lowrank bench``.
+DEFAULT_BENCH_ENGINES = ("onnxruntime", "torch")

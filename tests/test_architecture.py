@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 #: Third-party modules that may be imported inside a function: optional or heavy, needed by one feature.
-LAZY_OK = {"onnx", "onnxruntime", "onnxscript", "matplotlib", "timm", "transformers", "tensorly", "sklearn"}
+LAZY_OK = {"onnx", "onnxruntime", "openvino", "onnxscript", "matplotlib", "timm", "transformers", "tensorly", "sklearn"}
 
 
 def _modules() -> dict[str, Path]:

@@ -296,7 +296,8 @@ def test_cli_export_prints_verification(r18_dir, tmp_path, capsys, monkeypatch):
     code, out, err = run(["export", str(r18_dir), "--onnx", str(tmp_path / "m.onnx")], capsys, monkeypatch)
     assert code == 0, err
     assert "torchscript exporter, opset 17; inputs input batchx3x32x32 → outputs logits" in out
-    assert "verification passed on CPU: input 3x3x32x32" in out and "tolerance 0.0001, fp32" in out
+    assert "verification passed on onnxruntime CPU: input 3x3x32x32" in out and "tolerance 0.0001, fp32" in out
+    assert "verification passed on openvino CPU f32: input 3x3x32x32" in out  # every installed engine (auto)
     before = (tmp_path / "m.onnx").read_bytes()
     code, out, err = run(
         ["export", str(r18_dir), "--onnx", str(tmp_path / "m.onnx"), "--batch", "2"], capsys, monkeypatch
@@ -360,6 +361,16 @@ BAD_EXPORT = [
     (["bench", "{missing}"], "does not exist; point to a directory from `lowrank convert -o DIR` or an .onnx file"),
     (["bench", "{art}", "--batch", "0"], "batch '0' must be positive integers"),
     (["bench", "{art}", "--engine", "tensorflow"], "engine 'tensorflow' is not known"),
+    (
+        ["export", "{art}", "--onnx", "{out}", "--verify-with", "tvm"],
+        "engine 'tvm' is not known; use one of: onnxruntime, openvino",
+    ),
+    (["export", "{art}", "--onnx", "{out}", "--verify-with", ","], "--verify-with is empty"),
+    (
+        ["export", "{art}", "--onnx", "{out}", "--verify-with", "openvino", "--device", "cuda"],
+        "the openvino engine runs on the CPU here, not on 'cuda'",
+    ),
+    (["export", "{art}", "--onnx", "{out}", "--device", "tensorrt"], "device 'tensorrt' is not usable here"),
 ]
 
 

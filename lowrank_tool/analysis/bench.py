@@ -2,8 +2,8 @@
 
 For an artifact directory the low-rank model is loaded with its weights and the dense counterpart is
 rebuilt from the plan's base model (random weights: latency does not depend on the values). Both are
-exported to ONNX in a temporary directory and timed in ONNX Runtime, and timed in PyTorch eager, for
-every batch size and thread count asked for. Each configuration times the low-rank model and then the
+exported to ONNX in a temporary directory and timed in each ONNX engine asked for (ONNX Runtime,
+OpenVINO) and in PyTorch eager, for every batch size and thread count asked for. Each configuration times the low-rank model and then the
 dense one back to back, so the speedup compares numbers taken moments apart.
 
 speedup = dense median latency / low-rank median latency; efficiency = speedup / MAC reduction (1.0:
@@ -13,6 +13,7 @@ ResNet-50 at rank 0.3 on 2 CPU cores).
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -24,14 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..choices import ENGINES
+from ..choices import DEFAULT_BENCH_ENGINES, ENGINES, RUNTIME_ENGINES
 from ..conversion_plan import ConversionPlan
 from ..convert.api import summary
 from ..errors import LowRankError
 from ..export.onnx import export_onnx, plan_from_onnx, read_metadata
 from ..io import load, rebuild
 from ..models import build_from_spec, parse_input_size
-from ..runtime import make_session, provider_name, time_onnx, time_torch
+from ..runtime import Runner, get_engine, measure, time_torch
 
 __all__ = ["BenchRow", "BenchReport", "bench", "ENGINES"]
 
@@ -133,7 +134,7 @@ def bench(
     vs_dense: bool = False,
     batches: str | Sequence[int] = (1,),
     threads: str | Sequence[int] | None = None,
-    engines: Sequence[str] = ENGINES,
+    engines: Sequence[str] = DEFAULT_BENCH_ENGINES,
     runs: int = 50,
     warmup: int = 10,
     input_size: str | Sequence[int] | None = None,
@@ -149,11 +150,12 @@ def bench(
         vs_dense: measure the dense base model too (needs a model given by name).
         batches: batch sizes, e.g. ``"1,8"``.
         threads: intra-op thread counts, e.g. ``"1,2"`` (default: every core).
-        engines: ``onnxruntime`` and/or ``torch`` (eager). An ONNX file whose plan names its base model
-            is rebuilt for PyTorch with random weights.
+        engines: any of ``onnxruntime``, ``openvino`` (CPU, f32) and ``torch`` (eager). An ONNX file whose
+            plan names its base model is rebuilt for PyTorch with random weights.
         runs, warmup: timed and untimed calls per measurement.
         input_size: per-sample input (default: the plan's).
-        device: ONNX Runtime device (``cpu``, ``cuda`` or ``auto``); PyTorch runs on the CPU unless ``cuda``.
+        device: ONNX Runtime device (``cpu``, ``cuda``, ``tensorrt`` or ``auto``); PyTorch runs on the CPU
+            unless ``cuda``; OpenVINO runs on the CPU.
         merge: ``none``, ``all`` or ``auto``: how the low-rank model is exported for ONNX Runtime.
         progress: called with a short message per measurement.
         trust_code: rebuild a ``package.module:factory`` base model the artifact names (files you trust only).
@@ -166,7 +168,12 @@ def bench(
     thread_list = _parse_list(threads, "threads") if threads is not None else [os.cpu_count() or 1]
     unknown = [e for e in engines if e not in ENGINES]
     if unknown or not engines:
-        raise LowRankError(f"engine {unknown[0] if unknown else '(none)'!r} is not known; use onnxruntime and/or torch")
+        raise LowRankError(
+            f"engine {unknown[0] if unknown else '(none)'!r} is not known; use one or more of: {', '.join(ENGINES)}"
+        )
+    for engine in engines:
+        if engine in RUNTIME_ENGINES:
+            get_engine(engine)  # not installed: one line naming the extra, before anything is exported
     if runs < 1 or warmup < 0:
         raise LowRankError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     target = Path(target).expanduser()
@@ -174,7 +181,7 @@ def bench(
         raise LowRankError(
             f"{target} does not exist; point to a directory from `lowrank convert -o DIR` or an .onnx file"
         )
-    torch_device = torch.device("cuda" if device == "cuda" else "cpu")
+    torch_device = torch.device("cuda" if device in ("cuda", "tensorrt") else "cpu")
 
     report_notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="lowrank-bench-") as tmp:
@@ -240,27 +247,29 @@ def bench(
             models.append(("dense", dense, dense_file, int(totals["params_before"]), int(totals["macs_before"])))
 
         report = BenchReport(str(target), list(size), notes=report_notes)
-        sessions: dict[tuple[str, int], Any] = {}
+        runners: dict[tuple[str, str, int], Runner] = {}
         for engine in engines:
             for batch in batch_list:
                 x = _input_batch(size, batch)
                 for n_threads in thread_list:
                     for name, module, path, n_params, macs in models:
-                        if engine == "onnxruntime":
-                            key = (name, n_threads)
-                            if key not in sessions:
-                                sessions[key] = make_session(path, device=device, threads=n_threads)
-                            session = sessions[key]
-                            spec = session.get_inputs()[0]
-                            if isinstance(spec.shape[0], int) and spec.shape[0] != batch:
+                        if engine in RUNTIME_ENGINES:
+                            key = (engine, name, n_threads)
+                            if key not in runners:
+                                runners[key] = get_engine(engine).load(
+                                    path, device=device if engine == "onnxruntime" else "cpu", threads=n_threads
+                                )
+                            runner = runners[key]
+                            spec = runner.inputs[0]
+                            if spec.shape and spec.shape[0] is not None and spec.shape[0] != batch:
                                 raise LowRankError(
                                     f"{path.name} was exported with a fixed batch of {spec.shape[0]}; bench it with "
                                     f"--batch {spec.shape[0]} or re-export with --batch dynamic"
                                 )
-                            note(f"{name}: onnxruntime, batch {batch}, {n_threads} threads")
-                            feed = x.numpy().astype(np.float16 if spec.type == "tensor(float16)" else np.float32)
-                            lat = time_onnx(session, {spec.name: feed}, runs=runs, warmup=warmup)
-                            provider = provider_name(session)
+                            note(f"{name}: {engine}, batch {batch}, {n_threads} threads")
+                            feed = {spec.name: x.numpy().astype(spec.dtype)}
+                            lat = measure(functools.partial(runner.run, feed), runs=runs, warmup=warmup)
+                            provider = runner.backend
                         else:
                             if module is None:
                                 continue
@@ -282,6 +291,6 @@ def bench(
                                 runs,
                             )
                         )
-        # release sessions before the temporary files go
-        sessions.clear()
+        # release the engines' sessions before the temporary files go
+        runners.clear()
     return report

@@ -26,7 +26,7 @@ from ._common import fail, note
 COMMANDS = {
     "convert": "Convert a model's convolutions into ELRT low-rank layers at initialisation and show the plan.",
     "train": "Train a low-rank model from scratch (ELRT) or a dense baseline; results are written back into DIR.",
-    "export": "Export an artifact to ONNX for GPU or edge inference, verified with ONNX Runtime against PyTorch.",
+    "export": "Export an artifact to ONNX for GPU or edge inference, verified against PyTorch on every installed engine.",
     "bench": "Measure latency (median and p90 after warm-up) of a low-rank model, and of its dense counterpart with --vs-dense.",
     "demo": "Train a dense network and its ELRT low-rank version from scratch on digits, export both to ONNX, compare them.",
     "models": "List the models that can be converted (torchvision's, the toolkit's own, and timm's as timm/NAME).",

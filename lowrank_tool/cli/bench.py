@@ -1,4 +1,4 @@
-"""`lowrank bench DIR|FILE [--vs-dense]`: latency in ONNX Runtime and PyTorch, speedup over dense."""
+"""`lowrank bench DIR|FILE [--vs-dense]`: latency in ONNX Runtime, OpenVINO and PyTorch, speedup over dense."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..choices import DEVICES, ENGINES, MERGE_MODES
+from ..choices import DEFAULT_BENCH_ENGINES, ENGINES, MERGE_MODES, RUNTIME_DEVICES
 from ._common import TRUST_CODE_HELP, choices, console, err_console, human, print_json
 
 Merge = choices("Merge", MERGE_MODES)
-Device = choices("Device", DEVICES)
+Device = choices("Device", RUNTIME_DEVICES)
 
 
 def bench(
@@ -33,9 +33,12 @@ def bench(
     threads: Annotated[
         str | None, typer.Option(help="Intra-op thread counts, comma-separated. [default: every core]")
     ] = None,
-    engine: Annotated[str, typer.Option(help="Engines, comma-separated: onnxruntime, torch (eager).")] = ",".join(
-        ENGINES
-    ),
+    engine: Annotated[
+        str,
+        typer.Option(
+            help=f"Engines, comma-separated: {', '.join(ENGINES)} (openvino: CPU, f32; torch: PyTorch eager)."
+        ),
+    ] = ",".join(DEFAULT_BENCH_ENGINES),
     runs: Annotated[int, typer.Option(help="Timed runs per measurement (median and p90 reported).")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs before each measurement.")] = 10,
     input_size: Annotated[str | None, typer.Option(help="Per-sample input CxHxW. [default: the plan's]")] = None,
@@ -45,7 +48,10 @@ def bench(
             help="How an artifact's low-rank model is exported for ONNX Runtime (see `lowrank export --merge`)."
         ),
     ] = Merge.none,
-    device: Annotated[Device, typer.Option(help="ONNX Runtime device (PyTorch follows: cuda or CPU).")] = Device.cpu,
+    device: Annotated[
+        Device,
+        typer.Option(help="ONNX Runtime device (PyTorch follows: cuda or CPU; OpenVINO runs on the CPU)."),
+    ] = Device.cpu,
     json: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON (for scripts).")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
@@ -55,7 +61,7 @@ def bench(
     measured one after the other in the same process for every configuration.
 
     Examples: lowrank bench r50 --vs-dense · lowrank bench r50 --vs-dense --batch 1,8 --threads 1,2 --json ·
-    lowrank bench r50.onnx --engine onnxruntime
+    lowrank bench r50.onnx --engine onnxruntime · lowrank bench r50 --vs-dense --engine onnxruntime,openvino
     """
     from ..analysis.bench import bench as run_bench
 

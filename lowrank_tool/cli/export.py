@@ -7,12 +7,21 @@ from typing import Annotated
 
 import typer
 
-from ..choices import DEFAULT_OPSET, DEVICES, EXPORTERS, MAX_OPSET, MERGE_MODES, MIN_OPSET, TOLERANCES
+from ..choices import (
+    DEFAULT_OPSET,
+    EXPORTERS,
+    MAX_OPSET,
+    MERGE_MODES,
+    MIN_OPSET,
+    RUNTIME_DEVICES,
+    RUNTIME_ENGINES,
+    TOLERANCES,
+)
 from ._common import TRUST_CODE_HELP, choices, console, err_console, human, print_json
 
 Merge = choices("Merge", MERGE_MODES)
 Exporter = choices("Exporter", EXPORTERS)
-Device = choices("Device", DEVICES)
+Device = choices("Device", RUNTIME_DEVICES)
 
 
 def export(
@@ -59,9 +68,16 @@ def export(
         bool,
         typer.Option(
             "--verify/--no-verify",
-            help="Check the file and compare ONNX Runtime with PyTorch (exit 1 above tolerance).",
+            help="Check the file and compare each --verify-with engine with PyTorch (exit 1 above tolerance).",
         ),
     ] = True,
+    verify_with: Annotated[
+        str,
+        typer.Option(
+            help=f"Engines to verify on, comma-separated: {', '.join(RUNTIME_ENGINES)}; auto = every installed one "
+            "(an installed engine other than onnxruntime that cannot load the file is then a note, not an error).",
+        ),
+    ] = "auto",
     tolerance: Annotated[
         float | None,
         typer.Option(
@@ -69,7 +85,11 @@ def export(
         ),
     ] = None,
     device: Annotated[
-        Device, typer.Option(help="ONNX Runtime device for verification: auto = CUDA when a GPU is present, else CPU.")
+        Device,
+        typer.Option(
+            help="ONNX Runtime device for verification: auto = CUDA when a GPU is present, else CPU; tensorrt = its "
+            "TensorRT provider. OpenVINO verifies on the CPU."
+        ),
     ] = Device.auto,
     threads: Annotated[
         int | None, typer.Option(help="ONNX Runtime threads for --merge auto timings. [default: all cores]")
@@ -78,7 +98,7 @@ def export(
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
-    """Export an artifact to ONNX for GPU or edge inference, verified with ONNX Runtime against PyTorch.
+    """Export an artifact to ONNX for GPU or edge inference, verified against PyTorch on every installed engine.
 
     The file is the eval-mode model (batch norms folded, no dropout) with named inputs and outputs and
     metadata (toolkit version, plan summary, ranks, the plan). Verification runs a batch of 3 when the
@@ -86,7 +106,8 @@ def export(
 
     Examples: lowrank export r50 --onnx r50.onnx ·
     lowrank export r20 --onnx r20-int8.onnx --int8 --calib-data digits ·
-    lowrank export r50 --onnx r50.onnx --merge auto --batch 1
+    lowrank export r50 --onnx r50.onnx --merge auto --batch 1 ·
+    lowrank export r50 --onnx r50.onnx --verify-with openvino
     """
     from ..errors import LowRankError
     from ..export.onnx import check_output_path, export_onnx, parse_batch
@@ -101,6 +122,10 @@ def export(
     if calib_data is not None and not int8:
         raise LowRankError("--calib-data is only used with --int8; add --int8 or drop --calib-data")
     parse_batch(batch)
+    if verify:
+        from ..runtime import parse_engines
+
+        parse_engines(verify_with)  # an unknown or missing engine is refused before the export starts
     if check_output_path(onnx).exists() and not force:
         raise LowRankError(f"{onnx} already exists; choose another --onnx file or pass --force to replace it")
     if calib_data is not None:
@@ -122,6 +147,7 @@ def export(
             calib_data=calib_data,
             calib_samples=calib_samples,
             verify=verify,
+            verify_with=verify_with,
             tolerance=tolerance,
             device=device.value,
             threads=threads,
@@ -153,9 +179,9 @@ def export(
             highlight=False,
             markup=False,
         )
-    if result.verification is not None:
-        console.print(result.verification.line(), highlight=False, markup=False)
-        for note in result.verification.notes:
+    for report in result.verifications:
+        console.print(report.line(), highlight=False, markup=False)
+        for note in report.notes:
             console.print(f"  note: {note}", highlight=False, markup=False)
-    else:
+    if not verify:
         console.print("not verified (--no-verify)")

@@ -50,9 +50,10 @@ from ..conversion_plan import ConversionPlan, plan_of
 from ..convert.api import parse_input_size
 from ..errors import LowRankError, first_line
 from ..models import example_input
+from ..runtime import parse_engines
 from .merge import MergeDecision, merge_factors
 from .quantize import quantize_file
-from .verify import verify_onnx
+from .verify import VerifyReport, verify_onnx
 
 __all__ = [
     "export_onnx",
@@ -88,18 +89,20 @@ class ExportResult:
     merged: list[str] = field(default_factory=list)
     merge_decisions: list[MergeDecision] = field(default_factory=list)
     example_input: Any = None  # the input the graph was traced with (reused by verification)
-    verification: Any = None  # a VerifyReport when export_onnx(verify=True)
+    verification: Any = None  # a VerifyReport when export_onnx(verify=True): the first engine's
+    verifications: list[Any] = field(default_factory=list)  # one VerifyReport per engine verified on
     quantization: Any = None  # a QuantizeReport for int8
 
     def to_dict(self) -> dict[str, Any]:
         data = {
             k: v
             for k, v in asdict(self).items()
-            if k not in ("example_input", "merge_decisions", "verification", "quantization")
+            if k not in ("example_input", "merge_decisions", "verification", "verifications", "quantization")
         }
         data["path"] = str(self.path)
         if self.verification is not None:
             data["verification"] = self.verification.to_dict()
+            data["verifications"] = [v.to_dict() for v in self.verifications]
         if self.quantization is not None:
             data["quantization"] = self.quantization.to_dict()
         return data
@@ -378,6 +381,7 @@ def export_onnx(
     calib_data: Any = None,
     calib_samples: int = 256,
     verify: bool = True,
+    verify_with: str | Sequence[str] = "auto",
     tolerance: float | None = None,
     device: str = "auto",
     threads: int | None = None,
@@ -399,16 +403,21 @@ def export_onnx(
         exporter: ``"auto"`` (TorchScript, then dynamo), ``"torchscript"`` or ``"dynamo"``.
         calib_data: for int8: a data spec (``"digits"``, ``"cifar10:PATH"``) or an iterable of input batches.
         calib_samples: images used to calibrate int8.
-        verify: run the ONNX checker and compare ONNX Runtime with PyTorch (raises
+        verify: run the ONNX checker and compare each engine of ``verify_with`` with PyTorch (raises
             :class:`~lowrank_tool.export.verify.VerificationError` above tolerance; no file is left then).
+        verify_with: engines to verify on, ``"onnxruntime,openvino"`` or a list; ``"auto"``: every installed
+            engine (ONNX Runtime, and OpenVINO when its extra is installed). With ``auto`` an engine other than
+            ONNX Runtime that cannot load the file (an operator it lacks) is a note on the report, not an error;
+            an engine named explicitly must run it.
         tolerance: maximum relative error (default per precision, :data:`~lowrank_tool.export.verify.TOLERANCES`).
-        device: ONNX Runtime device for verification and ``merge="auto"`` timings.
+        device: ONNX Runtime device for verification and ``merge="auto"`` timings (OpenVINO verifies on the CPU).
         threads: ONNX Runtime threads for ``merge="auto"`` timings.
         metadata: extra ``key → value`` strings for the file's metadata.
         progress: called with a short message at each stage.
 
     Returns:
-        An :class:`ExportResult` (with ``.verification`` when verified).
+        An :class:`ExportResult` (with ``.verification`` — the first engine's report — and ``.verifications``
+        when verified).
 
     Example:
         >>> model = lowrank_tool.convert("resnet18", rank=0.3, input_size="3x64x64")
@@ -417,6 +426,7 @@ def export_onnx(
         True
     """
     path, batch = _check_request(model, path, batch, opset, precision, merge, exporter, calib_data, tolerance)
+    engines = parse_engines(verify_with) if verify else []
     note = progress or (lambda message: None)
     started = time.perf_counter()
     plan = plan_of(model)
@@ -443,22 +453,33 @@ def export_onnx(
             note(f"quantizing to int8 (calibrating on {calib_samples} samples)")
             int8_meta = meta | {META_PREFIX + "precision": "int8"}
             quant_report = quantize_file(tmp, tmp, calib_data, size=size, samples=calib_samples, metadata=int8_meta)
-        report = None
-        if verify:
-            note("verifying with ONNX Runtime")
-            report = verify_onnx(
-                tmp,
-                reference,
-                task=task,
-                batch=batch,
-                precision=precision,
-                example_input=args,
-                tolerance=tolerance,
-                device=device,
-                real_inputs=quant_report.inputs if quant_report else None,
-                raise_on_failure=True,
-                label=str(path),
-            )
+        reports: list[VerifyReport] = []
+        skipped: list[str] = []
+        for engine in engines:
+            note(f"verifying with {engine}")
+            try:
+                reports.append(
+                    verify_onnx(
+                        tmp,
+                        reference,
+                        task=task,
+                        batch=batch,
+                        precision=precision,
+                        example_input=args,
+                        tolerance=tolerance,
+                        device=device if engine == "onnxruntime" or verify_with != "auto" else "auto",
+                        engine=engine,
+                        real_inputs=quant_report.inputs if quant_report else None,
+                        raise_on_failure=True,
+                        label=str(path),
+                    )
+                )
+            except LowRankError as exc:
+                if verify_with != "auto" or engine == "onnxruntime":
+                    raise
+                skipped.append(f"not verified on {engine}: {exc}")
+        if reports:
+            reports[0].notes.extend(skipped)
     shapes = [
         [("batch" if batch == "dynamic" and task != "detection" and i == 0 else d) for i, d in enumerate(t.shape)]
         for t in _flat_inputs(args)
@@ -477,7 +498,8 @@ def export_onnx(
         merged,
         decisions,
         args,
-        report,
+        reports[0] if reports else None,
+        reports,
         quant_report,
     )
 

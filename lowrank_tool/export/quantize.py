@@ -86,6 +86,22 @@ def _as_batches(calib: Iterable[Any], samples: int) -> list[np.ndarray]:
     return batches
 
 
+def _fixed_batch(proto: Any) -> int | None:
+    """The batch size a file's first input is fixed to, or ``None`` when it is dynamic."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else None
+
+
+def _rebatch(batches: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """The same images in batches of exactly ``size`` (a file exported with a fixed batch takes no other);
+    the last batch is filled up with the first images rather than dropped."""
+    images = np.concatenate(batches)
+    if len(images) % size:
+        fill = size - len(images) % size
+        images = np.concatenate([images, np.resize(images, (fill, *images.shape[1:]))])
+    return [images[i : i + size] for i in range(0, len(images), size)]
+
+
 class _Reader:
     """ONNX Runtime's CalibrationDataReader protocol over a list of batches."""
 
@@ -102,14 +118,20 @@ def onnx_top1(
     """Top-1 accuracy (percent) of a classifier file on ``(image, label)`` samples, and how many were used."""
 
     session = make_session(path, device=device)
-    name = session.get_inputs()[0].name
+    name, fixed = session.get_inputs()[0].name, session.get_inputs()[0].shape[0]
+    if isinstance(fixed, int):  # a file exported with --batch N runs batches of exactly N
+        batch_size = fixed
     if limit is not None and limit < len(dataset):
         dataset = Subset(dataset, range(limit))
     correct = total = 0
     for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        logits = session.run(None, {name: images.numpy().astype(np.float32)})[0]
+        x = images.numpy().astype(np.float32)
+        n = len(x)
+        if n < batch_size and isinstance(fixed, int):  # the last batch, filled up; only its real images count
+            x = _rebatch([x], batch_size)[0]
+        logits = session.run(None, {name: x})[0][:n]
         correct += int((logits.argmax(1) == labels.numpy()).sum())
-        total += len(labels)
+        total += n
     return 100.0 * correct / max(total, 1), total
 
 
@@ -160,6 +182,10 @@ def quantize_file(
         real = batches[:1]
     proto_in = onnx.load(str(src), load_external_data=False)
     input_name = proto_in.graph.input[0].name
+    calibrated = sum(len(b) for b in batches)
+    fixed = _fixed_batch(proto_in)
+    if fixed is not None:
+        batches = _rebatch(batches, fixed)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".int8-") as work:
         pre = Path(work) / "pre.onnx"
         out = Path(work) / "int8.onnx"
@@ -187,7 +213,7 @@ def quantize_file(
         del proto.metadata_props[:]
         for key, value in (metadata or {}).items():
             proto.metadata_props.add(key=key, value=value)
-        report = QuantizeReport(sum(len(b) for b in batches), data_name, inputs=real)
+        report = QuantizeReport(calibrated, data_name, inputs=real)
         if evaluate and val is not None:
             onnx.save(proto, str(out))
             report.fp32_top1, report.eval_samples = onnx_top1(src, val, limit=eval_limit, device=device)

@@ -1,4 +1,7 @@
-"""Verification of an exported file: the ONNX checker, then ONNX Runtime against PyTorch.
+"""Verification of an exported file: the ONNX checker, then an inference engine against PyTorch.
+
+Any engine of :mod:`lowrank_tool.runtime.engines` runs the file (ONNX Runtime by default; OpenVINO with
+its precision set to f32 and named in the report).
 
 The error measure is, per output, ``max|onnx − torch| / max|torch|`` (the largest deviation relative to
 the output's scale; an element-wise ratio would blow up on outputs near zero); the report gives the
@@ -31,7 +34,7 @@ from torch import nn
 
 from ..choices import TOLERANCES
 from ..errors import LowRankError, VerificationError, first_line
-from ..runtime import make_session, provider_name
+from ..runtime import get_engine
 
 __all__ = ["VerifyReport", "verify_onnx", "TOLERANCES", "VerificationError"]
 
@@ -45,7 +48,7 @@ class VerifyReport:
     max_rel: float
     tolerance: float
     precision: str
-    provider: str
+    provider: str  # the engine and where it ran: "onnxruntime CPU", "openvino CPU f32"
     input_shapes: list[list[int]]
     outputs: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -152,12 +155,13 @@ def verify_onnx(
     precision: str = "fp32",
     tolerance: float | None = None,
     device: str = "auto",
+    engine: str = "onnxruntime",
     real_inputs: list[np.ndarray] | None = None,
     raise_on_failure: bool = False,
     label: str | None = None,
     seed: int = 1234,
 ) -> VerifyReport:
-    """Check an exported file and compare ONNX Runtime's outputs with the PyTorch model's.
+    """Check an exported file and compare an engine's outputs (ONNX Runtime's by default) with the PyTorch model's.
 
     Args:
         path: the ``.onnx`` file.
@@ -167,7 +171,8 @@ def verify_onnx(
         batch: the export batch: ``"dynamic"`` verifies at batch 3, an int at that batch.
         precision: ``fp32``, ``fp16`` or ``int8`` (sets the default tolerance, :data:`TOLERANCES`).
         tolerance: maximum relative error.
-        device: ONNX Runtime device (``auto``: CUDA when a GPU is present).
+        device: the engine's device (``auto``: ONNX Runtime on CUDA when a GPU is present; OpenVINO: CPU).
+        engine: ``onnxruntime`` or ``openvino`` (:data:`~lowrank_tool.choices.RUNTIME_ENGINES`).
         real_inputs: input batches to use instead of random ones (int8 compares on real images).
         raise_on_failure: raise :class:`VerificationError` instead of returning a failed report.
         label: how to name the file in messages.
@@ -186,8 +191,11 @@ def verify_onnx(
         raise VerificationError(
             f"{label} fails the ONNX checker ({first_line(exc, with_type=False, limit=240)})"
         ) from None
-    session = make_session(path, device=device)
-    specs = session.get_inputs()
+    try:
+        runner = get_engine(engine).load(path, device=device)
+    except LowRankError as exc:  # name the file as the caller knows it, not a temporary
+        raise LowRankError(str(exc).replace(str(path), label)) from None
+    specs = runner.inputs
     if example_input is None:
         raise LowRankError(
             "verify_onnx needs example_input (the input the file was exported with) for the input shapes"
@@ -210,12 +218,9 @@ def verify_onnx(
     feed = {}
     for spec, tensor in zip(specs, inputs, strict=False):
         array = tensor.numpy()
-        feed[spec.name] = array.astype(np.float16) if spec.type == "tensor(float16)" else array.astype(array.dtype)
-    got = [
-        np.asarray(o).astype(np.float32) if np.asarray(o).dtype == np.float16 else np.asarray(o)
-        for o in session.run(None, feed)
-    ]
-    names = [o.name for o in session.get_outputs()]
+        feed[spec.name] = array.astype(spec.dtype) if spec.dtype.kind == "f" else array
+    got = [o.astype(np.float32) if o.dtype == np.float16 else o for o in runner.run(feed)]
+    names = runner.output_names
     notes: list[str] = []
     if len(got) != len(ref):
         raise VerificationError(
@@ -239,7 +244,7 @@ def verify_onnx(
         max_rel,
         tol,
         precision,
-        provider_name(session),
+        runner.describe(),
         [list(t.shape) for t in inputs],
         outputs,
         notes,
@@ -249,7 +254,7 @@ def verify_onnx(
         worst = max(outputs, key=lambda n: outputs[n]["max_rel"])
         extra = f"; {notes[0]}" if notes else ""
         raise VerificationError(
-            f"{label}: ONNX Runtime differs from PyTorch by {max_rel:.3g} relative (output {worst!r}, max abs {max_abs:.3g}), "
+            f"{label}: {runner.describe()} differs from PyTorch by {max_rel:.3g} relative (output {worst!r}, max abs {max_abs:.3g}), "
             f"above the {precision} tolerance {tol:g}{extra}; the file was not written (--no-verify keeps it, --tolerance raises the limit)"
         )
     return report

@@ -1,0 +1,116 @@
+"""Inference engines behind one small interface: load an ONNX model, run a feed, say where it ran.
+
+An engine is one module with a subclass of :class:`Engine`. :data:`ENGINE_MODULES` maps each name to that
+module; it is imported only when the engine is asked for, so the toolkit never imports a runtime it does
+not use, and a runtime that is not installed is one line naming the pip extra that brings it.
+
+Adding an engine (TensorRT's own runtime, TVM, ...) is one module with an :class:`Engine` subclass and one
+line in :data:`ENGINE_MODULES` (and its name in ``choices.RUNTIME_ENGINES``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..choices import RUNTIME_ENGINES
+from ..errors import LowRankError
+
+__all__ = ["TensorSpec", "Runner", "Engine", "ENGINE_MODULES", "get_engine", "installed_engines", "RUNTIME_ENGINES"]
+
+#: engine name → (module with its Engine subclass, class name).
+ENGINE_MODULES: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("lowrank_tool.runtime.onnxruntime_engine", "OnnxRuntimeEngine"),
+    "openvino": ("lowrank_tool.runtime.openvino_engine", "OpenVINOEngine"),
+}
+
+ModelSource = str | os.PathLike[str] | bytes
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input as the engine sees it: name, numpy dtype, shape (``None`` for a dynamic dimension)."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int | None, ...]
+
+
+class Runner(ABC):
+    """A model loaded in an engine, ready to run."""
+
+    #: the engine's name (``onnxruntime``, ``openvino``).
+    engine: str
+    #: where and how it runs: ``CPU``, ``CUDA``, ``TensorRT``, ``CPU f32``...
+    backend: str
+    inputs: list[TensorSpec]
+    output_names: list[str]
+
+    @abstractmethod
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one inference; outputs in the model's order, as numpy arrays the caller may keep."""
+
+    def describe(self) -> str:
+        return f"{self.engine} {self.backend}"
+
+
+class Engine(ABC):
+    """An inference runtime that reads ONNX."""
+
+    name: ClassVar[str]
+    #: the Python package the engine needs, and the toolkit's pip extra that installs it.
+    package: ClassVar[str]
+    extra: ClassVar[str]
+
+    @abstractmethod
+    def load(self, model: ModelSource, *, device: str = "auto", threads: int | None = None) -> Runner:
+        """Load an ``.onnx`` file (a path) or ONNX bytes on ``device`` with ``threads`` intra-op threads."""
+
+
+def _check_name(name: str) -> None:
+    if name not in ENGINE_MODULES:
+        raise LowRankError(f"engine {name!r} is not known; use one of: {', '.join(RUNTIME_ENGINES)}")
+
+
+def get_engine(name: str) -> Engine:
+    """The engine called ``name``; a one-line :class:`LowRankError` when unknown or not installed."""
+    _check_name(name)
+    module_name, class_name = ENGINE_MODULES[name]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if importlib.util.find_spec(cls.package) is None:
+        raise LowRankError(
+            f"engine {name!r} needs the {cls.package!r} package, which is not installed; "
+            f"pip install 'lowrank-tool[{cls.extra}]' (or pip install {cls.package})"
+        )
+    engine: Engine = cls()
+    return engine
+
+
+def installed_engines() -> list[str]:
+    """The engines whose runtime package is installed, in :data:`RUNTIME_ENGINES` order."""
+    found = []
+    for name in RUNTIME_ENGINES:
+        module_name, class_name = ENGINE_MODULES[name]
+        cls = getattr(importlib.import_module(module_name), class_name)
+        if importlib.util.find_spec(cls.package) is not None:
+            found.append(name)
+    return found
+
+
+def parse_engines(text: str | Sequence[str], *, what: str = "--verify-with") -> list[str]:
+    """``"auto"`` (every installed engine) or a comma-separated list of engine names, checked."""
+    names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if names == ["auto"]:
+        return installed_engines()
+    if not names:
+        raise LowRankError(f"{what} is empty; give engines, e.g. onnxruntime,openvino, or auto")
+    for name in names:
+        _check_name(name)
+    return list(dict.fromkeys(names))

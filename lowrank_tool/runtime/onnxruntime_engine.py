@@ -1,0 +1,51 @@
+"""ONNX Runtime as an :class:`~.engines.Engine`: the CPU provider, CUDA and TensorRT where present."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .engines import Engine, ModelSource, Runner, TensorSpec
+from .session import make_session, provider_name
+
+__all__ = ["OnnxRuntimeEngine", "OnnxRuntimeRunner"]
+
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class OnnxRuntimeRunner(Runner):
+    engine = "onnxruntime"
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.backend = provider_name(session)
+        self.inputs = [
+            TensorSpec(
+                i.name,
+                np.dtype(_DTYPES.get(i.type, np.float32)),
+                tuple(d if isinstance(d, int) else None for d in i.shape),
+            )
+            for i in session.get_inputs()
+        ]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(o) for o in self.session.run(None, feed)]
+
+
+class OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+    package = "onnxruntime"
+    extra = "onnxruntime"  # a core dependency: onnxruntime-gpu (Linux x86-64) or onnxruntime
+
+    def load(self, model: ModelSource, *, device: str = "auto", threads: int | None = None) -> Runner:
+        return OnnxRuntimeRunner(make_session(model, device=device, threads=threads))

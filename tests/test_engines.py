@@ -1,0 +1,145 @@
+"""The runtime layer: every engine behind one interface, verification and bench on each, clear refusals."""
+
+import importlib.util
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import TinyNet
+
+import lowrank_tool as lr
+from lowrank_tool import LowRankError
+from lowrank_tool.analysis.bench import bench
+from lowrank_tool.export import export_onnx
+from lowrank_tool.runtime import get_engine, installed_engines, parse_engines
+from lowrank_tool.runtime.openvino_engine import OpenVINOEngine, _reason
+
+ENGINES = ["onnxruntime", "openvino"]
+
+
+def _onnx(model, shape, dynamic=True):
+    buf = io.BytesIO()
+    torch.onnx.export(
+        model.eval(),
+        (torch.randn(shape),),
+        buf,
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "b"}, "y": {0: "b"}} if dynamic else None,
+    )
+    return buf.getvalue()
+
+
+def test_the_dev_install_has_every_engine():
+    assert installed_engines() == ENGINES  # `pip install -e .[dev]` brings OpenVINO: CI tests it
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_each_engine_runs_a_converted_model_like_pytorch_at_any_batch(name):
+    torch.manual_seed(0)
+    model = lr.convert(TinyNet(), rank=0.5, input_size=(3, 16, 16)).eval()
+    runner = get_engine(name).load(_onnx(model, (2, 3, 16, 16)), device="cpu", threads=1)
+    assert runner.engine == name and runner.output_names == ["y"]
+    assert [(s.name, s.dtype, s.shape) for s in runner.inputs] == [("x", np.dtype("float32"), (None, 3, 16, 16))]
+    x = torch.randn(5, 3, 16, 16)
+    (y,) = runner.run({"x": x.numpy()})
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert y.shape == (5, 10) and np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+    fixed = get_engine(name).load(_onnx(model, (4, 3, 16, 16), dynamic=False))
+    assert fixed.inputs[0].shape == (4, 3, 16, 16)
+
+
+def test_openvino_names_the_precision_it_computes_in():
+    data = _onnx(torch.nn.Conv2d(3, 4, 3), (1, 3, 8, 8))
+    assert get_engine("openvino").load(data).backend == "CPU f32"  # verification must not run in bf16
+    assert OpenVINOEngine("default").load(data).backend.startswith("CPU ")  # the plugin's own choice, named
+    with pytest.raises(LowRankError, match="OpenVINO precision 'f8' is not known; use one of: f32, bf16, f16, default"):
+        OpenVINOEngine("f8")
+    with pytest.raises(LowRankError, match="the openvino engine runs on the CPU here, not on 'cuda'"):
+        get_engine("openvino").load(data, device="cuda")
+    with pytest.raises(LowRankError, match=r"OpenVINO cannot run the ONNX model \(.+\); check the file"):
+        get_engine("openvino").load(b"not an onnx model")
+
+
+def test_openvino_errors_are_reduced_to_their_reason():
+    exc = RuntimeError(
+        "Exception from src/inference/src/cpp/core.cpp:117:\nException from src/inference/src/dev/plugin.cpp:54:\n"
+        "Check 'x' failed at eltwise.hpp:26:\nWhile validating node 'opset1::Subtract S (...)' with friendly_name "
+        "'Subtract_1379':\nArgument shapes are inconsistent.\n\n"
+    )
+    assert _reason(exc) == "Argument shapes are inconsistent at node Subtract_1379"
+
+
+def test_unknown_and_missing_engines_are_one_line_naming_the_fix(monkeypatch):
+    with pytest.raises(LowRankError, match="engine 'tvm' is not known; use one of: onnxruntime, openvino"):
+        get_engine("tvm")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    with pytest.raises(LowRankError, match=r"needs the 'openvino' package.+pip install 'lowrank-tool\[openvino\]'"):
+        get_engine("openvino")
+    assert installed_engines() == ["onnxruntime"] and parse_engines("auto") == ["onnxruntime"]
+    assert parse_engines("openvino, onnxruntime,openvino") == ["openvino", "onnxruntime"]
+    with pytest.raises(LowRankError, match="--verify-with is empty"):
+        parse_engines(" , ")
+
+
+def test_export_verifies_on_every_installed_engine(tmp_path):
+    model = lr.convert("resnet20", rank=0.5, input_size="3x16x16")
+    result = export_onnx(model, tmp_path / "m.onnx")
+    assert [v.provider for v in result.verifications] == ["onnxruntime CPU", "openvino CPU f32"]
+    assert all(v.passed and v.max_rel < 1e-4 for v in result.verifications)
+    assert result.verification is result.verifications[0]
+    assert [v["provider"] for v in result.to_dict()["verifications"]] == ["onnxruntime CPU", "openvino CPU f32"]
+    only = export_onnx(model, tmp_path / "ov.onnx", verify_with="openvino", precision="fp16")
+    assert [v.provider for v in only.verifications] == ["openvino CPU f32"] and only.verification.max_rel < 1e-2
+
+
+def test_an_engine_that_cannot_load_the_file_is_a_note_under_auto_and_an_error_when_named(tmp_path, monkeypatch):
+    def refuse(self, model, **kwargs):
+        raise LowRankError(f"OpenVINO cannot run {model} (an operator it lacks); deploy it with ONNX Runtime")
+
+    monkeypatch.setattr(OpenVINOEngine, "load", refuse)
+    model = lr.convert("resnet20", rank=0.5, input_size="3x16x16")
+    result = export_onnx(model, tmp_path / "m.onnx")
+    assert [v.provider for v in result.verifications] == ["onnxruntime CPU"]
+    assert result.verification.notes == [
+        f"not verified on openvino: OpenVINO cannot run {tmp_path / 'm.onnx'} (an operator it lacks); "
+        "deploy it with ONNX Runtime"
+    ]  # the file's own name, not the temporary's
+    with pytest.raises(LowRankError, match=r"OpenVINO cannot run .*named\.onnx \(an operator it lacks\)"):
+        export_onnx(model, tmp_path / "named.onnx", verify_with="onnxruntime,openvino")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # nothing half-written
+
+
+def test_int8_export_with_a_fixed_batch_calibrates_and_evaluates_in_that_batch(tmp_path):
+    model = lr.convert("resnet20", rank=0.5, input_size="3x16x16")
+    result = export_onnx(
+        model,
+        tmp_path / "b3.onnx",
+        batch=3,
+        precision="int8",
+        calib_data="digits",
+        calib_samples=40,
+        verify_with="onnxruntime",
+    )
+    q = result.quantization
+    assert result.verification.passed and result.verification.input_shapes == [[3, 3, 16, 16]]
+    assert q.calib_samples == 40 and q.eval_samples == 360 and q.int8_top1 is not None  # 360 = 120 batches of 3
+
+
+def test_bench_times_openvino_beside_onnxruntime(tmp_path):
+    lr.save(lr.convert("resnet20", rank=0.5, input_size="3x16x16"), tmp_path / "art")
+    report = bench(tmp_path / "art", vs_dense=True, engines=["onnxruntime", "openvino"], threads=[1], runs=2, warmup=1)
+    rows = {(r.model, r.engine, r.provider) for r in report.rows}
+    assert rows == {
+        ("low-rank", "onnxruntime", "CPU"),
+        ("dense", "onnxruntime", "CPU"),
+        ("low-rank", "openvino", "CPU f32"),
+        ("dense", "openvino", "CPU f32"),
+    }
+    assert {c["engine"] for c in report.comparisons()} == {"onnxruntime", "openvino"}
+    json.dumps(report.to_dict())
