@@ -282,6 +282,40 @@ def test_providers_cpu_without_gpu_and_cuda_with_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert providers_for("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert providers_for("cpu") == ["CPUExecutionProvider"]
+    with pytest.raises(
+        LowRankError, match="device 'tensorrt' is not usable here: this onnxruntime build has no TensorRT"
+    ):
+        providers_for("tensorrt")
+    monkeypatch.setattr(
+        onnxruntime,
+        "get_available_providers",
+        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    assert providers_for("tensorrt") == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_a_provider_asked_for_by_name_that_does_not_start_is_an_error(monkeypatch):
+    """ONNX Runtime falls back to the CPU quietly when CUDA or TensorRT libraries are missing: refuse instead."""
+    import onnxruntime
+
+    from lowrank_tool.runtime import make_session
+
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    class FellBack:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FellBack)
+    with pytest.raises(LowRankError, match="could not start its CUDA provider for m.onnx .it fell back to CPU."):
+        make_session("m.onnx", device="cuda")
+    assert make_session("m.onnx", device="auto").get_providers() == ["CPUExecutionProvider"]  # auto may fall back
 
 
 # -- the CLI --------------------------------------------------------------------------------------------
