@@ -206,9 +206,14 @@ def test_convert_help_comes_from_the_options():
 
     fields = [f.name for f in dataclasses.fields(ConvertOptions) if f.init]
     assert all(option_help(name) for name in fields)
-    cli_name = {"latency_threads": "threads", "latency_batch": "batch", "model_kwargs": "model_arg"}
+    cli_name = {
+        "latency_threads": "threads",
+        "latency_batch": "batch",
+        "latency_engine": "engine",
+        "model_kwargs": "model_arg",
+    }
     params = {p.name: p for p in load_command("convert").params}
     shown = [name for name in fields if name != "model_kwargs"]
-    assert len(shown) == 17
+    assert len(shown) == 18
     for name in shown:
         assert params[cli_name.get(name, name)].help == option_help(name), name

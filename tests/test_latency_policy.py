@@ -19,7 +19,7 @@ def fake_measure(overhead_per_conv=0.01):
     """Time = MACs (in millions) / 100 + a fixed cost per conv launched: a caricature of a CPU."""
     calls = []
 
-    def measure(g, fmt, ranks, shape, *, threads, runs=20, warmup=5):
+    def measure(g, fmt, ranks, shape, *, threads, runs=20, warmup=5, engine="onnxruntime"):
         calls.append((fmt, ranks))
         hw = shape[2] * shape[3]
         k = g.kernel_numel
@@ -81,7 +81,7 @@ def test_target_speedup_reached_or_said_clearly(monkeypatch):
     measure, _ = fake_measure()
     monkeypatch.setattr(latency, "measure_form", measure)
 
-    def model_ms(model, plan, batch, threads):
+    def model_ms(model, plan, batch, threads, engine):
         """The caricature for a whole model: its convs' times plus a fixed 20% for everything else."""
         total = 0.0
         for e in plan.layers:
@@ -118,9 +118,29 @@ def test_real_measurement_on_a_small_model(tmp_path):
     assert again.layer("layer1.0.conv1").latency_ms == plan.layer("layer1.0.conv1").latency_ms
 
 
+def test_measured_in_the_engine_the_user_deploys_with(tmp_path):
+    model = lr.convert(
+        "resnet20", rank=0.5, input_size="3x16x16", policy="latency", latency_threads=1, latency_engine="openvino"
+    )
+    plan = lr.summary(model)
+    assert plan.policy["latency_engine"] == "openvino"
+    assert all(e.latency_ms > 0 and e.dense_latency_ms > 0 for e in plan.layers[1:])
+    (cache,) = (tmp_path / "cache").glob("latency-*.json")
+    keys = [json.loads(k) for k in json.loads(cache.read_text())]
+    assert keys and all(k[0].startswith("openvino-2") for k in keys)  # never mixed with ONNX Runtime's timings
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
+        (
+            {"policy": "latency", "latency_engine": "tvm"},
+            "latency engine 'tvm' is not known; use one of: onnxruntime, openvino",
+        ),
+        (
+            {"latency_engine": "openvino"},
+            "a latency engine needs policy 'latency' (CLI: --policy latency --engine NAME)",
+        ),
         ({"target_speedup": 2.0}, "target_speedup needs policy 'latency'"),
         ({"policy": "latency", "target_speedup": 0.5}, "must be a number above 1"),
         ({"policy": "latency", "target_speedup": 2.0, "rank": 0.3}, "give either a target speedup or a rank/budget"),

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from ..artifact import check_path
-from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, POLICIES
+from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, POLICIES, RUNTIME_ENGINES
 from ..convert.options import ConvertOptions, RankSpec, option_help
 from ._common import (
     MODEL_ARG_HELP,
@@ -24,6 +24,7 @@ from .render import print_plan
 Format = choices("Format", FORMAT_CHOICES)
 Init = choices("Init", INITS)
 Policy = choices("Policy", POLICIES)
+Engine = choices("Engine", RUNTIME_ENGINES)
 
 
 def convert(
@@ -44,6 +45,7 @@ def convert(
     target_speedup: Annotated[float | None, typer.Option(help=option_help("target_speedup"))] = None,
     threads: Annotated[int | None, typer.Option(help=option_help("latency_threads"))] = None,
     batch: Annotated[int, typer.Option(help=option_help("latency_batch"))] = 1,
+    engine: Annotated[Engine, typer.Option(help=option_help("latency_engine"))] = Engine.onnxruntime,
     weights: Annotated[Path | None, typer.Option(help=option_help("weights"))] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help=option_help("format"))] = Format.auto,
     target_params: Annotated[float | None, typer.Option(help=option_help("target_params"))] = None,
@@ -111,10 +113,11 @@ def convert(
         target_speedup=target_speedup,
         latency_threads=threads,
         latency_batch=batch,
+        latency_engine=engine.value,
     )
     if policy.value == "latency" and not json:
         err_console.print(
-            "measuring layer forms in ONNX Runtime on this machine (cached per machine; the first run takes longer)"
+            f"measuring layer forms in {engine.value} on this machine (cached per machine; the first run takes longer)"
         )
     from rich.progress import (
         BarColumn,

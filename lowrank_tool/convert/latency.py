@@ -4,8 +4,9 @@ Fewer MACs do not make a faster layer by themselves: three small convs cost thre
 two extra activations, and channel counts that are not a multiple of the CPU's vector block miss the
 fast (NCHWc) convolution kernels of ONNX Runtime. So for every layer the plan would factorise, this
 policy exports candidate forms *alone* — the dense conv, the format at the requested ranks, and those
-ranks rounded up to hardware-friendly multiples — runs each in ONNX Runtime with the layer's real
-input shape and thread count, and keeps the fastest that meets the request:
+ranks rounded up to hardware-friendly multiples — runs each in the engine the model will be deployed
+with (``latency_engine``: ONNX Runtime by default, or OpenVINO) with the layer's real input shape and
+thread count, and keeps the fastest that meets the request:
 
 * ``rank=R``: among forms with at least R's ranks (dense counts: full rank), the fastest. A layer stays
   dense when factorising it does not pay.
@@ -17,9 +18,9 @@ input shape and thread count, and keeps the fastest that meets the request:
   aims ``SAFETY`` (5%) above S, since two timings of one model differ by a few percent. If
   the candidates cannot reach S, the plan says so and what was measured.
 
-Measurements are cached per machine (CPU model, core count, ONNX Runtime version, provider) in
+Measurements are cached per machine (CPU model, core count, ONNX Runtime and torch versions) in
 ``~/.cache/lowrank_tool/latency-<key>.json`` (``LOWRANK_CACHE_DIR`` overrides the directory), keyed by
-the layer's geometry, ranks, input shape, batch and threads. The plan records the measured times
+the engine (and its version), the layer's geometry, ranks, input shape, batch and threads. The plan records the measured times
 (``latency_ms``, ``dense_latency_ms``) and the policy's prediction.
 """
 
@@ -33,6 +34,7 @@ import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -44,7 +46,7 @@ from ..conversion_plan import ConversionPlan, LayerPlan
 from ..errors import LowRankError
 from ..layers import get_format
 from ..layers.base import ConvGeometry, conv_class
-from ..runtime import time_module
+from ..runtime import get_engine, time_module
 from .apply import set_submodule
 from .options import ConvertOptions, RankSpec
 from .rank import SpatialSizes, choose_format, layer_cost, ranks_for
@@ -125,10 +127,17 @@ def measure_form(
     threads: int | None,
     runs: int = 20,
     warmup: int = 5,
+    engine: str = "onnxruntime",
 ) -> float:
-    """Median ONNX Runtime latency (ms) of one layer form on ``input_shape`` (batch, C, *spatial)."""
+    """Median latency (ms) in ``engine`` of one layer form on ``input_shape`` (batch, C, *spatial)."""
     return time_module(
-        _module(g, fmt, ranks).eval(), input_shape, device="cpu", threads=threads, runs=runs, warmup=warmup
+        _module(g, fmt, ranks).eval(),
+        input_shape,
+        device="cpu",
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        engine=engine,
     )
 
 
@@ -186,6 +195,9 @@ def apply_latency_policy(
     """
     target_speedup, batch = options.target_speedup, options.latency_batch
     threads = options.latency_threads or (os.cpu_count() or 1)
+    engine = options.latency_engine
+    get_engine(engine)  # not installed: one line naming the extra, before anything is measured
+    engine_key = engine if engine == "onnxruntime" else f"{engine}-{_engine_version(engine)}"
     cache = cache or LatencyCache()
     eligible = [e for e in plan.layers if e.input_size and (e.converted or (e.reason or "").startswith("no saving"))]
     if not eligible:
@@ -197,7 +209,8 @@ def apply_latency_policy(
         assert entry.input_size  # only layers the forward pass reached are eligible
         shape = (batch, g.in_channels, *entry.input_size)
         key = json.dumps(
-            [
+            ([] if engine == "onnxruntime" else [engine_key])  # ONNX Runtime's keys predate the engine choice
+            + [
                 fmt,
                 list(ranks or []),
                 g.in_channels,
@@ -214,7 +227,7 @@ def apply_latency_policy(
         )
         value = cache.get(key)
         if value is None:
-            value = measure_form(g, fmt, ranks, shape, threads=threads)
+            value = measure_form(g, fmt, ranks, shape, threads=threads, engine=engine)
             cache.put(key, value)
         return value
 
@@ -244,7 +257,7 @@ def apply_latency_policy(
         for name, opts in candidates.items():
             chosen[name] = min(opts, key=lambda o: o.ms)
     else:
-        dense_total = _model_ms(model, plan, batch, threads)
+        dense_total = _model_ms(model, plan, batch, threads, engine)
         layers_dense = sum(opts[0].ms for opts in candidates.values())
         rest = max(dense_total - layers_dense, 0.0)
         chosen = {name: opts[0] for name, opts in candidates.items()}
@@ -255,7 +268,7 @@ def apply_latency_policy(
         for _ in range(MAX_ROUNDS):
             current = _lower_until(candidates, chosen, current, goal)
             # Layers timed alone do not add up exactly to the model (fusion, caches): check the whole model.
-            measured = _model_ms(_with_forms(model, plan, chosen), plan, batch, threads)
+            measured = _model_ms(_with_forms(model, plan, chosen), plan, batch, threads, engine)
             if dense_total / measured >= aim:
                 break
             goal *= dense_total / (measured * aim)  # ask the per-layer model for the missing fraction
@@ -294,6 +307,7 @@ def apply_latency_policy(
             "policy": "latency",
             "target_speedup": target_speedup,
             "latency_threads": threads,
+            "latency_engine": engine,
             "latency_batch": batch,
             "latency_cache": str(cache.path),
             "latency_cache_hits": cache.hits,
@@ -332,6 +346,15 @@ def _with_forms(model: nn.Module, plan: ConversionPlan, chosen: dict[str, _Optio
     return out
 
 
-def _model_ms(model: nn.Module, plan: ConversionPlan, batch: int, threads: int) -> float:
-    """Latency of a whole model in ONNX Runtime (the dense baseline, or a candidate low-rank model)."""
-    return time_module(model, (batch, *plan.input_size), device="cpu", threads=threads, runs=30, warmup=5)
+def _model_ms(model: nn.Module, plan: ConversionPlan, batch: int, threads: int, engine: str) -> float:
+    """Latency of a whole model in ``engine`` (the dense baseline, or a candidate low-rank model)."""
+    return time_module(
+        model, (batch, *plan.input_size), device="cpu", threads=threads, runs=30, warmup=5, engine=engine
+    )
+
+
+def _engine_version(engine: str) -> str:
+    try:
+        return version(engine)
+    except PackageNotFoundError:
+        return "?"

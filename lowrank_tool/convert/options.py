@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, POLICIES, Init
+from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, POLICIES, RUNTIME_ENGINES, Init
 from ..errors import LowRankError
 from .select import parse_layer_rank
 
@@ -145,16 +145,20 @@ class ConvertOptions:
     policy: str = _opt(
         "rank",
         "rank: ranks as requested; latency: each layer's form (dense, factorised, ranks rounded to multiples of 8/16) chosen "
-        "by measuring it in ONNX Runtime on this machine (cached).",
+        "by measuring it on this machine in the latency engine (ONNX Runtime by default; cached).",
     )
     target_speedup: float | None = _opt(
         None,
         "With policy latency: lower ranks until the model is predicted S times faster than dense (instead of a rank).",
     )
     latency_threads: int | None = _opt(
-        None, "With policy latency: ONNX Runtime threads of the measurements (default: every core)."
+        None, "With policy latency: intra-op threads of the measurements (default: every core)."
     )
     latency_batch: int = _opt(1, "With policy latency: batch size of the measurements.")
+    latency_engine: str = _opt(
+        "onnxruntime",
+        "With policy latency: the engine the measurements run in, the one you deploy with: onnxruntime or openvino.",
+    )
     input_size: str | Sequence[int] | None = _opt(
         None, "Per-sample input CxHxW (CxTxHxW for video); default from the model family."
     )
@@ -209,6 +213,12 @@ class ConvertOptions:
                 raise LowRankError(
                     f"target_speedup {self.target_speedup!r} must be a number above 1, e.g. 2 (twice as fast as dense)"
                 )
+        if self.latency_engine not in RUNTIME_ENGINES:
+            raise LowRankError(
+                f"latency engine {self.latency_engine!r} is not known; use one of: {', '.join(RUNTIME_ENGINES)}"
+            )
+        if self.latency_engine != "onnxruntime" and self.policy != "latency":
+            raise LowRankError("a latency engine needs policy 'latency' (CLI: --policy latency --engine NAME)")
         for name in ("latency_threads", "latency_batch"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -1,22 +1,24 @@
-"""Export one module to ONNX in memory and time it in ONNX Runtime: the probe behind every measured decision.
+"""Export one module to ONNX in memory and time it in an engine: the probe behind every measured decision.
 
 Both measured decisions of the toolkit stand on it: the latency policy of the converter (which form of a
 layer is fastest, and how fast a whole candidate model is) and ``merge="auto"`` of the exporter (is a
 factor chain faster merged back into one conv). The module is exported with the TorchScript exporter
-in eval mode, with one random input of the given shape, and timed with :func:`~.timing.time_onnx`.
+in eval mode, with one random input of the given shape, and timed with :func:`~.timing.measure` in the
+engine asked for (ONNX Runtime by default, or OpenVINO: the runtime the model will be deployed with).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import warnings
 
 import torch
 from torch import nn
 
-from .session import make_session
-from .timing import time_onnx
+from .engines import get_engine
+from .timing import measure
 
 __all__ = ["onnx_bytes", "time_module"]
 
@@ -50,8 +52,9 @@ def time_module(
     threads: int | None = None,
     runs: int = 20,
     warmup: int = 5,
+    engine: str = "onnxruntime",
 ) -> float:
-    """Median ONNX Runtime latency (ms) of ``module`` on a random input of ``input_shape`` (batch, C, *spatial)."""
-    session = make_session(onnx_bytes(module, input_shape), device=device, threads=threads)
+    """Median latency (ms) of ``module`` in ``engine`` on a random input of ``input_shape`` (batch, C, *spatial)."""
+    runner = get_engine(engine).load(onnx_bytes(module, input_shape), device=device, threads=threads)
     feed = {"x": torch.randn(input_shape).numpy()}
-    return time_onnx(session, feed, runs=runs, warmup=warmup).median_ms
+    return measure(functools.partial(runner.run, feed), runs=runs, warmup=warmup).median_ms
