@@ -1,4 +1,4 @@
-"""Inference latency of dense vs low-rank models, measured in one run: ONNX Runtime (and PyTorch eager).
+"""Inference latency of dense vs low-rank models, measured in one run: ONNX Runtime, OpenVINO, PyTorch eager.
 
 Usage:
     python benchmarks/inference_latency.py                                  # the issue's grid, ONNX Runtime
@@ -6,13 +6,17 @@ Usage:
     python benchmarks/inference_latency.py --round-to 1 --out benchmarks/results/inference_latency_r1   # naive ranks
     python benchmarks/inference_latency.py --policy latency --ranks 0.3 --models resnet18 resnet50
     python benchmarks/inference_latency.py --engines onnxruntime torch --models resnet18
+    python benchmarks/inference_latency.py --engines onnxruntime openvino --models resnet50 --ranks 0.3 \
+        --batches 1 --threads 2 --runs 40 --repeats 10        # the issue-15 target, on both CPU engines
 
 For each model and rank the converted model (random init: latency does not depend on the values) is
 saved to a temporary artifact and measured with :func:`lowrank_tool.analysis.bench.bench`, which exports
-it and its dense counterpart to ONNX and times both back to back (median of ``--runs`` after
-``--warmup``) for every batch size. ONNX Runtime uses CUDA when a GPU is present (``--device auto``).
-Prints a table and writes JSON and markdown to ``--out``. Compare the speedups: absolute milliseconds
-drift on a shared machine, ratios taken seconds apart much less.
+it and its dense counterpart to ONNX and times both interleaved: ``--runs`` per model split into
+``--repeats`` rounds, each round low-rank and dense back to back; the speedup is the median of the rounds'
+ratios, reported with its range, and marked unstable (``~``) when the range exceeds 10 % of it. ONNX
+Runtime uses CUDA when a GPU is present (``--device auto``). Prints a table and writes JSON and markdown to
+``--out``. Compare the speedups: absolute milliseconds drift on a shared machine, ratios taken seconds
+apart much less.
 """
 
 from __future__ import annotations
@@ -38,16 +42,20 @@ def main() -> None:
     parser.add_argument("--threads", default=str(os.cpu_count() or 1))
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per configuration")
     parser.add_argument("--round-to", type=int, default=None, help="rank rounding (default: the converter's default)")
     parser.add_argument("--policy", default="rank", choices=["rank", "latency"])
     parser.add_argument("--merge", default="none", choices=["none", "all", "auto"])
     parser.add_argument("--engines", nargs="+", default=["onnxruntime"])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
     parser.add_argument("--out", default="benchmarks/results/inference_latency")
     args = parser.parse_args()
 
     results = []
-    header = f"{'model':14s} {'rank':>5s} {'engine':12s} {'batch':>5s} {'low-rank ms':>11s} {'dense ms':>9s} {'speedup':>8s} {'MAC red.':>8s} {'effic.':>6s}"
+    header = (
+        f"{'model':14s} {'rank':>5s} {'engine':12s} {'batch':>5s} {'low-rank ms':>11s} {'dense ms':>9s} "
+        f"{'speedup':>8s} {'range':>11s} {'MAC red.':>8s} {'effic.':>6s}"
+    )
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
@@ -68,6 +76,7 @@ def main() -> None:
                     engines=args.engines,
                     runs=args.runs,
                     warmup=args.warmup,
+                    repeats=args.repeats,
                     merge=args.merge,
                     device=args.device,
                 )
@@ -86,7 +95,8 @@ def main() -> None:
                     )
                     print(
                         f"{name:14s} {rank:5.2f} {c['engine']:12s} {c['batch']:5d} {low['median_ms']:11.2f} {dense['median_ms']:9.2f} "
-                        f"{c['speedup']:7.2f}x {c['mac_reduction']:7.2f}x {c['efficiency']:6.2f}",
+                        f"{c['speedup']:7.2f}x{'' if c['stable'] else '~'} {c['speedup_min']:5.2f}-{c['speedup_max']:<5.2f} "
+                        f"{c['mac_reduction']:7.2f}x {c['efficiency']:6.2f}",
                         flush=True,
                     )
     out = Path(args.out)
@@ -99,6 +109,7 @@ def main() -> None:
         "threads": args.threads,
         "runs": args.runs,
         "warmup": args.warmup,
+        "repeats": args.repeats,
         "round_to": args.round_to,
         "policy": args.policy,
         "merge": args.merge,
@@ -106,16 +117,19 @@ def main() -> None:
     }
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     lines = [
-        f"`{meta['command']}` ({meta['cpus']} CPUs, threads {args.threads}, median of {args.runs} runs)",
+        f"`{meta['command']}` ({meta['cpus']} CPUs, threads {args.threads}, {args.runs} runs per model in "
+        f"{args.repeats} interleaved rounds; speedup = median of the rounds' ratios, range = min–max over the rounds, "
+        "~ = range above 10 % of the speedup: too noisy to claim a target from)",
         "",
-        "| model | rank | engine | batch | low-rank ms | dense ms | speedup | MAC reduction | efficiency |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | rank | engine | batch | low-rank ms | dense ms | speedup | range | MAC reduction | efficiency |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for data in results:
         for c in data["comparisons"]:
             lines.append(
                 f"| {c['model']} | {c['rank']:g} | {c['engine']} ({c['provider']}) | {c['batch']} | {c['lowrank_ms']:.2f} | "
-                f"{c['dense_ms']:.2f} | {c['speedup']:.2f}× | {c['mac_reduction']:.2f}× | {c['efficiency']:.2f} |"
+                f"{c['dense_ms']:.2f} | {c['speedup']:.2f}×{'' if c['stable'] else ' ~'} | "
+                f"{c['speedup_min']:.2f}–{c['speedup_max']:.2f} | {c['mac_reduction']:.2f}× | {c['efficiency']:.2f} |"
             )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")

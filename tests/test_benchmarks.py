@@ -59,3 +59,19 @@ def test_accuracy_benchmark_runs_every_method(tmp_path):
     runs = {r["arm"]: r for r in json.loads(out.with_suffix(".json").read_text())["runs"]}
     assert set(runs) == {"decompose", "lrpet", "deeptwist"}
     assert all(r["params"] < r["dense_params"] for r in runs.values())
+
+
+def test_inference_latency_reports_the_median_ratio_of_interleaved_rounds_with_its_range(tmp_path):
+    out = tmp_path / "lat"
+    script = ROOT / "benchmarks" / "inference_latency.py"
+    argv = ["--models", "resnet20", "--ranks", "0.5", "--batches", "1", "--threads", "1", "--runs", "4"]
+    argv += ["--repeats", "2", "--warmup", "1", "--engines", "onnxruntime", "openvino", "--out", str(out)]
+    res = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (result,) = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert [c["engine"] for c in result["comparisons"]] == ["onnxruntime", "openvino"]
+    for c in result["comparisons"]:
+        assert c["rounds"] == 2 and c["speedup_min"] <= c["speedup"] <= c["speedup_max"]
+    table = out.with_suffix(".md").read_text()
+    assert "| model | rank | engine | batch | low-rank ms | dense ms | speedup | range |" in table
+    assert "| resnet20 | 0.5 | openvino (CPU f32) | 1 |" in table

@@ -143,3 +143,31 @@ def test_bench_times_openvino_beside_onnxruntime(tmp_path):
     }
     assert {c["engine"] for c in report.comparisons()} == {"onnxruntime", "openvino"}
     json.dumps(report.to_dict())
+
+
+def test_the_speedup_is_the_median_of_paired_rounds_with_its_range():
+    from lowrank_tool.analysis.bench import BenchReport, BenchRow
+
+    def row(model, medians, macs):
+        return BenchRow(model, "onnxruntime", "CPU", 1, 2, 1, macs, float(np.median(medians)), 0.0, 10, medians)
+
+    report = BenchReport("x", [3, 8, 8])
+    # the machine slows down in round 3: both models' times rise, their ratio barely moves
+    report.rows = [row("low-rank", [1.0, 1.0, 2.0, 1.0], 10), row("dense", [2.0, 2.1, 4.0, 2.2], 30)]
+    (c,) = report.comparisons()
+    assert c["speedup"] == pytest.approx(2.05) and (c["speedup_min"], c["speedup_max"]) == (2.0, 2.2)
+    assert c["rounds"] == 4 and c["spread"] == pytest.approx(0.2 / 2.05) and c["stable"]
+    assert c["efficiency"] == pytest.approx(2.05 / 3)
+    report.rows[1].round_medians = [2.0, 3.0, 4.0, 2.2]  # one round 1.5x, another 3x: not a number to claim
+    assert not report.comparisons()[0]["stable"]
+
+
+def test_bench_interleaves_rounds_and_refuses_bad_repeats(tmp_path):
+    lr.save(lr.convert("resnet20", rank=0.5, input_size="3x16x16"), tmp_path / "art")
+    report = bench(tmp_path / "art", vs_dense=True, engines=["onnxruntime"], threads=[1], runs=6, repeats=3, warmup=1)
+    assert [(r.model, r.runs, len(r.round_medians)) for r in report.rows] == [("low-rank", 6, 3), ("dense", 6, 3)]
+    (c,) = report.comparisons()
+    assert c["rounds"] == 3 and c["speedup_min"] <= c["speedup"] <= c["speedup_max"]
+    assert all(("too noisy" in n) == (not c["stable"]) for n in report.notes if "rounds" in n)
+    with pytest.raises(LowRankError, match="repeats 7 must be an integer from 1 to runs .6."):
+        bench(tmp_path / "art", engines=["onnxruntime"], runs=6, repeats=7)

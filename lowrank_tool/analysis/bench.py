@@ -3,20 +3,29 @@
 For an artifact directory the low-rank model is loaded with its weights and the dense counterpart is
 rebuilt from the plan's base model (random weights: latency does not depend on the values). Both are
 exported to ONNX in a temporary directory and timed in each ONNX engine asked for (ONNX Runtime,
-OpenVINO) and in PyTorch eager, for every batch size and thread count asked for. Each configuration times the low-rank model and then the
-dense one back to back, so the speedup compares numbers taken moments apart.
+OpenVINO) and in PyTorch eager, for every batch size and thread count asked for.
 
-speedup = dense median latency / low-rank median latency; efficiency = speedup / MAC reduction (1.0:
-the runtime turns every saved MAC into saved time; DESIGN.md measured about 0.6 for a plain Tucker-2
-ResNet-50 at rank 0.3 on 2 CPU cores).
+**Interleaved, with the spread.** On a shared machine two timings of the same model minutes apart differ
+by up to 25 %, so a speedup from two separate measurements is noise-prone. Each configuration's
+``runs`` are split into ``repeats`` rounds; every round times the low-rank and the dense model back to back
+(alternating which goes first), and each round gives one speedup. The report's speedup is the median of
+those paired ratios, with their minimum, maximum and relative spread ((max − min) / median); above
+:data:`STABLE_SPREAD` the comparison is marked unstable and a note says the spread is too large to claim a
+target from it.
+
+speedup = dense latency / low-rank latency; efficiency = speedup / MAC reduction (1.0: the runtime turns
+every saved MAC into saved time; DESIGN.md measured about 0.6 for a plain Tucker-2 ResNet-50 at rank 0.3
+on 2 CPU cores).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import statistics
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +41,14 @@ from ..errors import LowRankError
 from ..export.onnx import export_onnx, plan_from_onnx, read_metadata
 from ..io import load, rebuild
 from ..models import build_from_spec, parse_input_size
-from ..runtime import Runner, get_engine, measure, time_torch
+from ..runtime import Runner, get_engine, measure
 
-__all__ = ["BenchRow", "BenchReport", "bench", "ENGINES"]
+__all__ = ["BenchRow", "BenchReport", "bench", "ENGINES", "STABLE_SPREAD"]
+
+#: Relative spread of the per-round speedups ((max − min) / median) above which a comparison is unstable.
+STABLE_SPREAD = 0.10
+#: Interleaved rounds per configuration unless asked otherwise.
+DEFAULT_REPEATS = 5
 
 
 @dataclass
@@ -51,6 +65,7 @@ class BenchRow:
     median_ms: float
     p90_ms: float
     runs: int
+    round_medians: list[float] = field(default_factory=list)  # median latency of each interleaved round
 
 
 @dataclass
@@ -68,7 +83,10 @@ class BenchReport:
             d = dense.get((r.engine, r.batch, r.threads))
             if r.model == "dense" or d is None:
                 continue
-            speedup = d.median_ms / r.median_ms
+            paired = [dm / lm for dm, lm in zip(d.round_medians, r.round_medians, strict=False) if lm > 0]
+            speedup = statistics.median(paired) if paired else d.median_ms / r.median_ms
+            low, high = (min(paired), max(paired)) if paired else (speedup, speedup)
+            spread = (high - low) / speedup if speedup > 0 else 0.0
             mac_reduction = (d.macs / r.macs) if d.macs and r.macs else None
             out.append(
                 {
@@ -76,6 +94,11 @@ class BenchReport:
                     "batch": r.batch,
                     "threads": r.threads,
                     "speedup": speedup,
+                    "speedup_min": low,
+                    "speedup_max": high,
+                    "rounds": len(paired),
+                    "spread": spread,
+                    "stable": len(paired) > 1 and spread <= STABLE_SPREAD,
                     "mac_reduction": mac_reduction,
                     "efficiency": speedup / mac_reduction if mac_reduction else None,
                 }
@@ -124,6 +147,31 @@ def _lowrank_from_plan(plan: Any, where: str, trust_code: bool) -> nn.Module:
     return rebuild(plan, _dense_of(plan, where, trust_code), init="random")
 
 
+@dataclass
+class _Timed:
+    """One model of one configuration: what to call, and what its rounds measured."""
+
+    name: str
+    call: Callable[[], Any]
+    sync: Callable[[], None] | None
+    provider: str
+    params: int | None
+    macs: int | None
+    samples: list[float] = field(default_factory=list)
+    round_medians: list[float] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _input_batch(size: Sequence[int], batch: int) -> torch.Tensor:
     return torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
 
@@ -137,6 +185,7 @@ def bench(
     engines: Sequence[str] = DEFAULT_BENCH_ENGINES,
     runs: int = 50,
     warmup: int = 10,
+    repeats: int | None = None,
     input_size: str | Sequence[int] | None = None,
     device: str = "cpu",
     merge: str = "none",
@@ -152,7 +201,9 @@ def bench(
         threads: intra-op thread counts, e.g. ``"1,2"`` (default: every core).
         engines: any of ``onnxruntime``, ``openvino`` (CPU, f32) and ``torch`` (eager). An ONNX file whose
             plan names its base model is rebuilt for PyTorch with random weights.
-        runs, warmup: timed and untimed calls per measurement.
+        runs, warmup: timed calls per model and configuration, and untimed calls before them.
+        repeats: interleaved rounds the runs are split into (each gives one paired speedup; see the module
+            docstring); default ``min(5, runs)``. 1 times each model in one block.
         input_size: per-sample input (default: the plan's).
         device: ONNX Runtime device (``cpu``, ``cuda``, ``tensorrt`` or ``auto``); PyTorch runs on the CPU
             unless ``cuda``; OpenVINO runs on the CPU.
@@ -176,6 +227,10 @@ def bench(
             get_engine(engine)  # not installed: one line naming the extra, before anything is exported
     if runs < 1 or warmup < 0:
         raise LowRankError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if repeats is None:
+        repeats = min(DEFAULT_REPEATS, runs)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= runs:
+        raise LowRankError(f"repeats {repeats!r} must be an integer from 1 to runs ({runs}), e.g. 5")
     target = Path(target).expanduser()
     if not target.exists():
         raise LowRankError(
@@ -248,10 +303,12 @@ def bench(
 
         report = BenchReport(str(target), list(size), notes=report_notes)
         runners: dict[tuple[str, str, int], Runner] = {}
+        per_round = max(1, runs // repeats)
         for engine in engines:
             for batch in batch_list:
                 x = _input_batch(size, batch)
                 for n_threads in thread_list:
+                    timed: list[_Timed] = []
                     for name, module, path, n_params, macs in models:
                         if engine in RUNTIME_ENGINES:
                             key = (engine, name, n_threads)
@@ -266,31 +323,51 @@ def bench(
                                     f"{path.name} was exported with a fixed batch of {spec.shape[0]}; bench it with "
                                     f"--batch {spec.shape[0]} or re-export with --batch dynamic"
                                 )
-                            note(f"{name}: {engine}, batch {batch}, {n_threads} threads")
                             feed = {spec.name: x.numpy().astype(spec.dtype)}
-                            lat = measure(functools.partial(runner.run, feed), runs=runs, warmup=warmup)
-                            provider = runner.backend
-                        else:
-                            if module is None:
-                                continue
-                            note(f"{name}: torch eager, batch {batch}, {n_threads} threads")
+                            call: Callable[[], Any] = functools.partial(runner.run, feed)
+                            timed.append(_Timed(name, call, None, runner.backend, n_params, macs))
+                        elif module is not None:
                             module.to(torch_device)
-                            lat = time_torch(module, x.to(torch_device), threads=n_threads, runs=runs, warmup=warmup)
-                            provider = torch_device.type.upper()
+                            sync = torch.cuda.synchronize if torch_device.type == "cuda" else None
+                            call = functools.partial(module, x.to(torch_device))
+                            timed.append(_Timed(name, call, sync, torch_device.type.upper(), n_params, macs))
+                    note(f"{engine}, batch {batch}, {n_threads} threads: {' and '.join(t.name for t in timed)}")
+                    with _torch_threads(n_threads if engine == "torch" else None), torch.inference_mode():
+                        for round_index in range(repeats):
+                            order = timed if round_index % 2 == 0 else timed[::-1]
+                            for t in order:
+                                lat = measure(
+                                    t.call,
+                                    runs=per_round,
+                                    warmup=warmup if round_index == 0 else min(warmup, 2),
+                                    sync=t.sync,
+                                )
+                                t.samples.extend(lat.samples)
+                                t.round_medians.append(lat.median_ms)
+                    for t in timed:
                         report.rows.append(
                             BenchRow(
-                                name,
+                                t.name,
                                 engine,
-                                provider,
+                                t.provider,
                                 batch,
                                 n_threads,
-                                n_params,
-                                macs,
-                                lat.median_ms,
-                                lat.p90_ms,
-                                runs,
+                                t.params,
+                                t.macs,
+                                statistics.median(t.samples),
+                                float(np.percentile(t.samples, 90)),
+                                len(t.samples),
+                                t.round_medians,
                             )
                         )
+        unstable = [c for c in report.comparisons() if c["rounds"] > 1 and not c["stable"]]
+        for c in unstable:
+            report.notes.append(
+                f"{c['engine']}, batch {c['batch']}, {c['threads']} threads: the speedup varied from "
+                f"{c['speedup_min']:.2f}x to {c['speedup_max']:.2f}x over {c['rounds']} rounds (spread "
+                f"{100 * c['spread']:.0f}% > {100 * STABLE_SPREAD:.0f}%): too noisy to claim a target from; "
+                "use more --runs or a quieter machine"
+            )
         # release the engines' sessions before the temporary files go
         runners.clear()
     return report

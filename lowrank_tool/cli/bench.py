@@ -39,8 +39,15 @@ def bench(
             help=f"Engines, comma-separated: {', '.join(ENGINES)} (openvino: CPU, f32; torch: PyTorch eager)."
         ),
     ] = ",".join(DEFAULT_BENCH_ENGINES),
-    runs: Annotated[int, typer.Option(help="Timed runs per measurement (median and p90 reported).")] = 50,
+    runs: Annotated[int, typer.Option(help="Timed runs per model and configuration (median and p90 reported).")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs before each measurement.")] = 10,
+    repeats: Annotated[
+        int | None,
+        typer.Option(
+            help="Rounds the runs are split into; each round times low-rank and dense back to back, and the speedup is "
+            "the median of the rounds' ratios, with their range (a spread above 10% is flagged). [default: 5, at most --runs]"
+        ),
+    ] = None,
     input_size: Annotated[str | None, typer.Option(help="Per-sample input CxHxW. [default: the plan's]")] = None,
     merge: Annotated[
         Merge,
@@ -75,6 +82,7 @@ def bench(
             engines=engines,
             runs=runs,
             warmup=warmup,
+            repeats=repeats,
             input_size=input_size,
             device=device.value,
             merge=merge.value,
@@ -111,7 +119,9 @@ def bench(
             human(r.macs) if r.macs else "-",
             f"{r.median_ms:.2f}",
             f"{r.p90_ms:.2f}",
-            f"{c['speedup']:.2f}x" if c else "",
+            (f"{c['speedup']:.2f}x" + (f" ({c['speedup_min']:.2f}–{c['speedup_max']:.2f})" if c["rounds"] > 1 else ""))
+            if c
+            else "",
             f"{c['efficiency']:.2f}" if c and c["efficiency"] else "",
         )
     console.print(table)
@@ -119,5 +129,6 @@ def bench(
         console.print(f"note: {note}", highlight=False, markup=False)
     if comparisons:
         console.print(
-            "speedup = dense median / low-rank median; efficiency = speedup / MAC reduction (1.0 = every saved MAC saves time)"
+            "speedup = median over the interleaved rounds of dense / low-rank latency (its range over the rounds in brackets); "
+            "efficiency = speedup / MAC reduction (1.0 = every saved MAC saves time)"
         )

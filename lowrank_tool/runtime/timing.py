@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,9 +28,10 @@ class Latency:
     min_ms: float
     runs: int
     warmup: int
+    samples: list[float] = field(default_factory=list, repr=False)  # every timed call, ms, in order
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: getattr(self, k) for k in ("median_ms", "p90_ms", "min_ms", "runs", "warmup")}
 
 
 def measure(
@@ -51,7 +52,7 @@ def measure(
             sync()
         samples.append((time.perf_counter() - start) * 1e3)
     p90 = float(np.percentile(samples, 90)) if len(samples) > 1 else samples[0]
-    return Latency(statistics.median(samples), p90, min(samples), runs, warmup)
+    return Latency(statistics.median(samples), p90, min(samples), runs, warmup, samples)
 
 
 def time_onnx(session: Any, feed: dict[str, np.ndarray], *, runs: int = 50, warmup: int = 10) -> Latency:
