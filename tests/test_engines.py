@@ -171,3 +171,16 @@ def test_bench_interleaves_rounds_and_refuses_bad_repeats(tmp_path):
     assert all(("too noisy" in n) == (not c["stable"]) for n in report.notes if "rounds" in n)
     with pytest.raises(LowRankError, match="repeats 7 must be an integer from 1 to runs .6."):
         bench(tmp_path / "art", engines=["onnxruntime"], runs=6, repeats=7)
+
+
+def test_bench_fp16_exports_both_models_in_half_precision(tmp_path, monkeypatch):
+    import lowrank_tool.analysis.bench as bench_module
+
+    lr.save(lr.convert("resnet20", rank=0.5, input_size="3x16x16"), tmp_path / "art")
+    seen = []
+    real = bench_module.export_onnx
+    monkeypatch.setattr(bench_module, "export_onnx", lambda *a, **k: seen.append(k["precision"]) or real(*a, **k))
+    report = bench(tmp_path / "art", vs_dense=True, engines=["onnxruntime"], precision="fp16", runs=2, warmup=0)
+    assert seen == ["fp16", "fp16"] and {r.model for r in report.rows} == {"low-rank", "dense"}
+    with pytest.raises(LowRankError, match="bench precision 'int8' is not known; use fp32 or fp16"):
+        bench(tmp_path / "art", precision="int8")

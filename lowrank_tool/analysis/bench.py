@@ -189,6 +189,7 @@ def bench(
     input_size: str | Sequence[int] | None = None,
     device: str = "cpu",
     merge: str = "none",
+    precision: str = "fp32",
     progress: Callable[[str], None] | None = None,
     trust_code: bool = False,
 ) -> BenchReport:
@@ -208,6 +209,8 @@ def bench(
         device: ONNX Runtime device (``cpu``, ``cuda``, ``tensorrt`` or ``auto``); PyTorch runs on the CPU
             unless ``cuda``; OpenVINO runs on the CPU.
         merge: ``none``, ``all`` or ``auto``: how the low-rank model is exported for ONNX Runtime.
+        precision: ``fp32`` or ``fp16``: how an artifact's low-rank model and the dense model are exported
+            (fp16 is the GPU setting; an ``.onnx`` file is timed in its own precision).
         progress: called with a short message per measurement.
         trust_code: rebuild a ``package.module:factory`` base model the artifact names (files you trust only).
 
@@ -225,6 +228,8 @@ def bench(
     for engine in engines:
         if engine in RUNTIME_ENGINES:
             get_engine(engine)  # not installed: one line naming the extra, before anything is exported
+    if precision not in ("fp32", "fp16"):
+        raise LowRankError(f"bench precision {precision!r} is not known; use fp32 or fp16 (int8 files: bench the file)")
     if runs < 1 or warmup < 0:
         raise LowRankError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     if repeats is None:
@@ -259,10 +264,12 @@ def bench(
                     )
                 else:
                     lowrank = _lowrank_from_plan(plan, str(target), trust_code).eval()
-            if meta.get("precision", "fp32") != "fp32":
-                report_notes.append(
-                    f"{target.name} is {meta['precision']}; the dense model and PyTorch eager run in fp32"
-                )
+            file_precision = meta.get("precision", "fp32")
+            if file_precision == "fp16":
+                precision = "fp16"  # the dense model is exported in the file's precision
+                report_notes.append(f"{target.name} is fp16; so is the dense model; PyTorch eager runs in fp32")
+            elif file_precision != "fp32":
+                report_notes.append(f"{target.name} is {file_precision}; the dense model and PyTorch eager run in fp32")
             if input_size is None and meta.get("input_size"):
                 input_size = meta["input_size"]
         size = parse_input_size(input_size) or (tuple(plan.input_size) if plan is not None else None)
@@ -278,7 +285,9 @@ def bench(
             note("exporting the low-rank model")
             onnx_file = tmpdir / "lowrank.onnx"
             assert lowrank is not None  # an artifact directory was loaded
-            export_onnx(lowrank, onnx_file, input_size=size, verify=False, merge=merge, device=device)
+            export_onnx(
+                lowrank, onnx_file, input_size=size, verify=False, merge=merge, device=device, precision=precision
+            )
         params = int(totals["params_after"]) if totals else _onnx_params(onnx_file)
         models.append(
             (
@@ -297,7 +306,7 @@ def bench(
             dense = _dense_of(plan, str(target), trust_code).eval()
             note("exporting the dense model")
             dense_file = tmpdir / "dense.onnx"
-            export_onnx(dense, dense_file, input_size=size, verify=False)
+            export_onnx(dense, dense_file, input_size=size, verify=False, precision=precision)
             assert totals is not None  # plan is not None here
             models.append(("dense", dense, dense_file, int(totals["params_before"]), int(totals["macs_before"])))
 

@@ -59,6 +59,10 @@ def bench(
         Device,
         typer.Option(help="ONNX Runtime device (PyTorch follows: cuda or CPU; OpenVINO runs on the CPU)."),
     ] = Device.cpu,
+    fp16: Annotated[
+        bool,
+        typer.Option("--fp16", help="Export the low-rank and the dense model in half precision (the GPU setting)."),
+    ] = False,
     json: Annotated[bool, typer.Option("--json", help="Print the measurements as JSON (for scripts).")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
@@ -86,6 +90,7 @@ def bench(
             input_size=input_size,
             device=device.value,
             merge=merge.value,
+            precision="fp16" if fp16 else "fp32",
             progress=None if json else status.update,
             trust_code=trust_code,
         )
