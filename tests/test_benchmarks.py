@@ -75,3 +75,27 @@ def test_inference_latency_reports_the_median_ratio_of_interleaved_rounds_with_i
     table = out.with_suffix(".md").read_text()
     assert "| model | rank | engine | batch | low-rank ms | dense ms | speedup | range |" in table
     assert "| resnet20 | 0.5 | openvino (CPU f32) | 1 |" in table
+
+
+def test_gpu_check_refuses_without_a_gpu_and_runs_every_step_on_cpu_stand_ins(tmp_path):
+    script = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "gpu")]
+    refused = subprocess.run(script, capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode == 2 and "gpu_check needs an NVIDIA GPU with CUDA" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+    smoke = subprocess.run([*script, "--smoke-on-cpu"], capture_output=True, text=True, cwd=ROOT)
+    assert smoke.returncode == 0, smoke.stdout + smoke.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["smoke"] is True
+    status = {name: step["status"] for name, step in report["steps"].items()}
+    assert status == {
+        "environment": "ok",
+        "export_cuda": "ok",
+        "verify_tensorrt": "skipped",
+        "inference_fp16": "ok",
+        "train_step_amp": "ok",
+        "ddp_nccl": "ok",
+    }
+    steps = report["steps"]
+    assert steps["export_cuda"]["reports"]["fp32"]["passed"] and steps["ddp_nccl"]["grads_synced"]
+    assert steps["train_step_amp"]["lowrank_over_dense"] > 0 and steps["ddp_nccl"]["backend"] == "gloo"
+    assert {c["batch"] for c in steps["inference_fp16"]["benches"]["cpu"]["comparisons"]} == {1, 2}
