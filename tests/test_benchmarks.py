@@ -99,3 +99,22 @@ def test_gpu_check_refuses_without_a_gpu_and_runs_every_step_on_cpu_stand_ins(tm
     assert steps["export_cuda"]["reports"]["fp32"]["passed"] and steps["ddp_nccl"]["grads_synced"]
     assert steps["train_step_amp"]["lowrank_over_dense"] > 0 and steps["ddp_nccl"]["backend"] == "gloo"
     assert {c["batch"] for c in steps["inference_fp16"]["benches"]["cpu"]["comparisons"]} == {1, 2}
+
+
+def test_int8_lowrank_times_the_four_files_interleaved_and_scores_int8_on_digits(tmp_path):
+    out = tmp_path / "i8"
+    argv = ["--models", "resnet20", "--input-size", "3x32x32", "--batches", "1", "--runs", "4", "--repeats", "2"]
+    argv += ["--warmup", "1", "--accuracy-epochs", "1", "--accuracy-size", "16", "--calib-samples", "16"]
+    argv += ["--threads", "1", "--engines", "onnxruntime", "--out", str(out)]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "int8_lowrank.py"), *argv], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    (row,) = data["latency"]
+    assert set(row["median_ms"]) == {"dense-fp32", "dense-int8", "lowrank-fp32", "lowrank-int8"}
+    pair = row["ratios"]["lowrank int8 vs dense int8"]
+    assert pair["min"] <= pair["speedup"] <= pair["max"]
+    (acc,) = data["accuracy"]
+    assert all(acc[k]["eval_samples"] == 360 and 0 <= acc[k]["int8_top1"] <= 100 for k in ("dense", "lowrank"))
+    assert "| resnet20 r0.3 | onnxruntime (CPU) | 1 |" in out.with_suffix(".md").read_text()
