@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/train_speed.py                         # resnet18, resnet18+cifar-stem, resnet20; 32x32, batch 128
     python benchmarks/train_speed.py --models resnet18 --rank 0.3 --batch 128 --steps 20
+    python benchmarks/train_speed.py --models resnet18 --user-loop --compile   # + the plain-PyTorch recipes
 
 A model name may end in ``+cifar-stem`` (torchvision ResNets: :func:`lowrank_tool.zoo.cifar_stem_`, the
 toolkit's setting for 32x32 images: 3x3 stride-1 stem, no max pool). For each model the dense network
@@ -15,6 +16,12 @@ step times and two ratios:
   channels-last for low-rank models on CPU, contiguous for dense ones);
 * **best vs best**: each model in whichever layout was faster for it here.
 
+With ``--user-loop`` the plain-PyTorch loop a user writes around ``lr.convert`` is timed beside the trainer's
+layouts: ``weights_channels_last`` (only the model moved to channels-last, images left NCHW: what a user who
+adds one line gets) and, with ``--compile``, ``compiled_channels_last`` (``torch.compile`` of the
+channels-last model, channels-last images; compilation happens in the warm-up steps and is not timed).
+The ratios then include **user loop, best**: each model in its fastest configuration.
+
 Memory is the bytes of parameters + gradients + SGD momentum + the activations autograd saves for the
 backward pass (counted with saved-tensor hooks: exact and device-independent). Writes JSON.
 """
@@ -22,6 +29,7 @@ backward pass (counted with saved-tensor hooks: exact and device-independent). W
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -37,6 +45,13 @@ from lowrank_tool.train.trainer import resolve_memory_format
 from lowrank_tool.zoo import cifar_stem_
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+#: configuration name -> (model layout, image layout, compiled)
+CONFIGS = {
+    "contiguous": (torch.contiguous_format, torch.contiguous_format, False),
+    "channels_last": (torch.channels_last, torch.channels_last, False),
+    "weights_channels_last": (torch.channels_last, torch.contiguous_format, False),
+    "compiled_channels_last": (torch.channels_last, torch.channels_last, True),
+}
 
 
 def build(spec: str) -> nn.Module:
@@ -77,10 +92,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (after 2 warm-up steps)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--user-loop", action="store_true", help="also time the plain-PyTorch recipes")
+    parser.add_argument("--compile", action="store_true", help="with --user-loop: also torch.compile (slow to warm up)")
     parser.add_argument("--json", default="benchmarks/results/train_speed.json")
     args = parser.parse_args()
     device = torch.device(args.device)
 
+    configs = ["contiguous", "channels_last"]
+    if args.user_loop:
+        configs += ["weights_channels_last"] + (["compiled_channels_last"] if args.compile else [])
     rows = []
     for spec in args.models:
         torch.manual_seed(0)
@@ -89,24 +109,31 @@ def main() -> None:
         x = torch.randn(args.batch, 3, args.size, args.size, device=device)
         y = torch.randint(0, 10, (args.batch,), device=device)
         nets = {"dense": dense, "lowrank": low}
-        opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in nets.items()}
-        times: dict[tuple[str, str], list[float]] = {(k, f): [] for k in nets for f in LAYOUTS}
-        for step in range(args.steps + 2):  # 2 warm-up rounds, then every configuration once per round
-            for key, layout_name in times:
-                model, layout = nets[key], LAYOUTS[layout_name]
-                model.to(memory_format=layout).train()
-                xs = x.contiguous(memory_format=layout)
+        # one copy per configuration, kept in its layout (a compiled model must not see its strides change)
+        runs: dict[tuple[str, str], tuple[nn.Module, nn.Module, torch.optim.Optimizer]] = {}
+        for key, net in nets.items():
+            for config in configs:
+                model_layout, _, use_compiled = CONFIGS[config]
+                model = copy.deepcopy(net).to(memory_format=model_layout).train()
+                opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+                runs[(key, config)] = (model, torch.compile(model) if use_compiled else model, opt)
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
+        for step in range(
+            args.steps + 2
+        ):  # 2 warm-up rounds (compilation too), then every configuration once per round
+            for (key, config), (model, forward, opt) in runs.items():
+                xs = x.contiguous(memory_format=CONFIGS[config][1])
                 sync(device)
                 t0 = time.perf_counter()
-                loss = nn.functional.cross_entropy(model(xs), y)
+                loss = nn.functional.cross_entropy(forward(xs), y)
                 if key == "lowrank":
                     loss = loss + orthogonality_penalty(model, weight=DEFAULT_ORTH_WEIGHT)
-                opts[key].zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=True)
                 loss.backward()
-                opts[key].step()
+                opt.step()
                 sync(device)
                 if step >= 2:
-                    times[(key, layout_name)].append(time.perf_counter() - t0)
+                    times[(key, config)].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
         result: dict = {"model": spec, "rank": args.rank, "batch": args.batch, "size": args.size, "device": str(device)}
         for key, model in nets.items():
@@ -118,7 +145,8 @@ def main() -> None:
             )
             best = min(LAYOUTS, key=lambda f: med[(key, f)])
             result[key] = {
-                "step_s": {f: med[(key, f)] for f in LAYOUTS},
+                "step_s": {c: med[(key, c)] for c in configs},
+                "user_loop_best": min(configs, key=lambda c: med[(key, c)]),
                 "trainer_default_layout": default,
                 "best_layout": best,
                 "params": n_params,
@@ -132,13 +160,21 @@ def main() -> None:
         result["time_ratio_best_vs_best"] = lo["step_s"][lo["best_layout"]] / d["step_s"][d["best_layout"]]
         result["time_ratio_contiguous"] = lo["step_s"]["contiguous"] / d["step_s"]["contiguous"]
         result["memory_ratio"] = lo["memory_mb"] / d["memory_mb"]
+        if args.user_loop:
+            for config in configs[2:]:
+                result[f"time_ratio_{config}"] = lo["step_s"][config] / d["step_s"][config]
+            result["time_ratio_user_loop_best"] = lo["step_s"][lo["user_loop_best"]] / d["step_s"][d["user_loop_best"]]
         rows.append(result)
         ms = {k: {f: 1000 * v for f, v in result[k]["step_s"].items()} for k in nets}
         print(
             f"{spec:20s} dense {ms['dense']['contiguous']:7.1f} / {ms['dense']['channels_last']:7.1f} ms (NCHW / channels-last) | "
             f"rank {args.rank} {ms['lowrank']['contiguous']:7.1f} / {ms['lowrank']['channels_last']:7.1f} ms | "
             f"time x{result['time_ratio_trainer_default']:.2f} (trainer default), x{result['time_ratio_best_vs_best']:.2f} (best vs best), "
-            f"x{result['time_ratio_contiguous']:.2f} (both NCHW) | memory x{result['memory_ratio']:.2f}",
+            f"x{result['time_ratio_contiguous']:.2f} (both NCHW) | memory x{result['memory_ratio']:.2f}"
+            + "".join(
+                f" | {c}: dense {ms['dense'][c]:.1f} ms, low-rank {ms['lowrank'][c]:.1f} ms, x{result[f'time_ratio_{c}']:.2f}"
+                for c in configs[2:]
+            ),
             flush=True,
         )
 
@@ -159,6 +195,9 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "steps": args.steps,
+        "configs": {
+            c: {"model": str(CONFIGS[c][0]), "images": str(CONFIGS[c][1]), "compiled": CONFIGS[c][2]} for c in configs
+        },
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -118,3 +118,16 @@ def test_int8_lowrank_times_the_four_files_interleaved_and_scores_int8_on_digits
     (acc,) = data["accuracy"]
     assert all(acc[k]["eval_samples"] == 360 and 0 <= acc[k]["int8_top1"] <= 100 for k in ("dense", "lowrank"))
     assert "| resnet20 r0.3 | onnxruntime (CPU) | 1 |" in out.with_suffix(".md").read_text()
+
+
+def test_train_speed_times_the_user_loop_recipes_beside_the_trainer_layouts(tmp_path):
+    out = tmp_path / "ts.json"
+    argv = ["--models", "resnet20", "--batch", "4", "--size", "16", "--steps", "1", "--user-loop", "--json", str(out)]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), *argv], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert set(row["lowrank"]["step_s"]) == {"contiguous", "channels_last", "weights_channels_last"}
+    assert row["lowrank"]["user_loop_best"] in row["lowrank"]["step_s"]
+    assert row["time_ratio_weights_channels_last"] > 0 and row["time_ratio_user_loop_best"] > 0
