@@ -45,6 +45,7 @@ import lowrank_tool as lr
 from lowrank_tool.analysis.bench import bench
 from lowrank_tool.errors import first_line
 from lowrank_tool.export import export_onnx
+from lowrank_tool.runtime import paired_speedup
 
 
 def main() -> int:
@@ -228,13 +229,13 @@ def _train_step(lowrank: nn.Module, args: argparse.Namespace, device: str, smoke
             steppers[name]()
             sync()
             times[name].append((time.perf_counter() - t0) * 1e3)
-    ratio = statistics.median(times["lowrank"]) / statistics.median(times["dense"])
-    paired = [lo / de for lo, de in zip(times["lowrank"], times["dense"], strict=True)]
+    paired = paired_speedup(times["lowrank"], times["dense"])  # step-time ratio, step by step
+    ratio = paired.speedup
     return {
         "dense_ms": statistics.median(times["dense"]),
         "lowrank_ms": statistics.median(times["lowrank"]),
         "lowrank_over_dense": ratio,
-        "paired_range": [min(paired), max(paired)],
+        "paired_range": [paired.low, paired.high],
         "amp": str(dtype).replace("torch.", ""),
         "memory_format": "channels_last",
         "line": f"low-rank step {ratio:.2f}x of dense ({statistics.median(times['lowrank']):.1f} vs "

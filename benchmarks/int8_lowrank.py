@@ -38,7 +38,7 @@ import torch
 
 import lowrank_tool as lr
 from lowrank_tool.export import export_onnx
-from lowrank_tool.runtime import get_engine, measure
+from lowrank_tool.runtime import get_engine, measure, paired_speedup
 from lowrank_tool.train.config import TrainConfig
 from lowrank_tool.train.run import train_artifact
 
@@ -141,14 +141,8 @@ def _time_four(files: dict[str, Path], engine: str, batch: int, args: argparse.N
     ratios = {}
     for pair, (num, den) in PAIRS.items():
         if num in rounds and den in rounds:
-            paired = [n / d for n, d in zip(rounds[num], rounds[den], strict=True)]
-            med = statistics.median(paired)
-            ratios[pair] = {
-                "speedup": med,
-                "min": min(paired),
-                "max": max(paired),
-                "stable": (max(paired) - min(paired)) / med <= 0.10,
-            }
+            paired = paired_speedup(rounds[num], rounds[den])
+            ratios[pair] = {"speedup": paired.speedup, "min": paired.low, "max": paired.high, "stable": paired.stable}
     return {
         "engine": engine,
         "backend": backend,

@@ -162,6 +162,48 @@ def test_the_speedup_is_the_median_of_paired_rounds_with_its_range():
     assert not report.comparisons()[0]["stable"]
 
 
+def test_paired_speedup_pairs_rounds_and_says_when_it_is_too_noisy():
+    from lowrank_tool.runtime import STABLE_SPREAD, paired_speedup
+
+    p = paired_speedup([2.0, 4.2, 2.0], [1.0, 2.0, 1.0])  # the machine slowed in round 2
+    assert (p.speedup, p.low, p.high, p.rounds) == (2.0, 2.0, 2.1, 3)
+    assert p.spread == pytest.approx(0.05) and p.stable and STABLE_SPREAD == 0.10
+    assert not paired_speedup([2.0, 3.0], [1.0, 1.0]).stable  # 2x and 3x rounds: not a claim
+    assert not paired_speedup([2.0], [1.0]).stable  # one round has no spread to judge
+    assert paired_speedup([2.0, 0.0], [1.0, 1.0]).rounds == 1  # a zero time is left out, not divided by
+    assert paired_speedup([], []).rounds == 0
+    with pytest.raises(ValueError, match="same number of rounds, got 2 and 1"):
+        paired_speedup([1.0, 2.0], [1.0])
+
+
+def test_torch_threads_restores_the_thread_count_even_on_error():
+    from lowrank_tool.runtime import torch_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), torch_threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def test_onnxruntime_refuses_an_input_type_it_cannot_feed(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, [1])],
+    )
+    path = tmp_path / "strings.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    with pytest.raises(LowRankError, match=r"input 's' has type tensor\(string\), which the toolkit cannot feed"):
+        get_engine("onnxruntime").load(path, device="cpu")
+
+
 def test_bench_interleaves_rounds_and_refuses_bad_repeats(tmp_path):
     lr.save(lr.convert("resnet20", rank=0.5, input_size="3x16x16"), tmp_path / "art")
     report = bench(tmp_path / "art", vs_dense=True, engines=["onnxruntime"], threads=[1], runs=6, repeats=3, warmup=1)

@@ -10,7 +10,7 @@ by up to 25 %, so a speedup from two separate measurements is noise-prone. Each 
 ``runs`` are split into ``repeats`` rounds; every round times the low-rank and the dense model back to back
 (alternating which goes first), and each round gives one speedup. The report's speedup is the median of
 those paired ratios, with their minimum, maximum and relative spread ((max − min) / median); above
-:data:`STABLE_SPREAD` the comparison is marked unstable and a note says the spread is too large to claim a
+:data:`~lowrank_tool.runtime.timing.STABLE_SPREAD` the comparison is marked unstable and a note says the spread is too large to claim a
 target from it.
 
 speedup = dense latency / low-rank latency; efficiency = speedup / MAC reduction (1.0: the runtime turns
@@ -20,12 +20,11 @@ on 2 CPU cores).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import statistics
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +40,10 @@ from ..errors import LowRankError
 from ..export.onnx import export_onnx, plan_from_onnx, read_metadata
 from ..io import load, rebuild
 from ..models import build_from_spec, parse_input_size
-from ..runtime import Runner, get_engine, measure
+from ..runtime import STABLE_SPREAD, Runner, get_engine, measure, paired_speedup, torch_threads
 
 __all__ = ["BenchRow", "BenchReport", "bench", "ENGINES", "STABLE_SPREAD"]
 
-#: Relative spread of the per-round speedups ((max − min) / median) above which a comparison is unstable.
-STABLE_SPREAD = 0.10
 #: Interleaved rounds per configuration unless asked otherwise.
 DEFAULT_REPEATS = 5
 
@@ -83,10 +80,13 @@ class BenchReport:
             d = dense.get((r.engine, r.batch, r.threads))
             if r.model == "dense" or d is None:
                 continue
-            paired = [dm / lm for dm, lm in zip(d.round_medians, r.round_medians, strict=False) if lm > 0]
-            speedup = statistics.median(paired) if paired else d.median_ms / r.median_ms
-            low, high = (min(paired), max(paired)) if paired else (speedup, speedup)
-            spread = (high - low) / speedup if speedup > 0 else 0.0
+            rounds = min(len(d.round_medians), len(r.round_medians))
+            paired = paired_speedup(d.round_medians[:rounds], r.round_medians[:rounds])
+            if paired.rounds:
+                speedup, low, high, spread = paired.speedup, paired.low, paired.high, paired.spread
+            else:  # no rounds recorded (a report read back from an older file): the medians' ratio
+                speedup = low = high = d.median_ms / r.median_ms
+                spread = 0.0
             mac_reduction = (d.macs / r.macs) if d.macs and r.macs else None
             out.append(
                 {
@@ -96,9 +96,9 @@ class BenchReport:
                     "speedup": speedup,
                     "speedup_min": low,
                     "speedup_max": high,
-                    "rounds": len(paired),
+                    "rounds": paired.rounds,
                     "spread": spread,
-                    "stable": len(paired) > 1 and spread <= STABLE_SPREAD,
+                    "stable": paired.stable,
                     "mac_reduction": mac_reduction,
                     "efficiency": speedup / mac_reduction if mac_reduction else None,
                 }
@@ -159,17 +159,6 @@ class _Timed:
     macs: int | None
     samples: list[float] = field(default_factory=list)
     round_medians: list[float] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _input_batch(size: Sequence[int], batch: int) -> torch.Tensor:
@@ -341,7 +330,7 @@ def bench(
                             call = functools.partial(module, x.to(torch_device))
                             timed.append(_Timed(name, call, sync, torch_device.type.upper(), n_params, macs))
                     note(f"{engine}, batch {batch}, {n_threads} threads: {' and '.join(t.name for t in timed)}")
-                    with _torch_threads(n_threads if engine == "torch" else None), torch.inference_mode():
+                    with torch_threads(n_threads if engine == "torch" else None), torch.inference_mode():
                         for round_index in range(repeats):
                             order = timed if round_index % 2 == 0 else timed[::-1]
                             for t in order:

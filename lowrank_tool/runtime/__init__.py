@@ -8,7 +8,7 @@ benchmarks; it depends on nothing of the toolkit but its errors and choices.
 from .engines import Engine, Runner, TensorSpec, get_engine, installed_engines, parse_engines
 from .probe import onnx_bytes, time_module
 from .session import DEVICES, RUNTIME_DEVICES, make_session, provider_name, providers_for
-from .timing import Latency, measure, time_onnx, time_torch
+from .timing import STABLE_SPREAD, Latency, PairedSpeedup, measure, paired_speedup, time_onnx, time_torch, torch_threads
 
 __all__ = [
     "Engine",
@@ -26,6 +26,10 @@ __all__ = [
     "measure",
     "time_onnx",
     "time_torch",
+    "torch_threads",
+    "PairedSpeedup",
+    "paired_speedup",
+    "STABLE_SPREAD",
     "onnx_bytes",
     "time_module",
 ]

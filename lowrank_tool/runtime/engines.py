@@ -79,29 +79,31 @@ def _check_name(name: str) -> None:
         raise LowRankError(f"engine {name!r} is not known; use one of: {', '.join(RUNTIME_ENGINES)}")
 
 
+def _engine_class(name: str) -> type[Engine]:
+    module_name, class_name = ENGINE_MODULES[name]
+    cls: type[Engine] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def _installed(cls: type[Engine]) -> bool:
+    return importlib.util.find_spec(cls.package) is not None
+
+
 def get_engine(name: str) -> Engine:
     """The engine called ``name``; a one-line :class:`LowRankError` when unknown or not installed."""
     _check_name(name)
-    module_name, class_name = ENGINE_MODULES[name]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if importlib.util.find_spec(cls.package) is None:
+    cls = _engine_class(name)
+    if not _installed(cls):
         raise LowRankError(
             f"engine {name!r} needs the {cls.package!r} package, which is not installed; "
             f"pip install 'lowrank-tool[{cls.extra}]' (or pip install {cls.package})"
         )
-    engine: Engine = cls()
-    return engine
+    return cls()
 
 
 def installed_engines() -> list[str]:
     """The engines whose runtime package is installed, in :data:`RUNTIME_ENGINES` order."""
-    found = []
-    for name in RUNTIME_ENGINES:
-        module_name, class_name = ENGINE_MODULES[name]
-        cls = getattr(importlib.import_module(module_name), class_name)
-        if importlib.util.find_spec(cls.package) is not None:
-            found.append(name)
-    return found
+    return [name for name in RUNTIME_ENGINES if _installed(_engine_class(name))]
 
 
 def parse_engines(text: str | Sequence[str], *, what: str = "--verify-with") -> list[str]:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import LowRankError
 from .engines import Engine, ModelSource, Runner, TensorSpec
 from .session import make_session, provider_name
 
@@ -22,6 +23,16 @@ _DTYPES = {
 }
 
 
+def _numpy_dtype(name: str, onnx_type: str) -> np.dtype[Any]:
+    try:
+        return np.dtype(_DTYPES[onnx_type])
+    except KeyError:
+        raise LowRankError(
+            f"model input {name!r} has type {onnx_type}, which the toolkit cannot feed; "
+            f"supported input types: {', '.join(_DTYPES)}"
+        ) from None
+
+
 class OnnxRuntimeRunner(Runner):
     engine = "onnxruntime"
 
@@ -31,7 +42,7 @@ class OnnxRuntimeRunner(Runner):
         self.inputs = [
             TensorSpec(
                 i.name,
-                np.dtype(_DTYPES.get(i.type, np.float32)),
+                _numpy_dtype(i.name, i.type),
                 tuple(d if isinstance(d, int) else None for d in i.shape),
             )
             for i in session.get_inputs()

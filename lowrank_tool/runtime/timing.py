@@ -2,13 +2,17 @@
 
 Timings use ``time.perf_counter`` around each call; CUDA work is synchronised before the clock stops.
 Compare numbers measured in one process, one after the other: absolute times drift on a shared machine.
+Two models are compared by :func:`paired_speedup`: time them in alternating rounds and take the median of
+the per-round ratios, with their range; a range wider than :data:`STABLE_SPREAD` of the median is too
+noisy to claim a target from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +20,20 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Latency", "measure", "time_onnx", "time_torch"]
+__all__ = [
+    "Latency",
+    "PairedSpeedup",
+    "STABLE_SPREAD",
+    "measure",
+    "paired_speedup",
+    "time_onnx",
+    "time_torch",
+    "torch_threads",
+]
+
+#: a paired speedup whose range (max − min of the per-round ratios) exceeds this fraction of its median is
+#: reported as unstable: too noisy to claim a target from.
+STABLE_SPREAD = 0.10
 
 
 @dataclass
@@ -66,11 +83,52 @@ def time_torch(
     """Latency of an eager forward pass in inference mode, with ``threads`` intra-op threads on the CPU."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     sync = torch.cuda.synchronize if device.type == "cuda" else None
+    with torch_threads(threads), torch.inference_mode():
+        return measure(lambda: model(example), runs=runs, warmup=warmup, sync=sync)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` PyTorch intra-op threads (``None``: leave them), then restore them."""
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        with torch.inference_mode():
-            return measure(lambda: model(example), runs=runs, warmup=warmup, sync=sync)
+        yield
     finally:
         torch.set_num_threads(previous)
+
+
+@dataclass(frozen=True)
+class PairedSpeedup:
+    """How many times faster one model ran than another: median ``speedup`` of the per-round ratios, the
+    lowest and highest round, and how many rounds were paired (see :func:`paired_speedup`)."""
+
+    speedup: float
+    low: float
+    high: float
+    rounds: int
+
+    @property
+    def spread(self) -> float:
+        """The range of the per-round ratios as a fraction of their median."""
+        return (self.high - self.low) / self.speedup if self.speedup > 0 else 0.0
+
+    @property
+    def stable(self) -> bool:
+        """More than one round, and a spread within :data:`STABLE_SPREAD`."""
+        return self.rounds > 1 and self.spread <= STABLE_SPREAD
+
+
+def paired_speedup(slow_ms: Sequence[float], fast_ms: Sequence[float]) -> PairedSpeedup:
+    """``slow / fast`` from times measured in the same rounds: the median of the per-round ratios, its range.
+
+    Pairing round by round cancels the machine's drift, which moves both models of a round together.
+    Rounds where either time is not positive are left out; with none left the result is 0 over 0 rounds.
+    """
+    if len(slow_ms) != len(fast_ms):
+        raise ValueError(f"paired times need the same number of rounds, got {len(slow_ms)} and {len(fast_ms)}")
+    ratios = [s / f for s, f in zip(slow_ms, fast_ms, strict=True) if s > 0 and f > 0]
+    if not ratios:
+        return PairedSpeedup(0.0, 0.0, 0.0, 0)
+    return PairedSpeedup(statistics.median(ratios), min(ratios), max(ratios), len(ratios))
