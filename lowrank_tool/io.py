@@ -23,6 +23,7 @@ from .convert.api import summary
 from .convert.apply import apply_plan
 from .errors import LowRankError, first_line
 from .layers.base import Init
+from .layers.memory_format import MEMORY_FORMAT_NAMES, apply_memory_format
 from .models import build_from_spec
 
 __all__ = ["save", "load", "rebuild"]
@@ -57,7 +58,8 @@ def rebuild(
     init: Init = "none",
 ) -> nn.Module:
     """The low-rank model a plan describes: its base model (``model``, or rebuilt from the plan's spec) with the
-    plan's layers swapped in (``init="none"``: to receive saved weights; ``"random"``: fresh factors).
+    plan's layers swapped in (``init="none"``: to receive saved weights; ``"random"``: fresh factors), its 4-D
+    weights in the memory format the plan records.
 
     The base model is built only from a registered name with plain arguments (see :func:`load`); ``where``
     names the file the plan came from in error messages.
@@ -68,7 +70,13 @@ def rebuild(
         raise LowRankError(f"load(DIR, model=...) takes a dense nn.Module, got {type(model).__name__}")
     elif plan_of(model) is not None:
         raise LowRankError("load(DIR, model=...) needs the dense model, not an already converted one")
-    return apply_plan(model, plan, init=init)
+    layout = plan.policy.get("memory_format", "contiguous")  # plans before the option: PyTorch's default
+    if not isinstance(layout, str) or layout not in MEMORY_FORMAT_NAMES:
+        raise LowRankError(
+            f"{where}: policy.memory_format {layout!r} is not a layout; it must be one of: "
+            f"{', '.join(MEMORY_FORMAT_NAMES)} (re-create the artifact with `lowrank convert -o DIR`)"
+        )
+    return apply_memory_format(apply_plan(model, plan, init=init), MEMORY_FORMAT_NAMES[layout])
 
 
 def _check_header(weights: Path, model: nn.Module) -> None:

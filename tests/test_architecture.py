@@ -214,6 +214,6 @@ def test_convert_help_comes_from_the_options():
     }
     params = {p.name: p for p in load_command("convert").params}
     shown = [name for name in fields if name != "model_kwargs"]
-    assert len(shown) == 18
+    assert len(shown) == 19
     for name in shown:
         assert params[cli_name.get(name, name)].help == option_help(name), name

@@ -318,7 +318,7 @@ def test_bf16_autocast_on_cpu():
 
 
 def test_memory_format_auto_is_channels_last_for_low_rank_on_cpu():
-    from lowrank_tool.train.trainer import resolve_memory_format
+    from lowrank_tool.layers.memory_format import resolve_memory_format
 
     cpu = torch.device("cpu")
     assert resolve_memory_format("auto", make_model(), cpu) == torch.channels_last
@@ -330,12 +330,14 @@ def test_memory_format_auto_is_channels_last_for_low_rank_on_cpu():
     assert resolve_memory_format("contiguous", make_model(), cpu) == torch.contiguous_format
 
 
-def test_channels_last_trains_to_the_same_weights_and_hands_the_model_back_contiguous(tmp_path):
+def test_channels_last_trains_to_the_same_weights_and_hands_the_model_back_as_it_came(tmp_path):
     layouts = {}
     for fmt in ("channels_last", "contiguous"):
-        trainer, result = run(1, tmp_path / fmt, memory_format=fmt)
+        torch.manual_seed(0)
+        model = lr.convert(TinyNet(), rank=0.5, input_size=(3, 16, 16), memory_format="contiguous")
+        trainer, result = run(1, tmp_path / fmt, model=model, memory_format=fmt)
         assert trainer.memory_format == (torch.channels_last if fmt == "channels_last" else torch.contiguous_format)
-        assert all(p.is_contiguous() for p in trainer.raw_model.parameters())  # default layout after fit()
+        assert all(p.is_contiguous() for p in trainer.raw_model.parameters())  # the layout it came in
         layouts[fmt] = (trainer.raw_model.state_dict(), result.history[-1]["train_loss"])
     (a, loss_a), (b, loss_b) = layouts.values()
     # Same math, other kernels: 6 SGD steps stay within float32 round-off of each other.

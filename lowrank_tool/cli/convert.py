@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from ..artifact import check_path
-from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, POLICIES, RUNTIME_ENGINES
+from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, MEMORY_FORMATS, POLICIES, RUNTIME_ENGINES
 from ..convert.options import ConvertOptions, RankSpec, option_help
 from ._common import (
     MODEL_ARG_HELP,
@@ -25,6 +25,7 @@ Format = choices("Format", FORMAT_CHOICES)
 Init = choices("Init", INITS)
 Policy = choices("Policy", POLICIES)
 Engine = choices("Engine", RUNTIME_ENGINES)
+MemoryFormat = choices("MemoryFormat", MEMORY_FORMATS)
 
 
 def convert(
@@ -59,6 +60,7 @@ def convert(
     allow_growth: Annotated[bool, typer.Option("--allow-growth", help=option_help("allow_growth"))] = False,
     dense: Annotated[bool, typer.Option("--dense", help=option_help("dense"))] = False,
     init: Annotated[Init, typer.Option(help=option_help("init"))] = Init.random,
+    memory_format: Annotated[MemoryFormat, typer.Option(help=option_help("memory_format"))] = MemoryFormat.auto,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write DIR/plan.json and DIR/model.safetensors.")
     ] = None,
@@ -114,6 +116,7 @@ def convert(
         latency_threads=threads,
         latency_batch=batch,
         latency_engine=engine.value,
+        memory_format=memory_format.value,
     )
     if policy.value == "latency" and not json:
         err_console.print(

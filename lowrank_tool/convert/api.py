@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import warnings
@@ -15,6 +16,7 @@ from torch import nn
 
 from ..conversion_plan import PLAN_ATTR, ConversionPlan, attach_plan, plan_of
 from ..errors import LowRankError, LowRankWarning, first_line
+from ..layers.memory_format import MEMORY_FORMAT_NAMES, apply_memory_format, resolve_memory_format
 from ..models import (
     DOWNLOAD_KWARGS,
     build_model,
@@ -295,7 +297,9 @@ def convert(
 
     Traces the model with torch.fx (forward hooks where fx cannot trace it), builds the conversion
     plan and swaps each planned ``Conv2d``/``Conv3d`` for its low-rank layer. The returned model keeps
-    its class and carries the plan (:func:`summary` reads it back).
+    its class and carries the plan (:func:`summary` reads it back). Its 4-D weights are channels-last
+    when it has low-rank layers (``memory_format="auto"``: the layout those train fastest in on the CPU;
+    the plan records it and :func:`~lowrank_tool.load` restores it).
 
     Args:
         model: an ``nn.Module`` or a model name (``lowrank models`` lists them; built with random weights).
@@ -310,7 +314,7 @@ def convert(
         **kwargs: any :class:`ConvertOptions` field — ``format``, ``target_params``, ``target_macs``,
             ``round_to``, ``exclude``, ``layer_rank``, ``allow_growth``, ``dense``, ``policy``,
             ``target_speedup``, ``latency_threads``, ``latency_batch``, ``latency_engine``, ``input_size``, ``num_classes``,
-            ``model_kwargs``, ``weights``, ``init`` — each documented there (``option_help(name)``).
+            ``model_kwargs``, ``weights``, ``init``, ``memory_format`` — each documented there (``option_help(name)``).
 
     Returns:
         The converted model.
@@ -335,16 +339,47 @@ def convert(
         memo: dict[int, Any] = {id(source.get_submodule(e.name)): nn.Identity() for e in p.converted_layers}
         module = copy.deepcopy(source, memo)
     apply_plan(module, p, init=init, source=source, progress=progress)
+    device = next((t.device for t in module.parameters()), torch.device("cpu"))
+    layout = (
+        "channels_last"
+        if resolve_memory_format(opts.memory_format, module, device) == torch.channels_last
+        else "contiguous"
+    )
+    apply_memory_format(module, MEMORY_FORMAT_NAMES[layout])
     if p.converted_layers:
         try:
-            _check_runs(module, planned, hint=model if isinstance(model, str) else "MODEL")
+            layout = _check_runs_in(
+                module, planned, layout, opts.memory_format, hint=model if isinstance(model, str) else "MODEL"
+            )
         except LowRankError:
             if inplace and isinstance(model, nn.Module):
                 raise LowRankError(
                     "the converted model does not run and inplace=True changed your model; rebuild it before retrying"
                 ) from None
             raise
+    p.policy["memory_format"] = layout
     return attach_plan(module, p)
+
+
+def _check_runs_in(module: nn.Module, planned: _Planned, layout: str, asked: str, hint: str) -> str:
+    """Check the converted model runs in ``layout``; the layout it runs in (``auto`` falls back to contiguous)."""
+    try:
+        # channels-last on real tensors: meta stand-ins do not lay out results as the CPU kernels do, so a
+        # .view() that channels-last breaks would pass on them
+        _check_runs(module, dataclasses.replace(planned, meta=False) if layout == "channels_last" else planned, hint)
+        return layout
+    except LowRankError as exc:
+        if layout != "channels_last":
+            raise
+        reason = str(exc)
+    apply_memory_format(module, torch.contiguous_format)
+    _check_runs(module, planned, hint)  # contiguous fails too: the conversion's own error
+    if asked == "channels_last":
+        raise LowRankError(
+            f"the converted model runs in the default layout but not channels-last ({reason}); "
+            "use --memory-format contiguous (memory_format='contiguous' in Python) or auto"
+        )
+    return "contiguous"  # auto: code in the model that needs the default layout (a .view() of a feature map)
 
 
 def summary(model: nn.Module) -> ConversionPlan:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, POLICIES, RUNTIME_ENGINES, Init
+from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, MEMORY_FORMATS, POLICIES, RUNTIME_ENGINES, Init
 from ..errors import LowRankError
 from .select import parse_layer_rank
 
@@ -175,6 +175,12 @@ class ConvertOptions:
     init: Init = _opt(
         "random", "random: ELRT training from scratch; decompose: fit the factors to the model's weights."
     )
+    memory_format: str = _opt(
+        "auto",
+        "Layout of the returned model's 4-D weights: channels_last (NHWC; low-rank training steps measured ~25% faster "
+        "on CPU), contiguous (PyTorch's default), or auto = channels_last when layers were converted and the model "
+        "runs in it, else contiguous. Inputs may stay NCHW either way.",
+    )
     rank_spec: RankSpec = field(init=False, repr=False)
     layer_specs: dict[str, RankSpec] = field(init=False, repr=False)
 
@@ -216,6 +222,10 @@ class ConvertOptions:
         if self.latency_engine not in RUNTIME_ENGINES:
             raise LowRankError(
                 f"latency engine {self.latency_engine!r} is not known; use one of: {', '.join(RUNTIME_ENGINES)}"
+            )
+        if self.memory_format not in MEMORY_FORMATS:
+            raise LowRankError(
+                f"memory format {self.memory_format!r} is not known; use one of: {', '.join(MEMORY_FORMATS)}"
             )
         if self.latency_engine != "onnxruntime" and self.policy != "latency":
             raise LowRankError("a latency engine needs policy 'latency' (CLI: --policy latency --engine NAME)")

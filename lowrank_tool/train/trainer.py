@@ -46,7 +46,7 @@ from ..artifact import (
     write_error,
 )
 from ..errors import LowRankError, LowRankWarning, first_line
-from ..layers import LowRankConv
+from ..layers.memory_format import MEMORY_FORMAT_NAMES, apply_memory_format, memory_format_name, resolve_memory_format
 from ..methods import Method, get_method, get_method_class
 from .checkpoint import (
     atomic_save_weights,
@@ -176,7 +176,8 @@ class Trainer:
         self.method.setup(self.raw_model)
         # Before DDP and the optimizer, so gradient buckets and momentum buffers share the layout.
         self.memory_format = resolve_memory_format(config.memory_format, self.raw_model, self.device)
-        self.raw_model.to(memory_format=self.memory_format)
+        self.given_memory_format = MEMORY_FORMAT_NAMES[memory_format_name(self.raw_model)]  # handed back in it
+        apply_memory_format(self.raw_model, self.memory_format)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.raw_model, device_ids=ids)
@@ -336,7 +337,7 @@ class Trainer:
             self.resume()
         start = time.perf_counter()
         end = self.cfg.epochs if stop_at is None else min(stop_at, self.cfg.epochs)
-        self.raw_model.to(memory_format=self.memory_format)  # again: a previous fit() handed it back contiguous
+        apply_memory_format(self.raw_model, self.memory_format)  # again: a previous fit() handed it back
         hooks = match_gradient_strides(self.raw_model) if self.dist.enabled else []
         try:
             with _Stopper() as stopper:
@@ -364,10 +365,10 @@ class Trainer:
                         self.on_epoch(record)
             if self.epoch >= self.cfg.epochs:
                 self.method.finalize(self.raw_model)
-        finally:  # hand the model back in the default layout, also after an interruption or an error
+        finally:  # hand the model back in the layout it came in, also after an interruption or an error
             for hook in hooks:
                 hook.remove()
-            self.raw_model.to(memory_format=torch.contiguous_format)
+            apply_memory_format(self.raw_model, self.given_memory_format)
         return TrainResult(list(self.history), self.best_top1, self.best_epoch, time.perf_counter() - start)
 
     def _batches(self) -> Iterable[Any]:
@@ -559,17 +560,6 @@ def _restride(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
             if grad.is_contiguous(memory_format=fmt) and param.is_contiguous(memory_format=fmt):
                 return grad.as_strided(param.shape, param.stride(), grad.storage_offset())  # same order: no copy
     return grad
-
-
-def resolve_memory_format(name: str, model: nn.Module, device: torch.device) -> torch.memory_format:
-    """The layout to train in: ``channels_last``, ``contiguous``, or ``auto`` (see ``TrainConfig.memory_format``)."""
-    if name == "channels_last":
-        return torch.channels_last
-    if name == "contiguous":
-        return torch.contiguous_format
-    # auto: measured on CPU only (benchmarks/train_speed.py); CUDA keeps PyTorch's default until measured there.
-    low_rank = any(isinstance(m, LowRankConv) for m in model.modules())
-    return torch.channels_last if low_rank and device.type == "cpu" else torch.contiguous_format
 
 
 def _device(name: str) -> torch.device:
