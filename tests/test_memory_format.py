@@ -64,6 +64,8 @@ class ViewsAFeatureMap(nn.Module):
 def test_a_model_that_needs_the_default_layout_falls_back_under_auto_and_is_an_error_when_asked():
     model = lr.convert(ViewsAFeatureMap(), rank=0.5, input_size=(3, 8, 8))
     assert lr.summary(model).policy["memory_format"] == "contiguous"
+    (note,) = [n for n in lr.summary(model).notes if "memory layout" in n]
+    assert "does not run channels-last" in note and "view size is not compatible" in note
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
     with pytest.raises(
         LowRankError, match="runs in the default layout but not channels-last .*use --memory-format contiguous"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import warnings
@@ -363,23 +362,25 @@ def convert(
 
 def _check_runs_in(module: nn.Module, planned: _Planned, layout: str, asked: str, hint: str) -> str:
     """Check the converted model runs in ``layout``; the layout it runs in (``auto`` falls back to contiguous)."""
-    try:
-        # channels-last on real tensors: meta stand-ins do not lay out results as the CPU kernels do, so a
-        # .view() that channels-last breaks would pass on them
-        _check_runs(module, dataclasses.replace(planned, meta=False) if layout == "channels_last" else planned, hint)
+    if layout != "channels_last":
+        _check_runs(module, planned, hint)
         return layout
-    except LowRankError as exc:
-        if layout != "channels_last":
-            raise
-        reason = str(exc)
+    # on real tensors: meta stand-ins do not lay out results as the CPU kernels do, so a .view() that
+    # channels-last breaks would pass on them
+    failure = check_forward(module, planned.example, meta=False)
+    if failure is None:
+        return layout
     apply_memory_format(module, torch.contiguous_format)
     _check_runs(module, planned, hint)  # contiguous fails too: the conversion's own error
+    reason = f"at {failure.module or type(module).__name__!r}: {failure.error}"
     if asked == "channels_last":
         raise LowRankError(
             f"the converted model runs in the default layout but not channels-last ({reason}); "
             "use --memory-format contiguous (memory_format='contiguous' in Python) or auto"
         )
-    return "contiguous"  # auto: code in the model that needs the default layout (a .view() of a feature map)
+    # auto: code in the model that needs the default layout (a .view() of a feature map)
+    planned.plan.notes.append(f"kept PyTorch's default memory layout: the model does not run channels-last ({reason})")
+    return "contiguous"
 
 
 def summary(model: nn.Module) -> ConversionPlan:
