@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -131,3 +133,10 @@ def test_train_speed_times_the_user_loop_recipes_beside_the_trainer_layouts(tmp_
     assert set(row["lowrank"]["step_s"]) == {"contiguous", "channels_last", "weights_channels_last"}
     assert row["lowrank"]["user_loop_best"] in row["lowrank"]["step_s"]
     assert row["time_ratio_weights_channels_last"] > 0 and row["time_ratio_user_loop_best"] > 0
+    # the as-converted ratio: convert's layout (channels-last for a low-rank model) against dense NCHW
+    assert row["lowrank"]["as_converted_layout"] == "channels_last"
+    steps = row["lowrank"]["step_s"]["weights_channels_last"], row["dense"]["step_s"]["contiguous"]
+    assert row["time_ratio_as_converted"] == pytest.approx(steps[0] / steps[1])
+    assert set(row["paired"]) == {"trainer_default", "as_converted"}
+    for pair in row["paired"].values():
+        assert pair["steps"] == 1 and pair["min"] <= pair["ratio"] <= pair["max"]
