@@ -21,7 +21,9 @@ The same seed gives every arm the same data order and augmentation.
 Results are appended to ``--out``.json after every run, and a run already there (same model, data,
 epochs, arm, rank, seed) is not repeated: a long sweep can be stopped and started again. The markdown
 table (``--out``.md) gives per group the mean and sample standard deviation of the final validation
-top-1 (the test split), its difference from the dense arm's mean, parameters, and training time.
+top-1 (the test split), its difference from the dense arm's mean, parameters, and training time. A run
+whose loss becomes inf/NaN is recorded as diverged (with the trainer's message) and counted in the table,
+not averaged.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from lowrank_tool.artifact import atomic_write_text
 from lowrank_tool.convert.options import ConvertOptions
 from lowrank_tool.train.config import TrainConfig
 from lowrank_tool.train.run import train_artifact
+from lowrank_tool.train.trainer import TrainingDiverged
 
 DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"
 CONVERT_KEYS = {f.name for f in dataclasses.fields(ConvertOptions)}
@@ -120,16 +123,31 @@ def train_one(
         model = lr.convert(model_name, num_classes=args.num_classes, **(fmt | rank_options(rank or "0.5") | convert_kw))
         lr.save(model, directory)
         cfg = TrainConfig(**(base | {"method": method} | train_kw))
-    _, summary = train_artifact(directory, cfg, progress=False)
-    seconds = time.perf_counter() - started
-    metrics = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
-    return {
+    run: dict[str, Any] = {
         "model": model_name,
         "data": args.data,
         "epochs": epochs,
         "arm": arm,
         "rank": None if method == "dense" else rank,
         "seed": seed,
+    }
+    try:
+        _, summary = train_artifact(directory, cfg, progress=False)
+    except TrainingDiverged as exc:  # a result of the arm, not a crash of the sweep: recorded, not averaged
+        totals = lr.summary(model).totals()
+        return run | {
+            "diverged": str(exc).splitlines()[0],
+            "last_top1": None,
+            "best_top1": None,
+            "params": totals["params_after"],
+            "dense_params": totals["params_before"],
+            "macs": totals["macs_after"],
+            "train_seconds": time.perf_counter() - started,
+            "curve": [],
+        }
+    seconds = time.perf_counter() - started
+    metrics = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+    return run | {
         "last_top1": summary["last_top1"],
         "best_top1": summary["best_top1"],
         "params": summary["params"],
@@ -156,12 +174,13 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(key(run)[:5], []).append(run)
     rows = []
     for (model, data, epochs, arm, rank), mine in groups.items():
-        last = [r["last_top1"] for r in mine]
+        last = [r["last_top1"] for r in mine if r["last_top1"] is not None]  # diverged runs have none
         budget = mine[0].get("equal_time_of", epochs)  # an equal-time arm is compared with dense at its epochs
         dense = [
             r["last_top1"]
             for r in runs
             if (r["model"], r["data"], r["epochs"], r["arm"]) == (model, data, budget, "dense")
+            and r["last_top1"] is not None
         ]
         rows.append(
             {
@@ -172,9 +191,12 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "rank": rank,
                 "n": len(mine),
                 "seeds": sorted(r["seed"] for r in mine),
-                "top1_mean": statistics.mean(last),
+                "diverged": len(mine) - len(last),
+                "top1_mean": statistics.mean(last) if last else None,
                 "top1_std": statistics.stdev(last) if len(last) > 1 else 0.0,
-                "vs_dense": statistics.mean(last) - statistics.mean(dense) if dense and arm != "dense" else None,
+                "vs_dense": statistics.mean(last) - statistics.mean(dense)
+                if last and dense and arm != "dense"
+                else None,
                 "params": mine[0]["params"],
                 "dense_params": mine[0]["dense_params"],
                 "train_seconds_mean": statistics.mean(r["train_seconds"] for r in mine),
@@ -194,9 +216,12 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         rows, key=lambda r: (r["model"], r["data"], r["epochs"], r["arm"] != "dense", str(r["rank"]), r["arm"])
     ):
         vs = "—" if r["vs_dense"] is None else f"{r['vs_dense']:+.2f}"
+        top1 = "—" if r["top1_mean"] is None else f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
+        if r.get("diverged"):
+            top1 += f" ({r['diverged']} of {r['n']} diverged)"
         lines.append(
             f"| {r['model']} | {r['data'].split(':')[0]} | {r['epochs']} | {r['arm']} | {r['rank'] or '—'} | {r['n']} | "
-            f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {vs} | {r['params'] / 1e3:.1f}k | {r['train_seconds_mean']:.0f} s |"
+            f"{top1} | {vs} | {r['params'] / 1e3:.1f}k | {r['train_seconds_mean']:.0f} s |"
         )
     return "\n".join(lines) + "\n"
 
@@ -245,9 +270,10 @@ def main() -> None:
         }
         atomic_write_text(path, json.dumps(document, indent=2) + "\n")
         atomic_write_text(out.with_suffix(".md"), markdown(document["summary"], command))
+        outcome = f"top-1 {run['last_top1']:6.2f}%" if run["last_top1"] is not None else f"DIVERGED ({run['diverged']})"
         print(
             f"{run['model']} {run['arm']:28s} rank {run['rank'] or '-':5s} seed {run['seed']} {run['epochs']:3d} ep: "
-            f"top-1 {run['last_top1']:6.2f}%  {run['params'] / 1e3:6.1f}k params  {run['train_seconds']:6.0f}s",
+            f"{outcome}  {run['params'] / 1e3:6.1f}k params  {run['train_seconds']:6.0f}s",
             flush=True,
         )
 

@@ -36,6 +36,20 @@ def test_accuracy_benchmark_writes_a_table_and_does_not_repeat_runs(tmp_path):
     assert again.returncode == 0 and len(json.loads(out.with_suffix(".json").read_text())["runs"]) == 2
 
 
+def test_accuracy_benchmark_records_a_diverged_run_and_goes_on(tmp_path):
+    out = tmp_path / "acc"
+    res = _accuracy(out, "--arms", "elrt:lr=1e12", "dense", "--ranks", "0.5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "DIVERGED (loss became" in res.stdout
+    data = json.loads(out.with_suffix(".json").read_text())
+    bad, dense = data["runs"]  # the sweep went on to the dense arm after the diverged one
+    assert bad["last_top1"] is None and "loss became" in bad["diverged"] and bad["params"] < bad["dense_params"]
+    assert dense["last_top1"] is not None and "diverged" not in dense
+    row = next(r for r in data["summary"] if r["arm"] == "elrt:lr=1e12")
+    assert row["diverged"] == 1 and row["top1_mean"] is None and row["vs_dense"] is None
+    assert "| — (1 of 1 diverged) | — |" in out.with_suffix(".md").read_text()
+
+
 def test_accuracy_benchmark_refuses_an_unknown_option_before_training(tmp_path):
     res = _accuracy(tmp_path / "acc", "--arms", "elrt:nosuch=1")
     assert res.returncode != 0 and "'nosuch=1' is not KEY=VALUE" in res.stderr
