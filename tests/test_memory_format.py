@@ -47,6 +47,16 @@ def test_auto_keeps_dense_and_video_models_in_the_default_layout():
         resolve_memory_format("nhwc", video)
 
 
+def test_auto_leaves_a_model_it_does_not_make_channels_last_in_the_layout_it_came_in():
+    torch.manual_seed(0)
+    users = lr.build_model("resnet20").to(memory_format=torch.channels_last)
+    dense = lr.convert(users, dense=True, input_size="3x16x16")
+    assert memory_format_name(dense) == "channels_last" == lr.summary(dense).policy["memory_format"]
+    forced = lr.convert(users, dense=True, input_size="3x16x16", memory_format="contiguous")
+    assert all(p.is_contiguous() for p in forced.parameters())
+    assert memory_format_name(users) == "channels_last"  # convert did not touch its input
+
+
 class ViewsAFeatureMap(nn.Module):
     """Flattens a feature map with .view(), as older model code does: that needs the default layout."""
 

@@ -120,6 +120,14 @@ def test_schedule_shapes():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[-1] < 0.01
     step = TrainConfig(epochs=10, schedule="step", milestones=[5, 8], gamma=0.1)
     assert [lr_factor(step, s * 10, 10) for s in (0, 5, 8)] == pytest.approx([1, 0.1, 0.01])
+    # the default warm-up: 0.1 epoch (here 10 of 100 steps per epoch), then the schedule
+    default = TrainConfig(epochs=2, schedule="constant")
+    assert default.warmup_epochs == 0.1
+    assert [lr_factor(default, s, 100) for s in (0, 4, 9, 10, 150)] == pytest.approx([0.1, 0.5, 1, 1, 1])
+    # onecycle ramps over 30 % of the steps whatever the (shorter) warm-up
+    onecycle = TrainConfig(epochs=10, schedule="onecycle")
+    f = [lr_factor(onecycle, s, 10) for s in range(100)]
+    assert f[0] == pytest.approx(1 / 30) and f[29] == pytest.approx(1.0) and f[-1] < 0.01
 
 
 def test_no_weight_decay_on_bias_and_norm():

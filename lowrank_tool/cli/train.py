@@ -70,7 +70,9 @@ def train(
     schedule: Annotated[
         Schedule | None, typer.Option(help="Learning-rate schedule, per step. [default: cosine]")
     ] = None,
-    warmup_epochs: Annotated[float | None, typer.Option(help="Linear warm-up epochs. [default: 0]")] = None,
+    warmup_epochs: Annotated[
+        float | None, typer.Option(help="Linear warm-up epochs (fractions allowed). [default: 0.1]")
+    ] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing. [default: 0]")] = None,
     grad_clip: Annotated[
         float | None, typer.Option(help="Clip the gradient norm to this value. [default: off]")

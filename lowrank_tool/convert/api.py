@@ -15,7 +15,7 @@ from torch import nn
 
 from ..conversion_plan import PLAN_ATTR, ConversionPlan, attach_plan, plan_of
 from ..errors import LowRankError, LowRankWarning, first_line
-from ..layers.memory_format import MEMORY_FORMAT_NAMES, apply_memory_format, resolve_memory_format
+from ..layers.memory_format import apply_memory_format, memory_format_name, resolve_memory_format
 from ..models import (
     DOWNLOAD_KWARGS,
     build_model,
@@ -339,12 +339,12 @@ def convert(
         module = copy.deepcopy(source, memo)
     apply_plan(module, p, init=init, source=source, progress=progress)
     device = next((t.device for t in module.parameters()), torch.device("cpu"))
-    layout = (
-        "channels_last"
-        if resolve_memory_format(opts.memory_format, module, device) == torch.channels_last
-        else "contiguous"
-    )
-    apply_memory_format(module, MEMORY_FORMAT_NAMES[layout])
+    wanted = resolve_memory_format(opts.memory_format, module, device)
+    if opts.memory_format == "auto" and wanted == torch.contiguous_format:
+        layout = memory_format_name(module)  # nothing to gain: the model stays in the layout it came in
+    else:
+        layout = "channels_last" if wanted == torch.channels_last else "contiguous"
+        apply_memory_format(module, wanted)
     if p.converted_layers:
         try:
             layout = _check_runs_in(

@@ -178,8 +178,8 @@ class ConvertOptions:
     memory_format: str = _opt(
         "auto",
         "Layout of the returned model's 4-D weights: channels_last (NHWC; low-rank training steps measured ~25% faster "
-        "on CPU), contiguous (PyTorch's default), or auto = channels_last when layers were converted and the model "
-        "runs in it, else contiguous. Inputs may stay NCHW either way.",
+        "on CPU), contiguous (PyTorch's default), or auto = channels_last for a CPU model with converted 2-D layers "
+        "that runs in it, else the layout the model came in. Inputs may stay NCHW either way.",
     )
     rank_spec: RankSpec = field(init=False, repr=False)
     layer_specs: dict[str, RankSpec] = field(init=False, repr=False)

@@ -90,8 +90,8 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Learning-rate multiplier at a global step (warm-up, then the schedule's shape)."""
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if cfg.schedule == "onecycle" and warm == 0:
-        warm = int(0.3 * total)
+    if cfg.schedule == "onecycle":  # its own ramp: 30 % of the steps (a longer warm-up asked for wins)
+        warm = max(warm, int(0.3 * total))
     if step < warm:
         return (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
@@ -406,7 +406,7 @@ class Trainer:
                 if not torch.isfinite(total):
                     raise TrainingDiverged(
                         f"loss became {total.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
-                        f"{self._kept()}; lower --lr or set --grad-clip"
+                        f"{self._kept()}; lower --lr, warm up longer (--warmup-epochs) or set --grad-clip"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(total).backward()
@@ -468,7 +468,7 @@ class Trainer:
             where = f"{len(bad)} tensors, e.g. {bad[0]}" if bad else "on another rank"
             raise TrainingDiverged(
                 f"weights or buffers became NaN/inf in epoch {self.epoch + 1} ({where}); {self._kept()}; "
-                "lower --lr or set --grad-clip"
+                "lower --lr, warm up longer (--warmup-epochs) or set --grad-clip"
             )
 
     def _images(self, images: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
