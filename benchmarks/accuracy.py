@@ -21,7 +21,8 @@ The same seed gives every arm the same data order and augmentation.
 Results are appended to ``--out``.json after every run, and a run already there (same model, data,
 epochs, arm, rank, seed) is not repeated: a long sweep can be stopped and started again. The markdown
 table (``--out``.md) gives per group the mean and sample standard deviation of the final validation
-top-1 (the test split), its difference from the dense arm's mean, parameters, and training time. A run
+top-1 (the test split), its difference from the dense arm's mean (the dense arm trained with the same training options when
+one was run: ``elrt:warmup_epochs=0`` is compared with ``dense:warmup_epochs=0``), parameters, and training time. A run
 whose loss becomes inf/NaN is recorded as diverged (with the trainer's message) and counted in the table,
 not averaged.
 """
@@ -168,6 +169,22 @@ def key(run: dict[str, Any]) -> tuple[Any, ...]:
     return (run["model"], run["data"], run["epochs"], run["arm"], run["rank"], run["seed"])
 
 
+def dense_reference(arm: str, arms: set[str]) -> str:
+    """The dense arm ``arm`` is compared with: among ``arms``, the dense one trained with the most of
+    ``arm``'s training options and none it lacks (``elrt:warmup_epochs=0.1`` → ``dense:warmup_epochs=0.1``
+    when that was run), else plain ``dense``."""
+    label = arm.removesuffix(" @dense-time")
+    if parse_arm(label)[0] == "dense":
+        return "dense"  # a dense arm with options is compared with the plain one
+    options = {k: v for k, v in parse_arm(label)[1].items() if k in TRAIN_KEYS}
+    candidates = [
+        a
+        for a in arms
+        if not a.endswith("@dense-time") and parse_arm(a)[0] == "dense" and parse_arm(a)[1].items() <= options.items()
+    ]
+    return max(candidates, key=lambda a: (len(parse_arm(a)[1]), a == "dense"), default="dense")
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for run in runs:
@@ -176,10 +193,13 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (model, data, epochs, arm, rank), mine in groups.items():
         last = [r["last_top1"] for r in mine if r["last_top1"] is not None]  # diverged runs have none
         budget = mine[0].get("equal_time_of", epochs)  # an equal-time arm is compared with dense at its epochs
+        reference = dense_reference(
+            arm, {r["arm"] for r in runs if (r["model"], r["data"], r["epochs"]) == (model, data, budget)}
+        )
         dense = [
             r["last_top1"]
             for r in runs
-            if (r["model"], r["data"], r["epochs"], r["arm"]) == (model, data, budget, "dense")
+            if (r["model"], r["data"], r["epochs"], r["arm"]) == (model, data, budget, reference)
             and r["last_top1"] is not None
         ]
         rows.append(
@@ -195,8 +215,9 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "top1_mean": statistics.mean(last) if last else None,
                 "top1_std": statistics.stdev(last) if len(last) > 1 else 0.0,
                 "vs_dense": statistics.mean(last) - statistics.mean(dense)
-                if last and dense and arm != "dense"
+                if last and dense and arm != reference
                 else None,
+                "dense_arm": reference,
                 "params": mine[0]["params"],
                 "dense_params": mine[0]["dense_params"],
                 "train_seconds_mean": statistics.mean(r["train_seconds"] for r in mine),
@@ -216,6 +237,8 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         rows, key=lambda r: (r["model"], r["data"], r["epochs"], r["arm"] != "dense", str(r["rank"]), r["arm"])
     ):
         vs = "—" if r["vs_dense"] is None else f"{r['vs_dense']:+.2f}"
+        if r["vs_dense"] is not None and r.get("dense_arm", "dense") != "dense":
+            vs += f" (vs {r['dense_arm']})"
         top1 = "—" if r["top1_mean"] is None else f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
         if r.get("diverged"):
             top1 += f" ({r['diverged']} of {r['n']} diverged)"
@@ -257,9 +280,7 @@ def main() -> None:
     done = {key(r) for r in runs}
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
 
-    def record(run: dict[str, Any]) -> None:
-        runs.append(run)
-        done.add(key(run))
+    def write() -> None:
         document = {
             "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
             "torch": torch.__version__,
@@ -270,6 +291,11 @@ def main() -> None:
         }
         atomic_write_text(path, json.dumps(document, indent=2) + "\n")
         atomic_write_text(out.with_suffix(".md"), markdown(document["summary"], command))
+
+    def record(run: dict[str, Any]) -> None:
+        runs.append(run)
+        done.add(key(run))
+        write()
         outcome = f"top-1 {run['last_top1']:6.2f}%" if run["last_top1"] is not None else f"DIVERGED ({run['diverged']})"
         print(
             f"{run['model']} {run['arm']:28s} rank {run['rank'] or '-':5s} seed {run['seed']} {run['epochs']:3d} ep: "
@@ -288,10 +314,14 @@ def main() -> None:
                             if run_key not in done:
                                 record(train_one(model_name, arm, rank, seed, epochs, args, Path(tmp)))
                 if args.equal_time:
-                    dense = [r["train_seconds"] for r in runs if key(r)[:4] == (model_name, args.data, epochs, "dense")]
+                    arms_run = {r["arm"] for r in runs if key(r)[:3] == (model_name, args.data, epochs)}
                     for arm in args.arms:
                         if parse_arm(arm)[0] in ("dense", "decompose"):
                             continue
+                        reference = dense_reference(arm, arms_run)
+                        dense = [
+                            r["train_seconds"] for r in runs if key(r)[:4] == (model_name, args.data, epochs, reference)
+                        ]
                         for rank in args.ranks:
                             own = [r for r in runs if key(r)[:5] == (model_name, args.data, epochs, arm, rank)]
                             if not dense or not own:
@@ -304,6 +334,8 @@ def main() -> None:
                                 if (model_name, args.data, longer, label, rank, seed) not in done:
                                     run = train_one(model_name, arm, rank, seed, longer, args, Path(tmp))
                                     record(run | {"arm": label, "equal_time_of": epochs})
+    if runs:
+        write()  # the summary again, also when every run was already there
     print(markdown(summarise(runs), command))
     print(f"wrote {path} and {out.with_suffix('.md')}")
 

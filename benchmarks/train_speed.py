@@ -44,12 +44,17 @@ import torch
 from torch import nn
 
 import lowrank_tool as lr
-from lowrank_tool.layers.memory_format import memory_format_name, resolve_memory_format
+from lowrank_tool.layers.memory_format import (
+    MEMORY_FORMAT_NAMES,
+    apply_memory_format,
+    layout_name,
+    memory_format_name,
+    resolve_memory_format,
+)
 from lowrank_tool.methods.elrt import DEFAULT_ORTH_WEIGHT, orthogonality_penalty
 from lowrank_tool.runtime import paired_speedup
 from lowrank_tool.zoo import cifar_stem_
 
-LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 #: configuration name -> (model layout, image layout, compiled)
 CONFIGS = {
     "contiguous": (torch.contiguous_format, torch.contiguous_format, False),
@@ -120,7 +125,7 @@ def main() -> None:
         for key, net in nets.items():
             for config in configs:
                 model_layout, _, use_compiled = CONFIGS[config]
-                model = copy.deepcopy(net).to(memory_format=model_layout).train()
+                model = apply_memory_format(copy.deepcopy(net), model_layout).train()
                 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
                 runs[(key, config)] = (model, torch.compile(model) if use_compiled else model, opt)
         times: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
@@ -143,13 +148,11 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in times.items()}
         result: dict = {"model": spec, "rank": args.rank, "batch": args.batch, "size": args.size, "device": str(device)}
         for key, model in nets.items():
-            model.to(memory_format=torch.contiguous_format)
+            apply_memory_format(model, torch.contiguous_format)
             n_params = sum(p.numel() for p in model.parameters())
             act = saved_activation_bytes(model, x, y)
-            default = (
-                "channels_last" if resolve_memory_format("auto", model, device) == torch.channels_last else "contiguous"
-            )
-            best = min(LAYOUTS, key=lambda f: med[(key, f)])
+            default = layout_name(resolve_memory_format("auto", model, device))
+            best = min(MEMORY_FORMAT_NAMES, key=lambda f: med[(key, f)])
             result[key] = {
                 "step_s": {c: med[(key, c)] for c in configs},
                 "user_loop_best": min(configs, key=lambda c: med[(key, c)]),

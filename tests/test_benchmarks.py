@@ -154,3 +154,52 @@ def test_train_speed_times_the_user_loop_recipes_beside_the_trainer_layouts(tmp_
     assert set(row["paired"]) == {"trainer_default", "as_converted"}
     for pair in row["paired"].values():
         assert pair["steps"] == 1 and pair["min"] <= pair["ratio"] <= pair["max"]
+
+
+def _load_accuracy_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("accuracy_bench", ROOT / "benchmarks" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_accuracy_compares_an_arm_with_the_dense_arm_trained_alike():
+    acc = _load_accuracy_module()
+    arms = {"dense", "dense:warmup_epochs=0", "dense:warmup_epochs=0,lr=0.05", "elrt", "elrt @dense-time"}
+    assert acc.dense_reference("elrt", arms) == "dense"
+    assert acc.dense_reference("elrt:warmup_epochs=0", arms) == "dense:warmup_epochs=0"
+    assert acc.dense_reference("elrt:warmup_epochs=0,orth=none", arms) == "dense:warmup_epochs=0"  # orth: no dense twin
+    assert acc.dense_reference("elrt:lr=0.05,warmup_epochs=0", arms) == "dense:warmup_epochs=0,lr=0.05"
+    assert acc.dense_reference("elrt:warmup_epochs=0.1", arms) == "dense"  # not run: the plain one
+    assert acc.dense_reference("elrt:warmup_epochs=0 @dense-time", arms) == "dense:warmup_epochs=0"
+    assert acc.dense_reference("dense:warmup_epochs=0", arms) == "dense"
+
+    def run(arm, top1, seed=0, rank="0.5"):
+        return {
+            "model": "m",
+            "data": "d",
+            "epochs": 2,
+            "arm": arm,
+            "rank": rank,
+            "seed": seed,
+            "last_top1": top1,
+            "params": 1,
+            "dense_params": 2,
+            "train_seconds": 1.0,
+        }
+
+    runs = [
+        run("dense", 90.0, rank=None),
+        run("dense:warmup_epochs=0", 88.0, rank=None),
+        run("elrt:warmup_epochs=0", 87.5),
+        run("elrt", 89.0),
+    ]
+    rows = {r["arm"]: r for r in acc.summarise(runs)}
+    assert rows["elrt:warmup_epochs=0"]["vs_dense"] == pytest.approx(-0.5)
+    assert rows["elrt:warmup_epochs=0"]["dense_arm"] == "dense:warmup_epochs=0"
+    assert rows["elrt"]["vs_dense"] == pytest.approx(-1.0) and rows["dense"]["vs_dense"] is None
+    assert rows["dense:warmup_epochs=0"]["vs_dense"] == pytest.approx(-2.0)
+    table = acc.markdown(list(rows.values()), "cmd")
+    assert "| -0.50 (vs dense:warmup_epochs=0) |" in table and "| -1.00 |" in table

@@ -178,3 +178,11 @@ def test_cli_memory_format_reaches_the_plan_and_a_bad_value_is_one_line(tmp_path
     )
     assert code == 2 and "'nhwc' is not one of" in err and "Traceback" not in out_text + err
     assert not (tmp_path / "b").exists()
+
+
+def test_layout_name_inverts_the_names():
+    from lowrank_tool.layers.memory_format import MEMORY_FORMAT_NAMES, layout_name
+
+    for name, fmt in MEMORY_FORMAT_NAMES.items():
+        assert layout_name(fmt) == name
+    assert layout_name(torch.preserve_format) == "contiguous"

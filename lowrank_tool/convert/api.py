@@ -15,7 +15,7 @@ from torch import nn
 
 from ..conversion_plan import PLAN_ATTR, ConversionPlan, attach_plan, plan_of
 from ..errors import LowRankError, LowRankWarning, first_line
-from ..layers.memory_format import apply_memory_format, memory_format_name, resolve_memory_format
+from ..layers.memory_format import apply_memory_format, layout_name, memory_format_name, resolve_memory_format
 from ..models import (
     DOWNLOAD_KWARGS,
     build_model,
@@ -29,7 +29,7 @@ from .latency import apply_latency_policy
 from .options import ConvertOptions
 from .planner import build_plan
 from .support import qualified_name
-from .trace import capture, check_forward
+from .trace import ForwardFailure, capture, check_forward
 from .weights import load_weights
 
 __all__ = ["plan", "convert", "summary", "parse_input_size", "PLAN_ATTR"]
@@ -226,11 +226,23 @@ def _is_hugging_face(module: nn.Module) -> bool:
     return any(qualified_name(k) == "transformers.modeling_utils.PreTrainedModel" for k in type(module).__mro__)
 
 
+def _forward_failure(model: nn.Module, planned: _Planned, *, real: bool = False) -> ForwardFailure | None:
+    """Run the converted model once; where and why it fails, or None.
+
+    On meta stand-ins when the plan was made on them and ``real`` is False; on real tensors otherwise, and
+    when the stand-ins fail (they may fail where real tensors do not). ``real=True`` is for a check that
+    depends on how the kernels lay out their results (channels-last), which meta tensors do not reproduce.
+    """
+    on_meta = planned.meta and not real
+    failure = check_forward(model, planned.example, meta=on_meta)
+    if failure is not None and on_meta and next(model.parameters(), torch.empty(0)).device.type != "meta":
+        failure = check_forward(model, planned.example, meta=False)
+    return failure
+
+
 def _check_runs(model: nn.Module, planned: _Planned, hint: str) -> None:
     """Run the converted model once; a model it cannot run is an error naming the failing layer."""
-    failure = check_forward(model, planned.example, meta=planned.meta)
-    if failure is not None and planned.meta and next(model.parameters(), torch.empty(0)).device.type != "meta":
-        failure = check_forward(model, planned.example, meta=False)  # meta stand-ins may fail where real tensors do not
+    failure = _forward_failure(model, planned)
     if failure is None:
         return
     converted = [e.name for e in planned.plan.converted_layers]
@@ -343,7 +355,7 @@ def convert(
     if opts.memory_format == "auto" and wanted == torch.contiguous_format:
         layout = memory_format_name(module)  # nothing to gain: the model stays in the layout it came in
     else:
-        layout = "channels_last" if wanted == torch.channels_last else "contiguous"
+        layout = layout_name(wanted)
         apply_memory_format(module, wanted)
     if p.converted_layers:
         try:
@@ -365,9 +377,8 @@ def _check_runs_in(module: nn.Module, planned: _Planned, layout: str, asked: str
     if layout != "channels_last":
         _check_runs(module, planned, hint)
         return layout
-    # on real tensors: meta stand-ins do not lay out results as the CPU kernels do, so a .view() that
-    # channels-last breaks would pass on them
-    failure = check_forward(module, planned.example, meta=False)
+    # a .view() that channels-last breaks passes on meta stand-ins: check on real tensors
+    failure = _forward_failure(module, planned, real=True)
     if failure is None:
         return layout
     apply_memory_format(module, torch.contiguous_format)

@@ -20,7 +20,13 @@ from torch import nn
 from ..errors import LowRankError
 from .base import LowRankConv
 
-__all__ = ["MEMORY_FORMAT_NAMES", "resolve_memory_format", "apply_memory_format", "memory_format_name"]
+__all__ = [
+    "MEMORY_FORMAT_NAMES",
+    "resolve_memory_format",
+    "apply_memory_format",
+    "layout_name",
+    "memory_format_name",
+]
 
 #: layout name → torch memory format (``auto`` is resolved by :func:`resolve_memory_format`).
 MEMORY_FORMAT_NAMES: dict[str, torch.memory_format] = {
@@ -37,6 +43,11 @@ def resolve_memory_format(name: str, model: nn.Module, device: torch.device | st
         raise LowRankError(f"memory format {name!r} is not known; use auto, channels_last or contiguous")
     low_rank_2d = any(isinstance(m, LowRankConv) and any(p.dim() == 4 for p in m.parameters()) for m in model.modules())
     return torch.channels_last if low_rank_2d and torch.device(device).type == "cpu" else torch.contiguous_format
+
+
+def layout_name(memory_format: torch.memory_format) -> str:
+    """The name :data:`MEMORY_FORMAT_NAMES` gives ``memory_format`` (``contiguous`` for any other format)."""
+    return "channels_last" if memory_format == torch.channels_last else "contiguous"
 
 
 def apply_memory_format(model: nn.Module, memory_format: torch.memory_format) -> nn.Module:
