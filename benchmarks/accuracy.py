@@ -173,16 +173,15 @@ def dense_reference(arm: str, arms: set[str]) -> str:
     """The dense arm ``arm`` is compared with: among ``arms``, the dense one trained with the most of
     ``arm``'s training options and none it lacks (``elrt:warmup_epochs=0.1`` → ``dense:warmup_epochs=0.1``
     when that was run), else plain ``dense``."""
-    label = arm.removesuffix(" @dense-time")
-    if parse_arm(label)[0] == "dense":
+    method, own = parse_arm(arm.removesuffix(" @dense-time"))
+    if method == "dense":
         return "dense"  # a dense arm with options is compared with the plain one
-    options = {k: v for k, v in parse_arm(label)[1].items() if k in TRAIN_KEYS}
-    candidates = [
-        a
-        for a in arms
-        if not a.endswith("@dense-time") and parse_arm(a)[0] == "dense" and parse_arm(a)[1].items() <= options.items()
-    ]
-    return max(candidates, key=lambda a: (len(parse_arm(a)[1]), a == "dense"), default="dense")
+    options = {k: v for k, v in own.items() if k in TRAIN_KEYS}
+    dense_options = {
+        a: parse_arm(a)[1] for a in arms if not a.endswith("@dense-time") and a.partition(":")[0] == "dense"
+    }
+    candidates = [a for a, opts in dense_options.items() if opts.items() <= options.items()]
+    return max(candidates, key=lambda a: (len(dense_options[a]), a == "dense"), default="dense")
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -64,6 +64,8 @@ __all__ = ["Trainer", "TrainResult", "TrainingInterrupted", "TrainingDiverged", 
 #: The options ``--resume`` may change: how long, where and how fast it runs. Any other change would make
 #: a different run, so it is refused with a one-line error instead of being recorded but not applied.
 RESUMABLE = ("epochs", "workers", "device", "download", "memory_format")
+#: what a diverged run can change, said by both divergence checks
+DIVERGENCE_FIX = "lower --lr, warm up longer (--warmup-epochs) or set --grad-clip"
 
 
 class TrainingInterrupted(Exception):
@@ -406,7 +408,7 @@ class Trainer:
                 if not torch.isfinite(total):
                     raise TrainingDiverged(
                         f"loss became {total.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
-                        f"{self._kept()}; lower --lr, warm up longer (--warmup-epochs) or set --grad-clip"
+                        f"{self._kept()}; {DIVERGENCE_FIX}"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(total).backward()
@@ -467,8 +469,7 @@ class Trainer:
         if any_bad:
             where = f"{len(bad)} tensors, e.g. {bad[0]}" if bad else "on another rank"
             raise TrainingDiverged(
-                f"weights or buffers became NaN/inf in epoch {self.epoch + 1} ({where}); {self._kept()}; "
-                "lower --lr, warm up longer (--warmup-epochs) or set --grad-clip"
+                f"weights or buffers became NaN/inf in epoch {self.epoch + 1} ({where}); {self._kept()}; {DIVERGENCE_FIX}"
             )
 
     def _images(self, images: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
