@@ -34,6 +34,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -277,7 +278,7 @@ def main() -> None:
     path = out.with_suffix(".json")
     runs: list[dict[str, Any]] = json.loads(path.read_text())["runs"] if path.exists() else []
     done = {key(r) for r in runs}
-    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:])
 
     def write() -> None:
         document = {

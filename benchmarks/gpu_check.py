@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import socket
 import statistics
 import sys
@@ -74,7 +75,7 @@ def main() -> int:
     device = "cpu" if smoke else "cuda"
     out = Path(args.out)
     report: dict[str, Any] = {
-        "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/gpu_check.py " + shlex.join(sys.argv[1:]),
         "smoke": smoke,
         "model": args.model,
         "rank": args.rank,

@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -86,7 +87,7 @@ def main() -> None:
                     print(f"{name} digits accuracy: not measured ({row['error']})", flush=True)
                 results["accuracy"].append(row)
     meta = {
-        "command": "python benchmarks/int8_lowrank.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/int8_lowrank.py " + shlex.join(sys.argv[1:]),
         "machine": platform.platform(),
         "processor": platform.processor(),
         "cpus": os.cpu_count(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ def _accuracy(out, *argv):
 
 
 def test_accuracy_benchmark_writes_a_table_and_does_not_repeat_runs(tmp_path):
-    out = tmp_path / "acc"
+    out = tmp_path / "my runs [v2]" / "acc"  # a space and brackets: the recorded command must still replay
+    out.parent.mkdir()
     res = _accuracy(out, "--arms", "dense", "elrt:orth=none,lr=0.05", "--ranks", "0.5")
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(out.with_suffix(".json").read_text())
@@ -32,6 +34,11 @@ def test_accuracy_benchmark_writes_a_table_and_does_not_repeat_runs(tmp_path):
     assert row["vs_dense"] == low["last_top1"] - dense["last_top1"] and row["n"] == 1
     table = out.with_suffix(".md").read_text()
     assert "| resnet20 | synthetic | 1 | elrt:orth=none,lr=0.05 | 0.5 | 1 |" in table
+    command = shlex.split(table.splitlines()[0].strip("`"))
+    assert (
+        command[command.index("--out") + 1] == str(out)
+        and command[command.index("--arms") + 2] == "elrt:orth=none,lr=0.05"
+    )
     again = _accuracy(out, "--arms", "dense", "elrt:orth=none,lr=0.05", "--ranks", "0.5")
     assert again.returncode == 0 and len(json.loads(out.with_suffix(".json").read_text())["runs"]) == 2
 
