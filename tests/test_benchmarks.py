@@ -140,7 +140,26 @@ def test_int8_lowrank_times_the_four_files_interleaved_and_scores_int8_on_digits
     assert pair["min"] <= pair["speedup"] <= pair["max"]
     (acc,) = data["accuracy"]
     assert all(acc[k]["eval_samples"] == 360 and 0 <= acc[k]["int8_top1"] <= 100 for k in ("dense", "lowrank"))
-    assert "| resnet20 r0.3 | onnxruntime (CPU) | 1 |" in out.with_suffix(".md").read_text()
+    assert acc["grad_clip"] == 5.0  # the accuracy runs clip by default: ResNet-50 at 32x32 diverges without
+    table = out.with_suffix(".md").read_text()
+    assert "| resnet20 r0.3 | onnxruntime (CPU) | 1 |" in table
+    assert "| resnet20 r0.3 | digits, 1 epochs at 3x16x16, gradient norm clipped at 5 |" in table
+
+
+def test_int8_lowrank_accuracy_only_at_exact_ranks_without_clipping(tmp_path):
+    out = tmp_path / "i8"
+    argv = ["--models", "resnet20", "--no-latency", "--round-to", "1", "--accuracy-grad-clip", "0"]
+    argv += ["--accuracy-epochs", "1", "--accuracy-size", "16", "--calib-samples", "16", "--out", str(out)]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "int8_lowrank.py"), *argv], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["latency"] == []
+    (acc,) = data["accuracy"]
+    assert acc["grad_clip"] is None and acc["round_to"] == 1 and acc["lowrank"]["eval_samples"] == 360
+    assert acc["lowrank"]["params"] < acc["dense"]["params"]
+    assert "digits, 1 epochs at 3x16x16 |" in out.with_suffix(".md").read_text()
 
 
 def test_train_speed_times_the_user_loop_recipes_beside_the_trainer_layouts(tmp_path):
@@ -210,3 +229,27 @@ def test_accuracy_compares_an_arm_with_the_dense_arm_trained_alike():
     assert rows["dense:warmup_epochs=0"]["vs_dense"] == pytest.approx(-2.0)
     table = acc.markdown(list(rows.values()), "cmd")
     assert "| -0.50 (vs dense:warmup_epochs=0) |" in table and "| -1.00 |" in table
+
+
+def test_openvino_profile_sums_node_times_per_kernel_for_the_four_files(tmp_path):
+    out = tmp_path / "ovp"
+    argv = ["--model", "resnet18", "--input-size", "3x32x32", "--runs", "2", "--warmup", "1"]
+    argv += ["--calib-samples", "16", "--threads", "1", "--out", str(out)]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "openvino_profile.py"), *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    profiles = json.loads(out.with_suffix(".json").read_text())["profiles"]
+    assert list(profiles) == ["dense-fp32", "lowrank-fp32", "dense-int8", "lowrank-int8"]
+    for profile in profiles.values():
+        assert profile["total_ms"] == pytest.approx(sum(k["ms"] for k in profile["kernels"].values()))
+    convs = {
+        f: sum(v["nodes"] for k, v in p["kernels"].items() if k.startswith("Convolution /"))
+        for f, p in profiles.items()
+    }
+    assert convs["lowrank-fp32"] > convs["dense-fp32"]  # factorised layers are chains of convolutions
+    assert any(k.endswith("I8") or "i8" in k.lower() for k in profiles["dense-int8"]["kernels"])  # int8 kernels ran
+    assert "| **all nodes** |" in out.with_suffix(".md").read_text()
