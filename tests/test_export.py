@@ -189,6 +189,28 @@ def test_int8_with_tensor_batches(tmp_path):
     assert result.quantization.calib_samples == 32 and result.quantization.fp32_top1 is None
 
 
+def test_int8_runs_integer_kernels_throughout_on_onnxruntime_cpu(tmp_path):
+    """U8S8: every conv of a residual network fuses into QLinearConv, every residual Add into QLinearAdd.
+
+    With signed activations ONNX Runtime's x86 provider left the convs that read a block's input as float
+    Conv behind run-time DequantizeLinear nodes: the graph ONNX Runtime optimises is what this checks.
+    """
+    import onnxruntime as ort
+
+    model = lr.convert("resnet18", rank=0.3, input_size="3x32x32")
+    batches = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    export_onnx(model, tmp_path / "q.onnx", precision="int8", calib_data=batches, calib_samples=16, verify=False)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(tmp_path / "q.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = onnx_ops(tmp_path / "optimised.onnx")
+    n_convs = onnx_ops(tmp_path / "q.onnx").count("Conv")
+    assert ops.count("QLinearConv") == n_convs > 20 and "Conv" not in ops, sorted(set(ops))
+    assert ops.count("QLinearAdd") == 8 and "Add" not in ops
+    assert ops.count("DequantizeLinear") <= 1  # at most the logits' (QGemm's output); no weight dequantised per run
+
+
 # -- merging -------------------------------------------------------------------------------------------
 def test_merge_all_restores_dense_conv_count(tmp_path):
     model = lr.convert("resnet18", rank=0.3, input_size="3x32x32")
@@ -474,3 +496,21 @@ def test_measure_counts_runs_and_orders_percentiles():
     assert len(calls) == 10 and lat.runs == 7 and lat.min_ms <= lat.median_ms <= lat.p90_ms
     with pytest.raises(ValueError):
         measure(lambda: None, runs=0)
+
+
+def test_int8_cifar_resnet_verifies_on_openvino(tmp_path):
+    """OpenVINO refused the S8S8 file of a CIFAR ResNet (zero-padded shortcut); the U8S8 file loads and agrees."""
+    pytest.importorskip("openvino")
+    model = lr.convert("resnet20", rank=0.5, input_size="3x32x32")
+    batches = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    result = export_onnx(
+        model,
+        tmp_path / "q.onnx",
+        precision="int8",
+        calib_data=batches,
+        calib_samples=16,
+        verify_with="onnxruntime,openvino",
+        tolerance=1.0,  # random weights and inputs: the check is that OpenVINO loads and runs the file
+    )
+    assert [v.provider for v in result.verifications] == ["onnxruntime CPU", "openvino CPU f32"]
+    assert all(v.passed and not v.notes for v in result.verifications)
