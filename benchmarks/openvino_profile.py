@@ -31,9 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-import lowrank_tool as lr
-from lowrank_tool.export import export_onnx
+from int8_lowrank import _export_four as export_four  # this script's folder is on sys.path
 
 FILES = ("dense-fp32", "lowrank-fp32", "dense-int8", "lowrank-int8")
 
@@ -42,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--rank", type=float, default=0.3)
+    parser.add_argument("--round-to", type=int, default=None, help="rank rounding (default: the converter's)")
     parser.add_argument("--input-size", default="3x224x224")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--runs", type=int, default=20)
@@ -57,18 +56,9 @@ def main() -> None:
     size = [int(v) for v in args.input_size.split("x")]
     profiles: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="ov-profile-") as tmp:
-        torch.manual_seed(0)
-        models = {
-            "dense": lr.convert(args.model, dense=True, input_size=args.input_size),
-            "lowrank": lr.convert(args.model, rank=args.rank, input_size=args.input_size),
-        }
-        for kind, model in models.items():
-            for precision in ("fp32", "int8"):
-                path = Path(tmp) / f"{kind}-{precision}.onnx"
-                extra = {"calib_data": "digits", "calib_samples": args.calib_samples} if precision == "int8" else {}
-                export_onnx(model, path, precision=precision, verify_with="onnxruntime", **extra)
+        files = export_four(args.model, args, Path(tmp) / args.model)  # the same four files int8_lowrank.py times
         for key in FILES:
-            profiles[key] = profile(Path(tmp) / f"{key}.onnx", size, args.threads, args.runs, args.warmup)
+            profiles[key] = profile(files[key], size, args.threads, args.runs, args.warmup)
             print(f"{key}: {profiles[key]['total_ms']:.2f} ms per inference (sum of node times)", flush=True)
     meta = {
         "command": "python benchmarks/openvino_profile.py " + shlex.join(sys.argv[1:]),
