@@ -7,13 +7,15 @@ Usage:
     python benchmarks/inference_latency.py --policy latency --ranks 0.3 --models resnet18 resnet50
     python benchmarks/inference_latency.py --engines onnxruntime torch --models resnet18
     python benchmarks/inference_latency.py --engines onnxruntime openvino --models resnet50 --ranks 0.3 \
-        --batches 1 --threads 2 --runs 40 --repeats 10        # the issue-15 target, on both CPU engines
+        --batches 1 --threads 2 --runs 120 --repeats 40       # the issue-15 target, on both CPU engines
 
 For each model and rank the converted model (random init: latency does not depend on the values) is
 saved to a temporary artifact and measured with :func:`lowrank_tool.analysis.bench.bench`, which exports
 it and its dense counterpart to ONNX and times both interleaved: ``--runs`` per model split into
 ``--repeats`` rounds, each round low-rank and dense back to back; the speedup is the median of the rounds'
-ratios, reported with its range, and marked unstable (``~``) when the range exceeds 10 % of it. ONNX
+ratios, reported with its range, marked unstable (``~``) when the range exceeds 10 % of it, and with a
+95 % confidence interval of the median (order statistics, from 6 rounds): a target is met when the
+interval's lower end reaches it, missed when its upper end stays below. ONNX
 Runtime uses CUDA when a GPU is present (``--device auto``). Prints a table and writes JSON and markdown to
 ``--out``. Compare the speedups: absolute milliseconds drift on a shared machine, ratios taken seconds
 apart much less.
@@ -53,8 +55,8 @@ def main() -> None:
 
     results = []
     header = (
-        f"{'model':14s} {'rank':>5s} {'engine':12s} {'batch':>5s} {'low-rank ms':>11s} {'dense ms':>9s} "
-        f"{'speedup':>8s} {'range':>11s} {'MAC red.':>8s} {'effic.':>6s}"
+        f"{'model':14s} {'rank':>5s} {'engine':12s} {'batch':>5s} {'thr.':>4s} {'low-rank ms':>11s} {'dense ms':>9s} "
+        f"{'speedup':>8s} {'range':>11s} {'95% CI':>11s} {'MAC red.':>8s} {'effic.':>6s}"
     )
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,9 +96,9 @@ def main() -> None:
                         provider=low["provider"],
                     )
                     print(
-                        f"{name:14s} {rank:5.2f} {c['engine']:12s} {c['batch']:5d} {low['median_ms']:11.2f} {dense['median_ms']:9.2f} "
+                        f"{name:14s} {rank:5.2f} {c['engine']:12s} {c['batch']:5d} {c['threads']:4d} {low['median_ms']:11.2f} {dense['median_ms']:9.2f} "
                         f"{c['speedup']:7.2f}x{'' if c['stable'] else '~'} {c['speedup_min']:5.2f}-{c['speedup_max']:<5.2f} "
-                        f"{c['mac_reduction']:7.2f}x {c['efficiency']:6.2f}",
+                        f"{_interval(c, '-'):>11s} {c['mac_reduction']:7.2f}x {c['efficiency']:6.2f}",
                         flush=True,
                     )
     out = Path(args.out)
@@ -116,23 +118,36 @@ def main() -> None:
         "command": "python benchmarks/inference_latency.py " + " ".join(_argv()),
     }
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(meta, results))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+def markdown(meta: dict, results: list[dict]) -> str:
+    """The markdown table of a run, from what its JSON holds (``meta``, ``results``)."""
     lines = [
-        f"`{meta['command']}` ({meta['cpus']} CPUs, threads {args.threads}, {args.runs} runs per model in "
-        f"{args.repeats} interleaved rounds; speedup = median of the rounds' ratios, range = min–max over the rounds, "
-        "~ = range above 10 % of the speedup: too noisy to claim a target from)",
+        f"`{meta['command']}` ({meta['cpus']} CPUs, threads {meta['threads']}, {meta['runs']} runs per model in "
+        f"{meta['repeats']} interleaved rounds; speedup = median of the rounds' ratios, range = min–max over the rounds, "
+        "~ = range above 10 % of the speedup; 95 % CI = distribution-free confidence interval of the median ratio, "
+        "the number a target is held against)",
         "",
-        "| model | rank | engine | batch | low-rank ms | dense ms | speedup | range | MAC reduction | efficiency |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | rank | engine | batch | threads | low-rank ms | dense ms | speedup | range | 95 % CI | MAC reduction | "
+        "efficiency |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for data in results:
         for c in data["comparisons"]:
             lines.append(
-                f"| {c['model']} | {c['rank']:g} | {c['engine']} ({c['provider']}) | {c['batch']} | {c['lowrank_ms']:.2f} | "
-                f"{c['dense_ms']:.2f} | {c['speedup']:.2f}×{'' if c['stable'] else ' ~'} | "
-                f"{c['speedup_min']:.2f}–{c['speedup_max']:.2f} | {c['mac_reduction']:.2f}× | {c['efficiency']:.2f} |"
+                f"| {c['model']} | {c['rank']:g} | {c['engine']} ({c['provider']}) | {c['batch']} | {c['threads']} | "
+                f"{c['lowrank_ms']:.2f} | {c['dense_ms']:.2f} | {c['speedup']:.2f}×{'' if c['stable'] else ' ~'} | "
+                f"{c['speedup_min']:.2f}–{c['speedup_max']:.2f} | {_interval(c, '–')} | {c['mac_reduction']:.2f}× | "
+                f"{c['efficiency']:.2f} |"
             )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return "\n".join(lines) + "\n"
+
+
+def _interval(c: dict, dash: str) -> str:
+    ci = c.get("speedup_ci")
+    return f"{ci[0]:.2f}{dash}{ci[1]:.2f}" if ci else "—"
 
 
 def _argv() -> list[str]:

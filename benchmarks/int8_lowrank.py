@@ -153,7 +153,13 @@ def _time_four(files: dict[str, Path], engine: str, batch: int, args: argparse.N
     for pair, (num, den) in PAIRS.items():
         if num in rounds and den in rounds:
             paired = paired_speedup(rounds[num], rounds[den])
-            ratios[pair] = {"speedup": paired.speedup, "min": paired.low, "max": paired.high, "stable": paired.stable}
+            ratios[pair] = {
+                "speedup": paired.speedup,
+                "min": paired.low,
+                "max": paired.high,
+                "stable": paired.stable,
+                "ci": None if paired.ci_low is None else [paired.ci_low, paired.ci_high],
+            }
     return {
         "engine": engine,
         "backend": backend,
@@ -232,9 +238,16 @@ def _accuracy_cells(arm: dict[str, Any]) -> list[str]:
 
 def _latency_line(row: dict[str, Any]) -> str:
     ms = " ".join(f"{k} {v:.2f}" for k, v in row["median_ms"].items())
-    ratios = " | ".join(f"{k}: {v['speedup']:.2f}x ({v['min']:.2f}-{v['max']:.2f})" for k, v in row["ratios"].items())
+    ratios = " | ".join(f"{k}: {v['speedup']:.2f}x ({_bracket(v, '-')})" for k, v in row["ratios"].items())
     skipped = f" | skipped {', '.join(row['skipped'])}" if row["skipped"] else ""
     return f"{row['model']} {row['engine']} ({row['backend']}) b{row['batch']}: {ms} ms | {ratios}{skipped}"
+
+
+def _bracket(ratio: dict[str, Any], dash: str) -> str:
+    text = f"{ratio['min']:.2f}{dash}{ratio['max']:.2f}"
+    if ratio.get("ci"):
+        text += f"; CI {ratio['ci'][0]:.2f}{dash}{ratio['ci'][1]:.2f}"
+    return text
 
 
 def _accuracy_line(row: dict[str, Any]) -> str:
@@ -247,8 +260,9 @@ def _accuracy_line(row: dict[str, Any]) -> str:
 def _markdown(meta: dict[str, Any], results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"`{meta['command']}` ({meta['cpus']} CPUs, {args.threads} threads, {args.runs} runs per file in "
-        f"{args.repeats} interleaved rounds; speedup = median of the rounds' ratios, range in brackets, ~ = range "
-        "above 10 % of the speedup)",
+        f"{args.repeats} interleaved rounds; speedup = median of the rounds' ratios; in brackets their range and, "
+        "from 6 rounds, the 95 % confidence interval of the median (CI), the number a target is held against; "
+        "~ = range above 10 % of the speedup)",
         "",
         "| model | engine | batch | dense fp32 ms | dense int8 ms | low-rank fp32 ms | low-rank int8 ms | "
         + " | ".join(PAIRS)
@@ -258,7 +272,7 @@ def _markdown(meta: dict[str, Any], results: dict[str, Any], args: argparse.Name
     for row in results["latency"]:
         ms = [f"{row['median_ms'][k]:.2f}" if k in row["median_ms"] else "n/a" for k in FILES]
         ratios = [
-            f"{v['speedup']:.2f}×{'' if v['stable'] else ' ~'} ({v['min']:.2f}–{v['max']:.2f})"
+            f"{v['speedup']:.2f}×{'' if v['stable'] else ' ~'} ({_bracket(v, '–')})"
             if (v := row["ratios"].get(p))
             else "n/a"
             for p in PAIRS

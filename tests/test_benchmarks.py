@@ -87,17 +87,18 @@ def test_accuracy_benchmark_runs_every_method(tmp_path):
 def test_inference_latency_reports_the_median_ratio_of_interleaved_rounds_with_its_range(tmp_path):
     out = tmp_path / "lat"
     script = ROOT / "benchmarks" / "inference_latency.py"
-    argv = ["--models", "resnet20", "--ranks", "0.5", "--batches", "1", "--threads", "1", "--runs", "4"]
-    argv += ["--repeats", "2", "--warmup", "1", "--engines", "onnxruntime", "openvino", "--out", str(out)]
+    argv = ["--models", "resnet20", "--ranks", "0.5", "--batches", "1", "--threads", "1", "--runs", "6"]
+    argv += ["--repeats", "6", "--warmup", "1", "--engines", "onnxruntime", "openvino", "--out", str(out)]
     res = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     (result,) = json.loads(out.with_suffix(".json").read_text())["results"]
     assert [c["engine"] for c in result["comparisons"]] == ["onnxruntime", "openvino"]
     for c in result["comparisons"]:
-        assert c["rounds"] == 2 and c["speedup_min"] <= c["speedup"] <= c["speedup_max"]
+        assert c["rounds"] == 6 and c["speedup_min"] <= c["speedup"] <= c["speedup_max"]
+        assert [c["speedup_min"], c["speedup_max"]] == c["speedup_ci"]  # 6 rounds: the interval is min-max (96.9 %)
     table = out.with_suffix(".md").read_text()
-    assert "| model | rank | engine | batch | low-rank ms | dense ms | speedup | range |" in table
-    assert "| resnet20 | 0.5 | openvino (CPU f32) | 1 |" in table
+    assert "| model | rank | engine | batch | threads | low-rank ms | dense ms | speedup | range | 95 % CI |" in table
+    assert "| resnet20 | 0.5 | openvino (CPU f32) | 1 | 1 |" in table
 
 
 def test_gpu_check_refuses_without_a_gpu_and_runs_every_step_on_cpu_stand_ins(tmp_path):
@@ -138,6 +139,7 @@ def test_int8_lowrank_times_the_four_files_interleaved_and_scores_int8_on_digits
     assert set(row["median_ms"]) == {"dense-fp32", "dense-int8", "lowrank-fp32", "lowrank-int8"}
     pair = row["ratios"]["lowrank int8 vs dense int8"]
     assert pair["min"] <= pair["speedup"] <= pair["max"]
+    assert pair["ci"] is None  # 2 rounds: too few for an interval of the median
     (acc,) = data["accuracy"]
     assert all(acc[k]["eval_samples"] == 360 and 0 <= acc[k]["int8_top1"] <= 100 for k in ("dense", "lowrank"))
     assert acc["grad_clip"] == 5.0  # the accuracy runs clip by default: ResNet-50 at 32x32 diverges without
@@ -253,3 +255,24 @@ def test_openvino_profile_sums_node_times_per_kernel_for_the_four_files(tmp_path
     assert convs["lowrank-fp32"] > convs["dense-fp32"]  # factorised layers are chains of convolutions
     assert any(k.endswith("I8") or "i8" in k.lower() for k in profiles["dense-int8"]["kernels"])  # int8 kernels ran
     assert "| **all nodes** |" in out.with_suffix(".md").read_text()
+
+
+def test_int8_merge_times_each_distinct_layer_factorised_and_merged_in_int8(tmp_path):
+    out = tmp_path / "i8m"
+    argv = ["--model", "resnet20", "--rank", "0.5", "--input-size", "3x16x16", "--engines", "onnxruntime"]
+    argv += ["--threads", "1", "--runs", "2", "--rounds", "2", "--out", str(out)]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "int8_merge.py"), *argv], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    layers = data["layers"]
+    assert len(layers) == 18  # every convolution of ResNet-20 but the stem is low-rank at rank 0.5
+    distinct = {(x["layer"].split(": ", 1)[1], tuple(x["shape"])) for x in layers}
+    assert data["meta"]["distinct_layers"] == len(distinct) < len(layers)  # identical blocks are timed once
+    for x in layers:
+        times = x["times"]["onnxruntime"]
+        assert times["factorised"] > 0 and times["merged"] > 0
+    table = out.with_suffix(".md").read_text()
+    assert "| layer | input | onnxruntime factorised ms | onnxruntime merged ms |" in table
+    assert f"of {len(distinct)} distinct layers." in table

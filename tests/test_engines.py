@@ -158,8 +158,16 @@ def test_the_speedup_is_the_median_of_paired_rounds_with_its_range():
     assert c["speedup"] == pytest.approx(2.05) and (c["speedup_min"], c["speedup_max"]) == (2.0, 2.2)
     assert c["rounds"] == 4 and c["spread"] == pytest.approx(0.2 / 2.05) and c["stable"]
     assert c["efficiency"] == pytest.approx(2.05 / 3)
+    assert c["speedup_ci"] is None  # 4 rounds: too few for a 95 % interval of the median
     report.rows[1].round_medians = [2.0, 3.0, 4.0, 2.2]  # one round 1.5x, another 3x: not a number to claim
     assert not report.comparisons()[0]["stable"]
+    # ten rounds, one disturbed: the range flags it, the median's interval (2nd to 9th ratio) stays tight
+    report.rows = [row("low-rank", [1.0] * 9 + [2.0], 10), row("dense", [2.4, 2.5] * 4 + [2.5, 2.5], 30)]
+    (c,) = report.comparisons()
+    assert not c["stable"] and c["speedup_ci"] == [pytest.approx(2.4), pytest.approx(2.5)]
+    from lowrank_tool.cli.bench import _speedup_cell
+
+    assert _speedup_cell(c) == "2.45x (1.25–2.50, 95% 2.40–2.50)"
 
 
 def test_paired_speedup_pairs_rounds_and_says_when_it_is_too_noisy():
@@ -174,6 +182,52 @@ def test_paired_speedup_pairs_rounds_and_says_when_it_is_too_noisy():
     assert paired_speedup([], []).rounds == 0
     with pytest.raises(ValueError, match="same number of rounds, got 2 and 1"):
         paired_speedup([1.0, 2.0], [1.0])
+
+
+def test_median_interval_is_the_sign_test_interval_with_the_coverage_it_claims():
+    import math
+    import random
+
+    from lowrank_tool.runtime import median_interval
+
+    assert median_interval(range(5)) is None  # 2 * (1/2)^5 = 6.25 % > 5 %: no pair of order statistics covers 95 %
+    assert median_interval(range(6)) == (0, 5)  # min and max: 1 - 2/64 = 96.9 %
+    assert median_interval(list(reversed(range(10)))) == (1, 8)  # 2nd and 9th of 10, sorted first
+    assert median_interval(range(40)) == (13, 26)  # 14th and 27th of 40
+    assert median_interval(range(10), confidence=0.5) == (3, 6)
+    for n in (6, 10, 17, 40, 101):  # the coverage the pair guarantees, computed independently
+        lo, _ = median_interval(range(n))
+        k = lo + 1
+        miss = 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+        miss_next = 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+        assert miss <= 0.05 < miss_next  # the narrowest pair that still covers 95 %
+    rng = random.Random(0)  # and empirically: skewed noise, the true median is 1.0
+    draws = 2000
+    covered = 0
+    for _ in range(draws):
+        values = [math.exp(rng.gauss(0.0, 0.3)) for _ in range(10)]
+        lo, hi = median_interval(values)
+        covered += lo <= 1.0 <= hi
+    assert covered / draws >= 0.96  # 97.9 % in theory; 2000 draws put 96 % about 4 standard errors below
+    with pytest.raises(ValueError, match="confidence must be between 0 and 1, got 1.5"):
+        median_interval(range(10), confidence=1.5)
+
+
+def test_paired_speedup_verdict_comes_from_the_interval_not_from_one_bad_round():
+    from lowrank_tool.runtime import paired_speedup
+
+    dense = [40.0] * 10
+    lowrank = [16.0] * 9 + [30.0]  # nine rounds at 2.5x, one disturbed round at 1.33x
+    p = paired_speedup(dense, lowrank)
+    assert p.speedup == 2.5 and p.low == pytest.approx(40 / 30) and p.rounds == 10
+    assert not p.stable  # the range flags the disturbed round ...
+    assert (p.ci_low, p.ci_high) == (2.5, 2.5)  # ... which the interval of the median does not depend on
+    assert p.verdict(2.4) == "met" and p.verdict(2.6) == "missed"
+    wide = paired_speedup([40.0] * 10, [16.0, 17.0, 18.0, 19.0, 20.0, 16.0, 17.0, 18.0, 19.0, 20.0])
+    assert wide.ci_low == pytest.approx(2.0) and wide.ci_high == pytest.approx(40 / 16)
+    assert wide.verdict(2.2) == "undecided"  # the target lies inside the interval
+    few = paired_speedup([40.0] * 5, [16.0] * 5)
+    assert few.ci_low is None and few.verdict(2.0) == "undecided"  # 5 rounds cannot give a 95 % interval
 
 
 def test_torch_threads_restores_the_thread_count_even_on_error():

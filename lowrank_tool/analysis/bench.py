@@ -10,8 +10,10 @@ by up to 25 %, so a speedup from two separate measurements is noise-prone. Each 
 ``runs`` are split into ``repeats`` rounds; every round times the low-rank and the dense model back to back
 (alternating which goes first), and each round gives one speedup. The report's speedup is the median of
 those paired ratios, with their minimum, maximum and relative spread ((max − min) / median); above
-:data:`~lowrank_tool.runtime.timing.STABLE_SPREAD` the comparison is marked unstable and a note says the spread is too large to claim a
-target from it.
+:data:`~lowrank_tool.runtime.timing.STABLE_SPREAD` the comparison is marked unstable and a note says so. With 6 or more rounds it
+also carries a 95 % confidence interval of the median ratio (``speedup_ci``, order statistics: no
+assumption about the noise), the number to hold a speedup target against: one disturbed round widens the
+range but not the interval.
 
 speedup = dense latency / low-rank latency; efficiency = speedup / MAC reduction (1.0: the runtime turns
 every saved MAC into saved time; DESIGN.md measured about 0.6 for a plain Tucker-2 ResNet-50 at rank 0.3
@@ -45,7 +47,7 @@ from ..runtime import STABLE_SPREAD, Runner, get_engine, measure, paired_speedup
 __all__ = ["BenchRow", "BenchReport", "bench", "ENGINES", "STABLE_SPREAD"]
 
 #: Interleaved rounds per configuration unless asked otherwise.
-DEFAULT_REPEATS = 5
+DEFAULT_REPEATS = 10  # the fewest rounds whose median gets a 95 % interval better than min-max (2nd-9th)
 
 
 @dataclass
@@ -82,8 +84,11 @@ class BenchReport:
                 continue
             rounds = min(len(d.round_medians), len(r.round_medians))
             paired = paired_speedup(d.round_medians[:rounds], r.round_medians[:rounds])
+            ci: list[float] | None = None
             if paired.rounds:
                 speedup, low, high, spread = paired.speedup, paired.low, paired.high, paired.spread
+                if paired.ci_low is not None and paired.ci_high is not None:
+                    ci = [paired.ci_low, paired.ci_high]
             else:  # no rounds recorded (a report read back from an older file): the medians' ratio
                 speedup = low = high = d.median_ms / r.median_ms
                 spread = 0.0
@@ -96,6 +101,7 @@ class BenchReport:
                     "speedup": speedup,
                     "speedup_min": low,
                     "speedup_max": high,
+                    "speedup_ci": ci,
                     "rounds": paired.rounds,
                     "spread": spread,
                     "stable": paired.stable,
@@ -224,7 +230,7 @@ def bench(
     if repeats is None:
         repeats = min(DEFAULT_REPEATS, runs)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= runs:
-        raise LowRankError(f"repeats {repeats!r} must be an integer from 1 to runs ({runs}), e.g. 5")
+        raise LowRankError(f"repeats {repeats!r} must be an integer from 1 to runs ({runs}), e.g. 10")
     target = Path(target).expanduser()
     if not target.exists():
         raise LowRankError(
@@ -363,8 +369,12 @@ def bench(
             report.notes.append(
                 f"{c['engine']}, batch {c['batch']}, {c['threads']} threads: the speedup varied from "
                 f"{c['speedup_min']:.2f}x to {c['speedup_max']:.2f}x over {c['rounds']} rounds (spread "
-                f"{100 * c['spread']:.0f}% > {100 * STABLE_SPREAD:.0f}%): too noisy to claim a target from; "
-                "use more --runs or a quieter machine"
+                f"{100 * c['spread']:.0f}% > {100 * STABLE_SPREAD:.0f}%)"
+                + (
+                    f"; 95% interval of the median {c['speedup_ci'][0]:.2f}x-{c['speedup_ci'][1]:.2f}x: hold targets against that"
+                    if c["speedup_ci"]
+                    else ": too noisy to claim a target from; use --repeats 6 or more for an interval of the median"
+                )
             )
         # release the engines' sessions before the temporary files go
         runners.clear()

@@ -8,7 +8,18 @@ benchmarks; it depends on nothing of the toolkit but its errors and choices.
 from .engines import Engine, Runner, TensorSpec, get_engine, installed_engines, parse_engines
 from .probe import onnx_bytes, time_module
 from .session import DEVICES, RUNTIME_DEVICES, make_session, provider_name, providers_for
-from .timing import STABLE_SPREAD, Latency, PairedSpeedup, measure, paired_speedup, time_onnx, time_torch, torch_threads
+from .timing import (
+    CONFIDENCE,
+    STABLE_SPREAD,
+    Latency,
+    PairedSpeedup,
+    measure,
+    median_interval,
+    paired_speedup,
+    time_onnx,
+    time_torch,
+    torch_threads,
+)
 
 __all__ = [
     "Engine",
@@ -30,6 +41,8 @@ __all__ = [
     "PairedSpeedup",
     "paired_speedup",
     "STABLE_SPREAD",
+    "CONFIDENCE",
+    "median_interval",
     "onnx_bytes",
     "time_module",
 ]

@@ -3,13 +3,16 @@
 Timings use ``time.perf_counter`` around each call; CUDA work is synchronised before the clock stops.
 Compare numbers measured in one process, one after the other: absolute times drift on a shared machine.
 Two models are compared by :func:`paired_speedup`: time them in alternating rounds and take the median of
-the per-round ratios, with their range; a range wider than :data:`STABLE_SPREAD` of the median is too
-noisy to claim a target from.
+the per-round ratios, with their range and a distribution-free confidence interval of the median. A range
+wider than :data:`STABLE_SPREAD` of the median marks the comparison as noisy; whether a speedup target
+is met is decided by the interval (:meth:`PairedSpeedup.verdict`): met when its lower end reaches the
+target, missed when its upper end stays below, undecided otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,8 +26,10 @@ from torch import nn
 __all__ = [
     "Latency",
     "PairedSpeedup",
+    "CONFIDENCE",
     "STABLE_SPREAD",
     "measure",
+    "median_interval",
     "paired_speedup",
     "time_onnx",
     "time_torch",
@@ -34,6 +39,8 @@ __all__ = [
 #: a paired speedup whose range (max − min of the per-round ratios) exceeds this fraction of its median is
 #: reported as unstable: too noisy to claim a target from.
 STABLE_SPREAD = 0.10
+#: coverage of :func:`median_interval` as :func:`paired_speedup` uses it.
+CONFIDENCE = 0.95
 
 
 @dataclass
@@ -99,15 +106,42 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """A distribution-free confidence interval of the median of ``values``: two order statistics.
+
+    With ``n`` values sorted, ``[x_(k), x_(n-k+1)]`` covers the true median with probability
+    ``1 - 2 P(B <= k-1)``, B ~ Binomial(n, 1/2), whatever the distribution (the sign test's interval); ``k`` is
+    the largest that keeps that at least ``confidence``. ``None`` when ``n`` is too small for any pair to
+    reach it (fewer than 6 values at 95 %). 10 values give the 2nd and 9th (97.9 %), 40 the 14th and 27th.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    xs = sorted(values)
+    n = len(xs)
+    tail = (1.0 - confidence) / 2
+    k, below = 0, 0.0  # below = P(B <= k - 1)
+    while k < n // 2:
+        nxt = below + math.comb(n, k) / 2.0**n
+        if nxt > tail:
+            break
+        below, k = nxt, k + 1
+    if k == 0:
+        return None
+    return xs[k - 1], xs[n - k]
+
+
 @dataclass(frozen=True)
 class PairedSpeedup:
     """How many times faster one model ran than another: median ``speedup`` of the per-round ratios, the
-    lowest and highest round, and how many rounds were paired (see :func:`paired_speedup`)."""
+    lowest and highest round, how many rounds were paired, and a :data:`CONFIDENCE` interval of the median
+    (``ci_low``, ``ci_high``; ``None`` with fewer than 6 rounds) — see :func:`paired_speedup`."""
 
     speedup: float
     low: float
     high: float
     rounds: int
+    ci_low: float | None = None
+    ci_high: float | None = None
 
     @property
     def spread(self) -> float:
@@ -119,9 +153,21 @@ class PairedSpeedup:
         """More than one round, and a spread within :data:`STABLE_SPREAD`."""
         return self.rounds > 1 and self.spread <= STABLE_SPREAD
 
+    def verdict(self, target: float) -> str:
+        """``"met"`` when the interval's lower end reaches ``target``, ``"missed"`` when its upper end is below
+        it, else ``"undecided"`` (also when there are too few rounds for an interval)."""
+        if self.ci_low is None or self.ci_high is None:
+            return "undecided"
+        if self.ci_low >= target:
+            return "met"
+        if self.ci_high < target:
+            return "missed"
+        return "undecided"
+
 
 def paired_speedup(slow_ms: Sequence[float], fast_ms: Sequence[float]) -> PairedSpeedup:
-    """``slow / fast`` from times measured in the same rounds: the median of the per-round ratios, its range.
+    """``slow / fast`` from times measured in the same rounds: the median of the per-round ratios, its range
+    and its confidence interval (:func:`median_interval`).
 
     Pairing round by round cancels the machine's drift, which moves both models of a round together.
     Rounds where either time is not positive are left out; with none left the result is 0 over 0 rounds.
@@ -131,4 +177,6 @@ def paired_speedup(slow_ms: Sequence[float], fast_ms: Sequence[float]) -> Paired
     ratios = [s / f for s, f in zip(slow_ms, fast_ms, strict=True) if s > 0 and f > 0]
     if not ratios:
         return PairedSpeedup(0.0, 0.0, 0.0, 0)
-    return PairedSpeedup(statistics.median(ratios), min(ratios), max(ratios), len(ratios))
+    interval = median_interval(ratios)
+    ci_low, ci_high = interval if interval is not None else (None, None)
+    return PairedSpeedup(statistics.median(ratios), min(ratios), max(ratios), len(ratios), ci_low, ci_high)
