@@ -182,6 +182,7 @@ def test_train_speed_times_the_user_loop_recipes_beside_the_trainer_layouts(tmp_
     assert set(row["paired"]) == {"trainer_default", "as_converted"}
     for pair in row["paired"].values():
         assert pair["steps"] == 1 and pair["min"] <= pair["ratio"] <= pair["max"]
+        assert pair["ci"] is None  # one step: no interval of the median
 
 
 def _load_accuracy_module():
