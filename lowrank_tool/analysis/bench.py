@@ -47,7 +47,7 @@ from ..runtime import STABLE_SPREAD, Runner, get_engine, measure, paired_speedup
 __all__ = ["BenchRow", "BenchReport", "bench", "ENGINES", "STABLE_SPREAD"]
 
 #: Interleaved rounds per configuration unless asked otherwise.
-DEFAULT_REPEATS = 10  # the fewest rounds whose median gets a 95 % interval better than min-max (2nd-9th)
+DEFAULT_REPEATS = 10  # its 95 % interval is the 2nd to 9th ratio: one disturbed round does not widen it
 
 
 @dataclass
