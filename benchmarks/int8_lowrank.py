@@ -46,6 +46,7 @@ import torch
 import lowrank_tool as lr
 from lowrank_tool.export import export_onnx
 from lowrank_tool.runtime import get_engine, measure, paired_speedup
+from lowrank_tool.runtime.machine import cpu_description
 from lowrank_tool.train.config import TrainConfig
 from lowrank_tool.train.run import train_artifact
 
@@ -99,6 +100,7 @@ def main() -> None:
     meta = {
         "command": "python benchmarks/int8_lowrank.py " + shlex.join(sys.argv[1:]),
         "machine": platform.platform(),
+        "cpu": cpu_description().to_dict(),  # the ISA decides the kernels, and so the timings
         "processor": platform.processor(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
@@ -135,7 +137,7 @@ def _time_four(files: dict[str, Path], engine: str, batch: int, args: argparse.N
     skipped = {}
     for key in FILES:
         try:
-            runner = get_engine(engine).load(files[key], device="cpu", threads=args.threads)
+            runner = get_engine(engine).load(files[key], device="cpu", threads=args.threads, batch=batch)
         except Exception as exc:  # e.g. an engine that cannot load an int8 graph: say so in the table
             skipped[key] = str(exc).splitlines()[0][:200]
             continue

@@ -51,6 +51,15 @@ def test_each_engine_runs_a_converted_model_like_pytorch_at_any_batch(name):
     assert y.shape == (5, 10) and np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
     fixed = get_engine(name).load(_onnx(model, (4, 3, 16, 16), dynamic=False))
     assert fixed.inputs[0].shape == (4, 3, 16, 16)
+    # compiled for one batch (what a deployment serving batch 5 runs): OpenVINO fixes the shape, ONNX Runtime
+    # keeps it (a static shape bought it nothing); the numbers are the dynamic runner's either way
+    static = get_engine(name).load(_onnx(model, (2, 3, 16, 16)), device="cpu", threads=1, batch=5)
+    assert static.inputs[0].shape == ((5, 3, 16, 16) if name == "openvino" else (None, 3, 16, 16))
+    (y_static,) = static.run({"x": x.numpy()})
+    assert np.abs(y_static - y).max() <= 1e-5 * np.abs(ref).max()
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(LowRankError, match=rf"batch must be an integer >= 1, got {bad!r}"):
+            get_engine(name).load(_onnx(model, (2, 3, 16, 16)), batch=bad)
 
 
 def test_openvino_names_the_precision_it_computes_in():
@@ -143,6 +152,27 @@ def test_bench_times_openvino_beside_onnxruntime(tmp_path):
     }
     assert {c["engine"] for c in report.comparisons()} == {"onnxruntime", "openvino"}
     json.dumps(report.to_dict())
+
+
+def test_bench_compiles_each_model_for_the_batch_it_times(tmp_path, monkeypatch):
+    loads = []
+    real = OpenVINOEngine.load
+
+    def recording(self, model, **kwargs):
+        runner = real(self, model, **kwargs)
+        loads.append((kwargs.get("batch"), runner.inputs[0].shape[0]))
+        return runner
+
+    monkeypatch.setattr(OpenVINOEngine, "load", recording)
+    lr.save(lr.convert("resnet20", rank=0.5, input_size="3x16x16"), tmp_path / "art")
+    report = bench(tmp_path / "art", vs_dense=True, engines=["openvino"], batches=[1, 3], threads=[1], runs=2, warmup=1)
+    assert loads == [(1, 1), (1, 1), (3, 3), (3, 3)]  # low-rank and dense, one static compile per batch
+    assert sorted((r.model, r.batch) for r in report.rows) == [
+        ("dense", 1),
+        ("dense", 3),
+        ("low-rank", 1),
+        ("low-rank", 3),
+    ]
 
 
 def test_the_speedup_is_the_median_of_paired_rounds_with_its_range():

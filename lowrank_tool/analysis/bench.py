@@ -306,19 +306,24 @@ def bench(
             models.append(("dense", dense, dense_file, int(totals["params_before"]), int(totals["macs_before"])))
 
         report = BenchReport(str(target), list(size), notes=report_notes)
-        runners: dict[tuple[str, str, int], Runner] = {}
         per_round = max(1, runs // repeats)
         for engine in engines:
             for batch in batch_list:
+                # one runner per model and thread count, compiled for this batch (OpenVINO runs a static shape
+                # faster; see Engine.load): what a deployment serving this batch size runs
+                runners: dict[tuple[str, int], Runner] = {}
                 x = _input_batch(size, batch)
                 for n_threads in thread_list:
                     timed: list[_Timed] = []
                     for name, module, path, n_params, macs in models:
                         if engine in RUNTIME_ENGINES:
-                            key = (engine, name, n_threads)
+                            key = (name, n_threads)
                             if key not in runners:
                                 runners[key] = get_engine(engine).load(
-                                    path, device=device if engine == "onnxruntime" else "cpu", threads=n_threads
+                                    path,
+                                    device=device if engine == "onnxruntime" else "cpu",
+                                    threads=n_threads,
+                                    batch=batch,
                                 )
                             runner = runners[key]
                             spec = runner.inputs[0]
@@ -364,6 +369,7 @@ def bench(
                                 t.round_medians,
                             )
                         )
+                runners.clear()  # release the engines' sessions before the next batch and the temporary files
         unstable = [c for c in report.comparisons() if c["rounds"] > 1 and not c["stable"]]
         for c in unstable:
             report.notes.append(
@@ -376,6 +382,4 @@ def bench(
                     else ": too noisy to claim a target from; use --repeats 6 or more for an interval of the median"
                 )
             )
-        # release the engines' sessions before the temporary files go
-        runners.clear()
     return report

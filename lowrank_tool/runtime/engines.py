@@ -70,8 +70,22 @@ class Engine(ABC):
     extra: ClassVar[str]
 
     @abstractmethod
-    def load(self, model: ModelSource, *, device: str = "auto", threads: int | None = None) -> Runner:
-        """Load an ``.onnx`` file (a path) or ONNX bytes on ``device`` with ``threads`` intra-op threads."""
+    def load(
+        self, model: ModelSource, *, device: str = "auto", threads: int | None = None, batch: int | None = None
+    ) -> Runner:
+        """Load an ``.onnx`` file (a path) or ONNX bytes on ``device`` with ``threads`` intra-op threads.
+
+        ``batch`` fixes a dynamic batch dimension for the runner's lifetime, as a deployment serving one batch
+        size would: an engine that compiles for a static shape (OpenVINO) runs faster so; one that gains
+        nothing from it (ONNX Runtime) ignores it. ``None`` keeps the file's shapes.
+        """
+
+
+def check_load_options(threads: int | None, batch: int | None) -> None:
+    """The one-line refusals every engine's ``load`` gives for a bad thread count or batch."""
+    for what, value in (("threads", threads), ("batch", batch)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise LowRankError(f"{what} must be an integer >= 1, got {value!r}")
 
 
 def _check_name(name: str) -> None:

@@ -5,7 +5,9 @@ bf16 unless told otherwise, which moves a ResNet-50's outputs by about 1e-2 rela
 therefore asks for float32 (``INFERENCE_PRECISION_HINT=f32``) unless another precision is given, and
 the runner's ``backend`` names the precision the compiled model actually uses (``CPU f32``), so a
 verification or a timing always says what it measured. ``PERFORMANCE_HINT=LATENCY`` (one stream:
-batch-1 latency, like ONNX Runtime's default) and ``INFERENCE_NUM_THREADS`` follow ``threads``.
+batch-1 latency, like ONNX Runtime's default) and ``INFERENCE_NUM_THREADS`` follow ``threads``. Given a
+``batch``, a dynamic batch dimension is fixed before compiling, as OpenVINO's own ``benchmark_app`` does:
+the plugin then runs shape-specialised kernels, which pays most on the low-rank model's many small nodes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LowRankError
-from .engines import Engine, ModelSource, Runner, TensorSpec
+from .engines import Engine, ModelSource, Runner, TensorSpec, check_load_options
 
 __all__ = ["OpenVINOEngine", "OpenVINORunner", "PRECISION_HINTS"]
 
@@ -34,6 +36,21 @@ def _reason(exc: Exception) -> str:
     node = re.search(r"friendly_name '([^']+)'", str(exc))
     reason = lines[-1].rstrip(".") + (f" at node {node.group(1)}" if node else "")
     return reason if len(reason) <= 300 else reason[:299] + "…"
+
+
+def _fix_batch(model: Any, batch: int) -> None:
+    """Give every input whose first dimension is dynamic a static ``batch``: the CPU plugin then compiles
+    shape-specialised kernels instead of re-inferring shapes per call. Measured on ResNet-50 rank 0.3,
+    batch 1, 2 threads: the low-rank model 1.06x faster (95 % interval 1.03–1.08, 40 interleaved rounds),
+    dense 1.00x — the low-rank model has 2.3x as many nodes to re-infer."""
+    shapes = {}
+    for port in model.inputs:
+        shape = port.get_partial_shape()
+        if shape.rank.is_static and len(shape) > 0 and shape[0].is_dynamic:
+            shape[0] = batch
+            shapes[port.get_any_name()] = shape
+    if shapes:
+        model.reshape(shapes)
 
 
 @functools.cache
@@ -78,14 +95,15 @@ class OpenVINOEngine(Engine):
             )
         self.precision = precision
 
-    def load(self, model: ModelSource, *, device: str = "auto", threads: int | None = None) -> Runner:
+    def load(
+        self, model: ModelSource, *, device: str = "auto", threads: int | None = None, batch: int | None = None
+    ) -> Runner:
         if device not in ("auto", "cpu"):
             raise LowRankError(
                 f"the openvino engine runs on the CPU here, not on {device!r}; use --device cpu, "
                 "or the onnxruntime engine for CUDA and TensorRT"
             )
-        if threads is not None and threads < 1:
-            raise LowRankError(f"threads must be >= 1, got {threads}")
+        check_load_options(threads, batch)
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if self.precision != "default":
             config["INFERENCE_PRECISION_HINT"] = self.precision
@@ -95,6 +113,8 @@ class OpenVINOEngine(Engine):
         where = "the ONNX model" if isinstance(model, bytes) else str(model)
         try:
             read = _core().read_model(source)
+            if batch is not None:
+                _fix_batch(read, batch)
             compiled = _core().compile_model(read, "CPU", config)
         except Exception as exc:
             raise LowRankError(
