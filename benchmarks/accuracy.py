@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import shlex
 import statistics
@@ -47,6 +46,7 @@ import torch
 import lowrank_tool as lr
 from lowrank_tool.artifact import atomic_write_text
 from lowrank_tool.convert.options import ConvertOptions
+from lowrank_tool.runtime.machine import machine_label
 from lowrank_tool.train.config import TrainConfig
 from lowrank_tool.train.run import train_artifact
 from lowrank_tool.train.trainer import TrainingDiverged
@@ -132,6 +132,8 @@ def train_one(
         "arm": arm,
         "rank": None if method == "dense" else rank,
         "seed": seed,
+        # the same seed gives other losses on another CPU (AVX2 vs AVX-512 kernels): keep runs comparable
+        "machine": machine_label(),
     }
     try:
         _, summary = train_artifact(directory, cfg, progress=False)
@@ -192,6 +194,12 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (model, data, epochs, arm, rank), mine in groups.items():
         last = [r["last_top1"] for r in mine if r["last_top1"] is not None]  # diverged runs have none
+        # the last epoch's training loss: the measure of an under-fit (and of the constant-lr diagnostic)
+        losses = [
+            r["curve"][-1]["train_loss"]
+            for r in mine
+            if r.get("curve") and r["curve"][-1].get("train_loss") is not None
+        ]
         budget = mine[0].get("equal_time_of", epochs)  # an equal-time arm is compared with dense at its epochs
         reference = dense_reference(
             arm, {r["arm"] for r in runs if (r["model"], r["data"], r["epochs"]) == (model, data, budget)}
@@ -211,9 +219,11 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "rank": rank,
                 "n": len(mine),
                 "seeds": sorted(r["seed"] for r in mine),
+                "machines": sorted({r.get("machine", "unrecorded") for r in mine}),
                 "diverged": len(mine) - len(last),
                 "top1_mean": statistics.mean(last) if last else None,
                 "top1_std": statistics.stdev(last) if len(last) > 1 else 0.0,
+                "train_loss_mean": statistics.mean(losses) if losses else None,
                 "vs_dense": statistics.mean(last) - statistics.mean(dense)
                 if last and dense and arm != reference
                 else None,
@@ -230,8 +240,9 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
     lines = [
         f"`{command}`",
         "",
-        "| model | data | epochs | arm | rank | seeds | val top-1 (mean ± std) | vs dense | params | train time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | data | epochs | arm | rank | seeds | val top-1 (mean ± std) | vs dense | final train loss | params "
+        "| train time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(
         rows, key=lambda r: (r["model"], r["data"], r["epochs"], r["arm"] != "dense", str(r["rank"]), r["arm"])
@@ -240,11 +251,13 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         if r["vs_dense"] is not None and r.get("dense_arm", "dense") != "dense":
             vs += f" (vs {r['dense_arm']})"
         top1 = "—" if r["top1_mean"] is None else f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
+        loss = "—" if r.get("train_loss_mean") is None else f"{r['train_loss_mean']:.4f}"
         if r.get("diverged"):
             top1 += f" ({r['diverged']} of {r['n']} diverged)"
+        seeds = str(r["n"]) + (f" ({len(r['machines'])} machines)" if len(r.get("machines", ())) > 1 else "")
         lines.append(
-            f"| {r['model']} | {r['data'].split(':')[0]} | {r['epochs']} | {r['arm']} | {r['rank'] or '—'} | {r['n']} | "
-            f"{top1} | {vs} | {r['params'] / 1e3:.1f}k | {r['train_seconds_mean']:.0f} s |"
+            f"| {r['model']} | {r['data'].split(':')[0]} | {r['epochs']} | {r['arm']} | {r['rank'] or '—'} | {seeds} | "
+            f"{top1} | {vs} | {loss} | {r['params'] / 1e3:.1f}k | {r['train_seconds_mean']:.0f} s |"
         )
     return "\n".join(lines) + "\n"
 
@@ -282,7 +295,7 @@ def main() -> None:
 
     def write() -> None:
         document = {
-            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+            "machine": f"{platform.platform()}, {machine_label()}",
             "torch": torch.__version__,
             "lowrank_tool": lr.__version__,
             "command": command,

@@ -47,6 +47,7 @@ from lowrank_tool.analysis.bench import bench
 from lowrank_tool.errors import first_line
 from lowrank_tool.export import export_onnx
 from lowrank_tool.runtime import paired_speedup
+from lowrank_tool.runtime.machine import cpu_description
 
 
 def main() -> int:
@@ -126,6 +127,7 @@ def _environment(smoke: bool) -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "machine": platform.platform(),
+        "cpu": cpu_description().to_dict(),  # the ISA decides the kernels, and so the timings
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "onnxruntime": ort.__version__,

@@ -34,6 +34,7 @@ import torch
 
 import lowrank_tool as lr
 from lowrank_tool.analysis.bench import bench
+from lowrank_tool.runtime.machine import cpu_description
 
 
 def main() -> None:
@@ -105,6 +106,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": platform.platform(),
+        "cpu": cpu_description().to_dict(),  # the ISA decides the kernels, and so the timings
         "processor": platform.processor(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,

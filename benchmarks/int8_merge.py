@@ -40,6 +40,7 @@ from lowrank_tool.conversion_plan import plan_of
 from lowrank_tool.export.quantize import quantize_file
 from lowrank_tool.layers.base import LowRankConv
 from lowrank_tool.runtime import get_engine, measure, onnx_bytes
+from lowrank_tool.runtime.machine import cpu_description
 
 FORMS = ("factorised", "merged")
 
@@ -80,6 +81,7 @@ def main() -> None:
     meta = {
         "command": "python benchmarks/int8_merge.py " + shlex.join(sys.argv[1:]),
         "machine": platform.platform(),
+        "cpu": cpu_description().to_dict(),  # the ISA decides the kernels, and so the timings
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "distinct_layers": len(timed),

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from int8_lowrank import _export_four as export_four  # this script's folder is on sys.path
 
+from lowrank_tool.runtime.machine import cpu_description
+
 FILES = ("dense-fp32", "lowrank-fp32", "dense-int8", "lowrank-int8")
 
 
@@ -63,6 +65,7 @@ def main() -> None:
     meta = {
         "command": "python benchmarks/openvino_profile.py " + shlex.join(sys.argv[1:]),
         "machine": platform.platform(),
+        "cpu": cpu_description().to_dict(),  # the ISA decides the kernels, and so the timings
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "openvino": _openvino_version(),

@@ -55,6 +55,7 @@ from lowrank_tool.layers.memory_format import (
 )
 from lowrank_tool.methods.elrt import DEFAULT_ORTH_WEIGHT, orthogonality_penalty
 from lowrank_tool.runtime import paired_speedup
+from lowrank_tool.runtime.machine import cpu_description
 from lowrank_tool.zoo import cifar_stem_
 
 #: configuration name -> (model layout, image layout, compiled)
@@ -217,6 +218,7 @@ def main() -> None:
         )
     meta = {
         "machine": platform.platform(),
+        "cpu": cpu_description().to_dict(),  # the ISA decides the kernels, and so the timings
         "processor": platform.processor(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lowrank_tool.runtime.machine import machine_label
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,10 +32,13 @@ def test_accuracy_benchmark_writes_a_table_and_does_not_repeat_runs(tmp_path):
     dense, low = data["runs"]
     assert low["params"] < dense["params"] == low["dense_params"] and len(low["curve"]) == 1
     assert low["curve"][0]["epoch_seconds"] > 0 and low["curve"][0]["orth_penalty"] == 0  # orth=none
+    assert dense["machine"] == low["machine"] == machine_label()  # the CPU the seeds' numbers belong to
     row = next(r for r in data["summary"] if r["arm"] != "dense")
     assert row["vs_dense"] == low["last_top1"] - dense["last_top1"] and row["n"] == 1
+    assert row["train_loss_mean"] == low["curve"][-1]["train_loss"] > 0  # the under-fit measure, per arm
     table = out.with_suffix(".md").read_text()
     assert "| resnet20 | synthetic | 1 | elrt:orth=none,lr=0.05 | 0.5 | 1 |" in table
+    assert f"| {row['train_loss_mean']:.4f} | {low['params'] / 1e3:.1f}k |" in table
     command = shlex.split(table.splitlines()[0].strip("`"))
     assert (
         command[command.index("--out") + 1] == str(out)
@@ -232,6 +237,13 @@ def test_accuracy_compares_an_arm_with_the_dense_arm_trained_alike():
     assert rows["dense:warmup_epochs=0"]["vs_dense"] == pytest.approx(-2.0)
     table = acc.markdown(list(rows.values()), "cmd")
     assert "| -0.50 (vs dense:warmup_epochs=0) |" in table and "| -1.00 |" in table
+    assert "machines)" not in table  # one machine (here: none recorded) is not flagged
+
+    # a seed that ran on another CPU is not the same experiment: the row says the arm mixes machines
+    other = run("elrt", 88.0, seed=1) | {"machine": "AMD EPYC, AVX2, 2 CPUs"}
+    rows = {r["arm"]: r for r in acc.summarise([*runs, other])}
+    assert rows["elrt"]["machines"] == ["AMD EPYC, AVX2, 2 CPUs", "unrecorded"]
+    assert "| elrt | 0.5 | 2 (2 machines) | 88.50 ± 0.71 |" in acc.markdown(list(rows.values()), "cmd")
 
 
 def test_openvino_profile_sums_node_times_per_kernel_for_the_four_files(tmp_path):

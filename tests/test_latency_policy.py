@@ -1,5 +1,6 @@
 """Latency-aware conversion: candidates, choices, the speed target, the per-machine cache, errors."""
 
+import dataclasses
 import json
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 import lowrank_tool as lr
 from lowrank_tool.convert import latency
 from lowrank_tool.errors import LowRankError
+from lowrank_tool.runtime.machine import cpu_description, parse_cpuinfo
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +75,24 @@ def test_measurements_are_cached_per_machine(monkeypatch, tmp_path):
     second = lr.plan("resnet20", rank=0.5, input_size="3x32x32", policy="latency")
     assert len(calls) == n and second.policy["latency_measured"] == 0 and second.policy["latency_cache_hits"] >= n
     assert [e.ranks for e in second.layers] == [e.ranks for e in first.layers]
+
+    # Another CPU behind the same (VM-masked) model name: its timings are not these, so it measures anew.
+    here = latency.cpu_description()
+    other = dataclasses.replace(here, isa="AVX512" if here.isa != "AVX512" else "AVX2")
+    monkeypatch.setattr(latency, "cpu_description", lambda: other)
+    third = lr.plan("resnet20", rank=0.5, input_size="3x32x32", policy="latency")
+    assert len(calls) == 2 * n and third.policy["latency_measured"] == n
+    assert len(list((tmp_path / "cache").glob("latency-*.json"))) == 2
+
+
+def test_cpu_is_told_apart_by_its_instruction_set_not_only_its_name():
+    avx2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t: avx512f\n"
+    avx512 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma avx512f avx512bw avx512_vnni\n"
+    assert parse_cpuinfo(avx2) == ("AMD EPYC", ("avx2", "fma"))  # the first processor's block only
+    assert parse_cpuinfo(avx512) == ("AMD EPYC", ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"))
+    assert parse_cpuinfo("Features\t: fp asimd\nCPU part\t: 0xd0c\n") == (None, ())  # ARM: none of ours
+    cpu = cpu_description()
+    assert cpu.label == f"{cpu.name}, {cpu.isa}, {cpu.cpus} CPUs" and cpu.isa == torch.backends.cpu.get_cpu_capability()
 
 
 def test_target_speedup_reached_or_said_clearly(monkeypatch):

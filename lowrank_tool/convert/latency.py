@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -47,6 +46,7 @@ from ..errors import LowRankError
 from ..layers import get_format
 from ..layers.base import ConvGeometry, conv_class
 from ..runtime import get_engine, time_module
+from ..runtime.machine import cpu_description
 from .apply import set_submodule
 from .options import ConvertOptions, RankSpec
 from .rank import SpatialSizes, choose_format, layer_cost, ranks_for
@@ -65,17 +65,12 @@ SAFETY = 1.05
 
 
 def _machine_key() -> str:
+    """The cache file's name: timings hold for one CPU (by its ISA, not only its often-masked model name),
+    core count and runtime versions."""
     import onnxruntime as ort
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}|{os.cpu_count()}|{ort.__version__}|{torch.__version__}"
+    cpu = cpu_description()
+    text = f"{cpu.name}|{cpu.isa}|{','.join(cpu.flags)}|{cpu.cpus}|{ort.__version__}|{torch.__version__}"
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
