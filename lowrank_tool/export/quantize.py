@@ -16,10 +16,10 @@ that read a residual block's input (20 of ResNet-50's) as float ``Conv`` fed by 
 Why 7-bit weights (``reduce_range``): on x86 CPUs without VNNI (AVX2 only, and AVX-512 before Cascade
 Lake) the U8S8 kernels multiply with VPMADDUBSW, which adds two u8·s8 products into a saturating 16-bit
 integer: 255·127·2 overflows, 255·64·2 does not. The file does not know where it will run, so its weights
-stay in [-64, 64] everywhere. Measured on an AVX2 machine (ResNet-20 trained on digits, int8 against fp32
-98.61 %): the rank-0.5 model lost 2.2 points with full-range weights (0.41 relative logit error) and 0.55
-with 7-bit ones (0.04); the dense one 0.0 either way. On VNNI and ARM CPUs the seventh bit costs a little
-precision and no speed (the same kernels run).
+stay in [-64, 64] everywhere. Measured on an AVX2 machine (ResNet-20 trained on digits): the rank-0.5
+model, 98.61 % in fp32, lost 2.2 points in int8 with full-range weights (0.41 relative logit error) and
+0.55 with 7-bit ones (0.04); the dense one lost nothing either way. On VNNI and ARM CPUs the seventh bit
+costs a little precision and no speed (the same kernels run).
 """
 
 from __future__ import annotations

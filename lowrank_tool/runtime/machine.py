@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 __all__ = ["ISA_FLAGS", "CPU", "cpu_description", "machine_label", "parse_cpuinfo"]
 
 #: The CPU flags that select different kernels in PyTorch, ONNX Runtime and OpenVINO.
@@ -80,8 +82,6 @@ class CPU:
 
 def cpu_description() -> CPU:
     """This machine's CPU: model name, ISA flags, PyTorch's CPU capability and core count."""
-    import torch
-
     name, flags = _cpuinfo()
     return CPU(name, torch.backends.cpu.get_cpu_capability(), flags, os.cpu_count() or 1)
 
