@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 from helpers import run_cli
@@ -479,6 +480,11 @@ def test_cli_bench_vs_dense_json(r18_dir, capsys, monkeypatch):
     assert (
         dense["params"] == totals["params_before"] and dense["median_ms"] > 0 and dense["p90_ms"] >= dense["median_ms"]
     )
+    # the machine and software the timings belong to: the ISA picks the kernels
+    from lowrank_tool.runtime.machine import cpu_description
+
+    assert data["cpu"] == cpu_description().to_dict() and data["cpu"]["isa"] == torch.backends.cpu.get_cpu_capability()
+    assert data["versions"] == {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
 
 
 def test_cli_bench_table_and_onnx_file(r18_dir, tmp_path, capsys, monkeypatch):

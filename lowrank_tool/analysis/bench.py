@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ from ..export.onnx import export_onnx, plan_from_onnx, read_metadata
 from ..io import load, rebuild
 from ..models import build_from_spec, parse_input_size
 from ..runtime import STABLE_SPREAD, Runner, get_engine, measure, paired_speedup, torch_threads
+from ..runtime.machine import cpu_description
 
 __all__ = ["BenchRow", "BenchReport", "bench", "ENGINES", "STABLE_SPREAD"]
 
@@ -73,6 +75,10 @@ class BenchReport:
     input_size: list[int]
     rows: list[BenchRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the CPU the timings ran on (:meth:`~lowrank_tool.runtime.machine.CPU.to_dict`): its ISA decides the kernels
+    cpu: dict[str, Any] = field(default_factory=dict)
+    #: the versions of the packages that ran the models (``torch``, ``onnxruntime``, ``openvino``)
+    versions: dict[str, str] = field(default_factory=dict)
 
     def comparisons(self) -> list[dict[str, Any]]:
         """Speedup and efficiency of the low-rank model over the dense one, per engine/batch/threads."""
@@ -118,6 +124,8 @@ class BenchReport:
             "rows": [asdict(r) for r in self.rows],
             "comparisons": self.comparisons(),
             "notes": self.notes,
+            "cpu": self.cpu,
+            "versions": self.versions,
         }
 
 
@@ -165,6 +173,15 @@ class _Timed:
     macs: int | None
     samples: list[float] = field(default_factory=list)
     round_medians: list[float] = field(default_factory=list)
+
+
+def _versions(engines: Sequence[str]) -> dict[str, str]:
+    """The version of each package that ran a model in this report (each was imported to run it)."""
+    return {
+        engine: str(getattr(sys.modules[engine], "__version__", "unknown"))
+        for engine in engines
+        if engine in sys.modules
+    }
 
 
 def _input_batch(size: Sequence[int], batch: int) -> torch.Tensor:
@@ -305,7 +322,7 @@ def bench(
             assert totals is not None  # plan is not None here
             models.append(("dense", dense, dense_file, int(totals["params_before"]), int(totals["macs_before"])))
 
-        report = BenchReport(str(target), list(size), notes=report_notes)
+        report = BenchReport(str(target), list(size), notes=report_notes, cpu=cpu_description().to_dict())
         per_round = max(1, runs // repeats)
         for engine in engines:
             for batch in batch_list:
@@ -370,6 +387,7 @@ def bench(
                             )
                         )
                 runners.clear()  # release the engines' sessions before the next batch and the temporary files
+        report.versions = _versions(engines)  # after the runs: an engine's package is imported when it loads a model
         unstable = [c for c in report.comparisons() if c["rounds"] > 1 and not c["stable"]]
         for c in unstable:
             report.notes.append(

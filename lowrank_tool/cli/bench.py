@@ -76,6 +76,7 @@ def bench(
     lowrank bench r50.onnx --engine onnxruntime · lowrank bench r50 --vs-dense --engine onnxruntime,openvino
     """
     from ..analysis.bench import bench as run_bench
+    from ..runtime.machine import machine_label
 
     engines = [e.strip() for e in engine.split(",") if e.strip()]
     with err_console.status("benchmarking", spinner="dots") as status:
@@ -129,6 +130,10 @@ def bench(
             f"{c['efficiency']:.2f}" if c and c["efficiency"] else "",
         )
     console.print(table)
+    software = ", ".join(f"{name} {version}" for name, version in report.versions.items())
+    console.print(
+        f"measured on {machine_label()}" + (f" with {software}" if software else ""), highlight=False, markup=False
+    )
     for note in report.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     if comparisons:
