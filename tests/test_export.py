@@ -227,6 +227,61 @@ def test_int8_weights_fit_in_seven_bits_so_no_x86_cpu_saturates(tmp_path):
     weights = [w for w in weights if w.size > 1]  # not the scalar zero points
     assert len(weights) >= len(lr.summary(model).converted_layers) * 2  # every factor conv is quantised
     assert max(int(abs(w.astype(int)).max()) for w in weights) <= 64
+    assert read_metadata(tmp_path / "q.onnx")["int8_weight_bits"] == "7"
+
+
+def test_int8_full_range_weights_on_request_and_a_hint_where_they_saturate(tmp_path, monkeypatch):
+    """8-bit weights (for VNNI, ARM, GPU targets) use the full [-127, 127]; where the verifying CPU saturates
+    them (x86 without VNNI), a verification failure says so and names the 7-bit way out."""
+    import dataclasses
+
+    from onnx import numpy_helper
+
+    import lowrank_tool.export.onnx as onnx_export
+    from lowrank_tool.runtime.machine import cpu_description
+
+    model = lr.convert("resnet20", rank=0.5, input_size="3x16x16")
+    batches = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    export_onnx(
+        model,
+        tmp_path / "q8.onnx",
+        precision="int8",
+        calib_data=batches,
+        calib_samples=16,
+        int8_weight_bits=8,
+        verify=False,
+    )
+    proto = onnx.load(str(tmp_path / "q8.onnx"))
+    weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert max(int(abs(w.astype(int)).max()) for w in weights if w.size > 1) == 127  # per channel: each max is 127
+    assert read_metadata(tmp_path / "q8.onnx")["int8_weight_bits"] == "8"
+    with pytest.raises(LowRankError, match=r"int8 weight bits 16 must be 7 \(the default, safe on every CPU\) or 8"):
+        export_onnx(model, tmp_path / "x.onnx", precision="int8", calib_data=batches, int8_weight_bits=16)
+    assert not (tmp_path / "x.onnx").exists()
+
+    def differs(*args, **kwargs):
+        raise VerificationError("q.onnx: onnxruntime (CPU) differs from PyTorch by 0.41 relative")
+
+    monkeypatch.setattr(onnx_export, "verify_onnx", differs)
+    avx2 = dataclasses.replace(cpu_description(), flags=("avx2", "fma"))
+    vnni = dataclasses.replace(cpu_description(), flags=("avx2", "fma", "avx512f", "avx512_vnni"))
+    assert avx2.saturates_int8 and not vnni.saturates_int8
+    assert not dataclasses.replace(avx2, flags=()).saturates_int8  # ARM: its kernels do not saturate
+    for cpu, bits, hint in ((avx2, 8, True), (avx2, 7, False), (vnni, 8, False)):
+        monkeypatch.setattr(onnx_export, "cpu_description", lambda cpu=cpu: cpu)
+        with pytest.raises(VerificationError) as info:
+            export_onnx(
+                model,
+                tmp_path / "v.onnx",
+                precision="int8",
+                calib_data=batches,
+                calib_samples=16,
+                int8_weight_bits=bits,
+            )
+        assert str(info.value).startswith("q.onnx: onnxruntime (CPU) differs from PyTorch by 0.41 relative")
+        assert ("this CPU has no VNNI" in str(info.value)) == hint, (cpu.flags, bits)
+        assert ("export with --int8-weight-bits 7 (runs everywhere)" in str(info.value)) == hint
+        assert not (tmp_path / "v.onnx").exists()
 
 
 # -- merging -------------------------------------------------------------------------------------------
@@ -430,6 +485,14 @@ BAD_EXPORT = [
     (
         ["export", "{art}", "--onnx", "{out}", "--int8", "--calib-data", "cifar10:{tmp}/none"],
         "data folder {tmp}/none does not exist",
+    ),
+    (
+        ["export", "{art}", "--onnx", "{out}", "--int8-weight-bits", "8"],
+        "--int8-weight-bits is only used with --int8; add --int8 or drop --int8-weight-bits",
+    ),
+    (
+        ["export", "{art}", "--onnx", "{out}", "--int8", "--calib-data", "digits", "--int8-weight-bits", "4"],
+        "int8 weight bits 4 must be 7 (the default, safe on every CPU) or 8",
     ),
     (["export", "{art}", "--onnx", "{out}", "--input-size", "3x32"], "input size '3x32' is malformed"),
     (["bench", "{missing}"], "does not exist; point to a directory from `lowrank convert -o DIR` or an .onnx file"),

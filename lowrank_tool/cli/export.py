@@ -55,6 +55,13 @@ def export(
         ),
     ] = None,
     calib_samples: Annotated[int, typer.Option(help="Images used to calibrate int8.")] = 256,
+    int8_weight_bits: Annotated[
+        int | None,
+        typer.Option(
+            help="int8 weight range: 7 bits ([-64, 64]; runs unsaturated on every CPU) or 8 (full range: a little more "
+            "precision on x86 CPUs with VNNI, ARM and GPUs; saturates on x86 CPUs without VNNI). [default: 7]"
+        ),
+    ] = None,
     merge: Annotated[
         Merge,
         typer.Option(
@@ -121,6 +128,12 @@ def export(
         )
     if calib_data is not None and not int8:
         raise LowRankError("--calib-data is only used with --int8; add --int8 or drop --calib-data")
+    if int8_weight_bits is not None and not int8:
+        raise LowRankError("--int8-weight-bits is only used with --int8; add --int8 or drop --int8-weight-bits")
+    if int8_weight_bits is not None:
+        from ..export.quantize import check_weight_bits
+
+        check_weight_bits(int8_weight_bits)
     parse_batch(batch)
     if verify:
         from ..runtime import parse_engines
@@ -146,6 +159,7 @@ def export(
             exporter=exporter.value,
             calib_data=calib_data,
             calib_samples=calib_samples,
+            int8_weight_bits=7 if int8_weight_bits is None else int8_weight_bits,
             verify=verify,
             verify_with=verify_with,
             tolerance=tolerance,

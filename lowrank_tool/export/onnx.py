@@ -48,11 +48,12 @@ from ..choices import (
 )
 from ..conversion_plan import ConversionPlan, plan_of
 from ..convert.api import parse_input_size
-from ..errors import LowRankError, first_line
+from ..errors import LowRankError, VerificationError, first_line
 from ..models import example_input
 from ..runtime import parse_engines
+from ..runtime.machine import cpu_description
 from .merge import MergeDecision, merge_factors
-from .quantize import quantize_file
+from .quantize import check_weight_bits, quantize_file
 from .verify import VerifyReport, verify_onnx
 
 __all__ = [
@@ -380,6 +381,7 @@ def export_onnx(
     exporter: str = "auto",
     calib_data: Any = None,
     calib_samples: int = 256,
+    int8_weight_bits: int = 7,
     verify: bool = True,
     verify_with: str | Sequence[str] = "auto",
     tolerance: float | None = None,
@@ -403,6 +405,8 @@ def export_onnx(
         exporter: ``"auto"`` (TorchScript, then dynamo), ``"torchscript"`` or ``"dynamo"``.
         calib_data: for int8: a data spec (``"digits"``, ``"cifar10:PATH"``) or an iterable of input batches.
         calib_samples: images used to calibrate int8.
+        int8_weight_bits: 7 (default: weights in [-64, 64], no saturation on x86 CPUs without VNNI) or 8
+            (full range, for VNNI/ARM/GPU targets); see :mod:`lowrank_tool.export.quantize`.
         verify: run the ONNX checker and compare each engine of ``verify_with`` with PyTorch (raises
             :class:`~lowrank_tool.export.verify.VerificationError` above tolerance; no file is left then).
         verify_with: engines to verify on, ``"onnxruntime,openvino"`` or a list; ``"auto"``: every installed
@@ -426,6 +430,7 @@ def export_onnx(
         True
     """
     path, batch = _check_request(model, path, batch, opset, precision, merge, exporter, calib_data, tolerance)
+    check_weight_bits(int8_weight_bits)
     engines = parse_engines(verify_with) if verify else []
     note = progress or (lambda message: None)
     started = time.perf_counter()
@@ -451,8 +456,13 @@ def export_onnx(
         quant_report = None
         if precision == "int8":
             note(f"quantizing to int8 (calibrating on {calib_samples} samples)")
-            int8_meta = meta | {META_PREFIX + "precision": "int8"}
-            quant_report = quantize_file(tmp, tmp, calib_data, size=size, samples=calib_samples, metadata=int8_meta)
+            int8_meta = meta | {
+                META_PREFIX + "precision": "int8",
+                META_PREFIX + "int8_weight_bits": str(int8_weight_bits),
+            }
+            quant_report = quantize_file(
+                tmp, tmp, calib_data, size=size, samples=calib_samples, metadata=int8_meta, weight_bits=int8_weight_bits
+            )
         reports: list[VerifyReport] = []
         skipped: list[str] = []
         for engine in engines:
@@ -474,6 +484,13 @@ def export_onnx(
                         label=str(path),
                     )
                 )
+            except VerificationError as exc:
+                if precision == "int8" and int8_weight_bits == 8 and cpu_description().saturates_int8:
+                    raise VerificationError(
+                        f"{exc}; this CPU has no VNNI, where int8 kernels saturate on full-range weights: verify the "
+                        "8-bit file on the machine it is for, or export with --int8-weight-bits 7 (runs everywhere)"
+                    ) from None
+                raise
             except LowRankError as exc:
                 if verify_with != "auto" or engine == "onnxruntime":
                     raise

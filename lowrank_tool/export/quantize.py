@@ -19,7 +19,9 @@ integer: 255·127·2 overflows, 255·64·2 does not. The file does not know wher
 stay in [-64, 64] everywhere. Measured on an AVX2 machine (ResNet-20 trained on digits): the rank-0.5
 model, 98.61 % in fp32, lost 2.2 points in int8 with full-range weights (0.41 relative logit error) and
 0.55 with 7-bit ones (0.04); the dense one lost nothing either way. On VNNI and ARM CPUs the seventh bit
-costs a little precision and no speed (the same kernels run).
+costs a little precision and no speed (the same kernels run); ``weight_bits=8`` (``lowrank export --int8
+--int8-weight-bits 8``) writes full-range weights for such targets, and the export's verification on an AVX2
+machine then shows the saturation as a large error.
 """
 
 from __future__ import annotations
@@ -41,7 +43,20 @@ from ..data import DataSpec, build_datasets
 from ..errors import LowRankError, first_line
 from ..runtime import make_session
 
-__all__ = ["QuantizeReport", "quantize_file", "onnx_top1", "calibration_batches"]
+__all__ = ["QuantizeReport", "quantize_file", "onnx_top1", "calibration_batches", "WEIGHT_BITS", "check_weight_bits"]
+
+#: int8 weight ranges: 7 bits ([-64, 64], ``reduce_range``; the default, safe on every CPU) or the full 8 bits
+#: ([-127, 127]; a little more precision where the kernels do not saturate: x86 with VNNI, ARM, GPUs).
+WEIGHT_BITS = (7, 8)
+
+
+def check_weight_bits(bits: object) -> None:
+    """A clear error for an int8 weight width other than 7 or 8."""
+    if isinstance(bits, bool) or bits not in WEIGHT_BITS:
+        raise LowRankError(
+            f"int8 weight bits {bits!r} must be 7 (the default, safe on every CPU) or 8 (full range: CPUs with VNNI, "
+            "ARM, GPUs)"
+        )
 
 
 @dataclass
@@ -160,6 +175,7 @@ def quantize_file(
     evaluate: bool = True,
     eval_limit: int | None = None,
     device: str = "auto",
+    weight_bits: int = 7,
 ) -> QuantizeReport:
     """Quantize the fp32 ONNX file ``src`` to int8 at ``dst`` (which may be ``src``).
 
@@ -174,7 +190,10 @@ def quantize_file(
         evaluate: with a data spec, measure fp32 and int8 top-1 on the validation split.
         eval_limit: evaluate on at most this many validation images.
         device: ONNX Runtime device for the evaluation.
+        weight_bits: 7 (the default: runs unsaturated on every CPU) or 8 (full range, for CPUs with VNNI,
+            ARM and GPUs; see :data:`WEIGHT_BITS`).
     """
+    check_weight_bits(weight_bits)
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -218,7 +237,7 @@ def quantize_file(
                     activation_type=QuantType.QUInt8,  # U8S8: see the module docstring
                     weight_type=QuantType.QInt8,
                     per_channel=True,
-                    reduce_range=True,  # 7-bit weights: no saturation on x86 without VNNI (module docstring)
+                    reduce_range=weight_bits == 7,  # no saturation on x86 without VNNI (module docstring)
                     calibrate_method=CalibrationMethod.MinMax,
                 )
             except Exception as exc:

@@ -76,6 +76,12 @@ class CPU:
         """One short line for a results table: ``AMD EPYC, AVX2, 2 CPUs``."""
         return f"{self.name}, {self.isa}, {self.cpus} CPUs"
 
+    @property
+    def saturates_int8(self) -> bool:
+        """Whether full-range int8 (u8 activations × s8 weights) can overflow here: x86 without VNNI, where ONNX
+        Runtime's kernels add two products into a saturating 16-bit integer (VPMADDUBSW)."""
+        return "avx2" in self.flags and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(self.flags)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"flags": list(self.flags)}
 
