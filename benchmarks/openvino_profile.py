@@ -6,7 +6,7 @@ Usage:
 
 The model (random weights: time does not depend on the values) is converted at ``--rank`` and exported
 four times, dense and low-rank in fp32 and in int8 (static QDQ calibrated on digits, as ``lowrank export
---int8`` does). Each file is compiled by OpenVINO's CPU plugin with performance counters on (f32
+--int8`` does). Each file is compiled for batch 1 by OpenVINO's CPU plugin with performance counters on (f32
 inference precision, ``--threads`` threads) and run ``--runs`` times after ``--warmup`` runs; every
 executed node's time is summed per (node type, kernel), e.g. ``Convolution / brgconv_avx512_1x1_I8``,
 and averaged per inference. The table answers "which kind of operator keeps the low-rank model from its
@@ -34,6 +34,7 @@ import torch
 from int8_lowrank import _export_four as export_four  # this script's folder is on sys.path
 
 from lowrank_tool.runtime.machine import cpu_description
+from lowrank_tool.runtime.openvino_engine import fix_batch
 
 FILES = ("dense-fp32", "lowrank-fp32", "dense-int8", "lowrank-int8")
 
@@ -91,7 +92,9 @@ def profile(path: Path, size: list[int], threads: int, runs: int, warmup: int) -
 
     core = ov.Core()
     config = {"PERF_COUNT": True, "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-    request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+    model = core.read_model(str(path))
+    fix_batch(model, 1)  # compiled for the batch it runs, as `lowrank bench` does (a static shape runs faster)
+    request = core.compile_model(model, "CPU", config).create_infer_request()
     x = np.random.default_rng(0).standard_normal((1, *size)).astype(np.float32)
     for _ in range(warmup):
         request.infer({0: x})
