@@ -5,6 +5,7 @@ Usage:
     python benchmarks/inference_latency.py --models resnet50 --ranks 0.3 --batches 1 --threads 2
     python benchmarks/inference_latency.py --round-to 1 --out benchmarks/results/inference_latency_r1   # naive ranks
     python benchmarks/inference_latency.py --policy latency --ranks 0.3 --models resnet18 resnet50
+    python benchmarks/inference_latency.py --policy latency --latency-engine openvino --engines openvino --models resnet50 --ranks 0.3
     python benchmarks/inference_latency.py --engines onnxruntime torch --models resnet18
     python benchmarks/inference_latency.py --engines onnxruntime openvino --models resnet50 --ranks 0.3 \
         --batches 1 --threads 2 --runs 120 --repeats 40       # the issue-15 target, on both CPU engines
@@ -48,6 +49,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per configuration")
     parser.add_argument("--round-to", type=int, default=None, help="rank rounding (default: the converter's default)")
     parser.add_argument("--policy", default="rank", choices=["rank", "latency"])
+    parser.add_argument(
+        "--latency-engine",
+        default="onnxruntime",
+        choices=["onnxruntime", "openvino"],
+        help="with --policy latency: the engine the layer forms are chosen on (the one you deploy to)",
+    )
     parser.add_argument("--merge", default="none", choices=["none", "all", "auto"])
     parser.add_argument("--engines", nargs="+", default=["onnxruntime"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
@@ -69,6 +76,7 @@ def main() -> None:
                     kwargs["round_to"] = args.round_to
                 if args.policy == "latency":
                     kwargs["latency_threads"] = int(args.threads.split(",")[0])
+                    kwargs["latency_engine"] = args.latency_engine
                 directory = Path(tmp) / f"{name}-{rank}"
                 lr.save(lr.convert(name, **kwargs), directory)
                 report = bench(
@@ -116,6 +124,7 @@ def main() -> None:
         "repeats": args.repeats,
         "round_to": args.round_to,
         "policy": args.policy,
+        "latency_engine": args.latency_engine if args.policy == "latency" else None,
         "merge": args.merge,
         "command": "python benchmarks/inference_latency.py " + " ".join(_argv()),
     }
