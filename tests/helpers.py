@@ -1,7 +1,8 @@
 """Helpers shared by the test modules (fixtures built on them live in conftest.py).
 
-``run_cli`` runs the `lowrank` command in-process, ``lowrank`` in a subprocess (for what needs a real
-process: console scripts, signals, torchrun), and ``TinyNet`` is a user's own small model.
+``run_cli`` runs the `lowrank` command in-process (``in_process`` wraps it in :func:`lowrank`'s result type),
+``lowrank`` in a subprocess (for what needs a real process: console scripts, signals, torchrun, the
+interpreter's own stream encoding), and ``TinyNet`` is a user's own small model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,20 @@ def run_cli(argv: list[Any], capsys: Any, monkeypatch: Any) -> tuple[int, str, s
         raise SystemExit(0)
     out, err = capsys.readouterr()
     return info.value.code or 0, out, err
+
+
+def in_process(capsys: Any, monkeypatch: Any) -> Any:
+    """A stand-in for :func:`lowrank` that runs the command in this process (no interpreter and torch start-up,
+    6-9 s a call on a slow machine): same ``returncode``/``stdout``/``stderr``, ``check=True`` raises."""
+
+    def call(*args: Any, check: bool = False) -> subprocess.CompletedProcess:
+        code, out, err = run_cli(list(args), capsys, monkeypatch)
+        result = subprocess.CompletedProcess(["lowrank", *map(str, args)], code, out, err)
+        if check:
+            result.check_returncode()
+        return result
+
+    return call
 
 
 def lowrank(*args: Any, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import lowrank
+from helpers import in_process
 from safetensors.torch import save_file
 
 import lowrank_tool as lr
@@ -98,7 +98,8 @@ def test_weight_file_errors(trained, tmp_path):
         lr.convert("resnet20", weights=tmp_path / "bad.safetensors", init="decompose")
 
 
-def test_cli_decompose_a_trained_dense_artifact_then_fine_tune(tmp_path):
+def test_cli_decompose_a_trained_dense_artifact_then_fine_tune(tmp_path, capsys, monkeypatch):
+    lowrank = in_process(capsys, monkeypatch)
     dense = tmp_path / "dense"
     assert (
         lowrank(
@@ -174,6 +175,6 @@ def test_cli_decompose_a_trained_dense_artifact_then_fine_tune(tmp_path):
         ),
     ],
 )
-def test_cli_decompose_errors(argv, message):
-    res = lowrank(*argv)
+def test_cli_decompose_errors(argv, message, capsys, monkeypatch):
+    res = in_process(capsys, monkeypatch)(*argv)
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import lowrank
+from helpers import in_process
 
 import lowrank_tool as lr
 from lowrank_tool.errors import LowRankError
@@ -179,7 +179,8 @@ def test_each_method_trains_on_digits_and_exports(method, convert_kwargs, option
     assert 100 * correct / total == pytest.approx(metrics[-1]["val_top1"], abs=0.3)
 
 
-def test_cli_trains_lrpet_and_deeptwist(tmp_path):
+def test_cli_trains_lrpet_and_deeptwist(tmp_path, capsys, monkeypatch):
+    lowrank = in_process(capsys, monkeypatch)
     d = tmp_path / "lp"
     lowrank(
         "convert",
