@@ -1,6 +1,16 @@
+import os
+
 import pytest
 import torch
 from helpers import TinyNet, run_cli
+
+# Under pytest-xdist (pyproject's addopts: one worker per CPU) each worker gets its share of the cores, so the
+# workers' PyTorch thread pools do not fight over them. Subprocesses a test starts see the same limit.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 @pytest.fixture(autouse=True)
