@@ -44,7 +44,7 @@ from ..export.onnx import export_onnx, plan_from_onnx, read_metadata
 from ..io import load, rebuild
 from ..models import build_from_spec, parse_input_size
 from ..runtime import STABLE_SPREAD, Runner, get_engine, measure, paired_speedup, torch_threads
-from ..runtime.machine import cpu_description
+from ..runtime.machine import CPU, cpu_description
 
 __all__ = ["BenchRow", "BenchReport", "bench", "ENGINES", "STABLE_SPREAD"]
 
@@ -75,8 +75,8 @@ class BenchReport:
     input_size: list[int]
     rows: list[BenchRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    #: the CPU the timings ran on (:meth:`~lowrank_tool.runtime.machine.CPU.to_dict`): its ISA decides the kernels
-    cpu: dict[str, Any] = field(default_factory=dict)
+    #: the CPU the timings ran on: its ISA decides the kernels
+    cpu: CPU | None = None
     #: the versions of the packages that ran the models (``torch``, ``onnxruntime``, ``openvino``)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -124,7 +124,7 @@ class BenchReport:
             "rows": [asdict(r) for r in self.rows],
             "comparisons": self.comparisons(),
             "notes": self.notes,
-            "cpu": self.cpu,
+            "cpu": self.cpu.to_dict() if self.cpu else None,
             "versions": self.versions,
         }
 
@@ -322,7 +322,7 @@ def bench(
             assert totals is not None  # plan is not None here
             models.append(("dense", dense, dense_file, int(totals["params_before"]), int(totals["macs_before"])))
 
-        report = BenchReport(str(target), list(size), notes=report_notes, cpu=cpu_description().to_dict())
+        report = BenchReport(str(target), list(size), notes=report_notes, cpu=cpu_description())
         per_round = max(1, runs // repeats)
         for engine in engines:
             for batch in batch_list:

@@ -76,7 +76,6 @@ def bench(
     lowrank bench r50.onnx --engine onnxruntime · lowrank bench r50 --vs-dense --engine onnxruntime,openvino
     """
     from ..analysis.bench import bench as run_bench
-    from ..runtime.machine import machine_label
 
     engines = [e.strip() for e in engine.split(",") if e.strip()]
     with err_console.status("benchmarking", spinner="dots") as status:
@@ -132,7 +131,9 @@ def bench(
     console.print(table)
     software = ", ".join(f"{name} {version}" for name, version in report.versions.items())
     console.print(
-        f"measured on {machine_label()}" + (f" with {software}" if software else ""), highlight=False, markup=False
+        f"measured on {report.cpu.label if report.cpu else 'this machine'}" + (f" with {software}" if software else ""),
+        highlight=False,
+        markup=False,
     )
     for note in report.notes:
         console.print(f"note: {note}", highlight=False, markup=False)

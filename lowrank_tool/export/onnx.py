@@ -48,7 +48,7 @@ from ..choices import (
 )
 from ..conversion_plan import ConversionPlan, plan_of
 from ..convert.api import parse_input_size
-from ..errors import LowRankError, VerificationError, first_line
+from ..errors import LowRankError, first_line
 from ..models import example_input
 from ..runtime import parse_engines
 from ..runtime.machine import cpu_description
@@ -465,6 +465,13 @@ def export_onnx(
             )
         reports: list[VerifyReport] = []
         skipped: list[str] = []
+        saturates = precision == "int8" and int8_weight_bits == 8 and cpu_description().saturates_int8
+        hint = (
+            "this CPU has no VNNI, where int8 kernels saturate on full-range weights: verify the 8-bit file on the "
+            "machine it is for, or export with --int8-weight-bits 7 (runs everywhere)"
+            if saturates
+            else None
+        )
         for engine in engines:
             note(f"verifying with {engine}")
             try:
@@ -482,16 +489,9 @@ def export_onnx(
                         real_inputs=quant_report.inputs if quant_report else None,
                         raise_on_failure=True,
                         label=str(path),
+                        mismatch_hint=hint,
                     )
                 )
-            except VerificationError as exc:
-                saturation = "differs from PyTorch" in str(exc)  # not a checker or output-count failure
-                if saturation and precision == "int8" and int8_weight_bits == 8 and cpu_description().saturates_int8:
-                    raise VerificationError(
-                        f"{exc}; this CPU has no VNNI, where int8 kernels saturate on full-range weights: verify the "
-                        "8-bit file on the machine it is for, or export with --int8-weight-bits 7 (runs everywhere)"
-                    ) from None
-                raise
             except LowRankError as exc:
                 if verify_with != "auto" or engine == "onnxruntime":
                     raise

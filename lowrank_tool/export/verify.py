@@ -160,6 +160,7 @@ def verify_onnx(
     raise_on_failure: bool = False,
     label: str | None = None,
     seed: int = 1234,
+    mismatch_hint: str | None = None,
 ) -> VerifyReport:
     """Check an exported file and compare an engine's outputs (ONNX Runtime's by default) with the PyTorch model's.
 
@@ -177,6 +178,8 @@ def verify_onnx(
         raise_on_failure: raise :class:`VerificationError` instead of returning a failed report.
         label: how to name the file in messages.
         seed: seed of the random inputs.
+        mismatch_hint: appended to the error when the outputs differ beyond tolerance (the likely cause, as the
+            caller knows it), not to any other failure.
 
     Returns:
         A :class:`VerifyReport`.
@@ -256,5 +259,6 @@ def verify_onnx(
         raise VerificationError(
             f"{label}: {runner.describe()} differs from PyTorch by {max_rel:.3g} relative (output {worst!r}, max abs {max_abs:.3g}), "
             f"above the {precision} tolerance {tol:g}{extra}; the file was not written (--no-verify keeps it, --tolerance raises the limit)"
+            + (f"; {mismatch_hint}" if mismatch_hint else "")
         )
     return report
