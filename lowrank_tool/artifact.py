@@ -42,6 +42,7 @@ __all__ = [
     "atomic_write_text",
     "write_error",
     "check_path",
+    "check_artifact",
     "atomic_directory",
     "LOCK_FILE",
     "DirectoryLock",
@@ -109,6 +110,26 @@ def check_path(path: str | os.PathLike[str]) -> Path:
             f"the path {str(path)[:48]}... is {size} bytes long, over the {PATH_MAX}-byte limit; choose a shorter path"
         )
     return path
+
+
+def check_artifact(directory: str | os.PathLike[str]) -> Path:
+    """``directory`` as an artifact: a directory holding ``plan.json`` and ``model.safetensors`` (else one line).
+
+    Only whether the files are there: what they hold is checked when they are read. Cheap (no torch), so
+    that a mistyped path is refused at once, before any heavy import or work.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise LowRankError(f"{directory} is not a directory; point to a directory written by `lowrank convert -o DIR`")
+    plan = directory / PLAN_FILE
+    if not plan.is_file():
+        raise LowRankError(f"{plan} does not exist; point to a directory written by `lowrank convert -o DIR`")
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise LowRankError(
+            f"{weights} does not exist; the artifact is incomplete, re-create it with `lowrank convert -o DIR`"
+        )
+    return directory
 
 
 def _temp_prefix(target: Path) -> str:

@@ -17,7 +17,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ._version import __version__
-from .artifact import PLAN_FILE, WEIGHTS_FILE, atomic_directory, native_path
+from .artifact import PLAN_FILE, WEIGHTS_FILE, atomic_directory, check_artifact, native_path
 from .conversion_plan import ConversionPlan, attach_plan, plan_of
 from .convert.api import summary
 from .convert.apply import apply_plan
@@ -135,15 +135,9 @@ def load(
         torch.Size([2, 1000])
     """
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise LowRankError(f"{directory} is not a directory; point to a directory written by `lowrank convert -o DIR`")
+    directory = check_artifact(directory)
     plan = ConversionPlan.load(directory / PLAN_FILE)
     weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise LowRankError(
-            f"{weights} does not exist; the artifact is incomplete, re-create it with `lowrank convert -o DIR`"
-        )
     model = rebuild(plan, model, where=str(directory / PLAN_FILE), trust_code=trust_code, init="none")
     _check_header(weights, model)
     try:

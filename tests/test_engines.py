@@ -91,6 +91,9 @@ def test_unknown_and_missing_engines_are_one_line_naming_the_fix(monkeypatch):
     with pytest.raises(LowRankError, match=r"needs the 'openvino' package.+pip install 'lowrank-tool\[openvino\]'"):
         get_engine("openvino")
     assert installed_engines() == ["onnxruntime"] and parse_engines("auto") == ["onnxruntime"]
+    with pytest.raises(LowRankError, match="needs the 'openvino' package"):  # refused before any export starts
+        parse_engines("onnxruntime,openvino")
+    monkeypatch.undo()
     assert parse_engines("openvino, onnxruntime,openvino") == ["openvino", "onnxruntime"]
     with pytest.raises(LowRankError, match="--verify-with is empty"):
         parse_engines(" , ")

@@ -1,5 +1,20 @@
-"""Measurements of models: latency in ONNX Runtime and PyTorch, and the benchmark behind `lowrank bench`."""
+"""Measurements of models: latency in ONNX Runtime and PyTorch, and the benchmark behind `lowrank bench`.
 
-from ..runtime import Latency, measure, time_onnx, time_torch
+The names below are loaded on first use, so that :mod:`.bench_settings` (the CLI's checks of its arguments)
+does not import torch.
+"""
 
-__all__ = ["Latency", "measure", "time_onnx", "time_torch"]
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "Latency": "..runtime",
+    "measure": "..runtime",
+    "time_onnx": "..runtime",
+    "time_torch": "..runtime",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -45,11 +45,11 @@ from ..io import load, rebuild
 from ..models import build_from_spec, parse_input_size
 from ..runtime import STABLE_SPREAD, Runner, get_engine, measure, paired_speedup, torch_threads
 from ..runtime.machine import CPU, cpu_description
+from .bench_settings import bench_settings
 
 __all__ = ["BenchRow", "BenchReport", "bench", "ENGINES", "STABLE_SPREAD"]
 
 #: Interleaved rounds per configuration unless asked otherwise.
-DEFAULT_REPEATS = 10  # its 95 % interval is the 2nd to 9th ratio: one disturbed round does not widen it
 
 
 @dataclass
@@ -129,17 +129,6 @@ class BenchReport:
         }
 
 
-def _parse_list(value: str | Sequence[int], what: str) -> list[int]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        numbers = [int(str(v).strip()) for v in items if str(v).strip()]
-    except ValueError:
-        raise LowRankError(f"{what} {value!r} is not a list of integers; write e.g. 1,8") from None
-    if not numbers or any(n < 1 for n in numbers):
-        raise LowRankError(f"{what} {value!r} must be positive integers such as 1,8")
-    return numbers
-
-
 def _onnx_params(path: Path) -> int:
     import onnx
 
@@ -216,7 +205,7 @@ def bench(
             plan names its base model is rebuilt for PyTorch with random weights.
         runs, warmup: timed calls per model and configuration, and untimed calls before them.
         repeats: interleaved rounds the runs are split into (each gives one paired speedup; see the module
-            docstring); default ``min(5, runs)``. 1 times each model in one block.
+            docstring); default ``min(10, runs)``. 1 times each model in one block.
         input_size: per-sample input (default: the plan's).
         device: ONNX Runtime device (``cpu``, ``cuda``, ``tensorrt`` or ``auto``); PyTorch runs on the CPU
             unless ``cuda``; OpenVINO runs on the CPU.
@@ -230,29 +219,17 @@ def bench(
         A :class:`BenchReport`; ``.comparisons()`` gives speedup and efficiency.
     """
     note = progress or (lambda message: None)
-    batch_list = _parse_list(batches, "batch")
-    thread_list = _parse_list(threads, "threads") if threads is not None else [os.cpu_count() or 1]
-    unknown = [e for e in engines if e not in ENGINES]
-    if unknown or not engines:
-        raise LowRankError(
-            f"engine {unknown[0] if unknown else '(none)'!r} is not known; use one or more of: {', '.join(ENGINES)}"
-        )
-    for engine in engines:
-        if engine in RUNTIME_ENGINES:
-            get_engine(engine)  # not installed: one line naming the extra, before anything is exported
-    if precision not in ("fp32", "fp16"):
-        raise LowRankError(f"bench precision {precision!r} is not known; use fp32 or fp16 (int8 files: bench the file)")
-    if runs < 1 or warmup < 0:
-        raise LowRankError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    if repeats is None:
-        repeats = min(DEFAULT_REPEATS, runs)
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= runs:
-        raise LowRankError(f"repeats {repeats!r} must be an integer from 1 to runs ({runs}), e.g. 10")
-    target = Path(target).expanduser()
-    if not target.exists():
-        raise LowRankError(
-            f"{target} does not exist; point to a directory from `lowrank convert -o DIR` or an .onnx file"
-        )
+    settings = bench_settings(
+        target,
+        batches=batches,
+        threads=threads,
+        engines=engines,
+        runs=runs,
+        warmup=warmup,
+        repeats=repeats,
+        precision=precision,
+    )
+    target, batch_list, thread_list, repeats = settings.target, settings.batches, settings.threads, settings.repeats
     torch_device = torch.device("cuda" if device in ("cuda", "tensorrt") else "cpu")
 
     report_notes: list[str] = []

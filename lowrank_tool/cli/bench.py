@@ -75,9 +75,22 @@ def bench(
     Examples: lowrank bench r50 --vs-dense · lowrank bench r50 --vs-dense --batch 1,8 --threads 1,2 --json ·
     lowrank bench r50.onnx --engine onnxruntime · lowrank bench r50 --vs-dense --engine onnxruntime,openvino
     """
-    from ..analysis.bench import bench as run_bench
+    from ..analysis.bench_settings import bench_settings  # numpy, not torch
 
     engines = [e.strip() for e in engine.split(",") if e.strip()]
+    # the arguments and the path are checked before torch is imported, so that a mistake is refused at once
+    bench_settings(
+        target,
+        batches=batch,
+        threads=threads,
+        engines=engines,
+        runs=runs,
+        warmup=warmup,
+        repeats=repeats,
+        precision="fp16" if fp16 else "fp32",
+    )
+    from ..analysis.bench import bench as run_bench
+
     with err_console.status("benchmarking", spinner="dots") as status:
         report = run_bench(
             target,

@@ -11,6 +11,7 @@ from rich.markup import escape
 from ..artifact import check_path
 from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, MEMORY_FORMATS, POLICIES, RUNTIME_ENGINES
 from ..convert.options import ConvertOptions, RankSpec, option_help
+from ..errors import LowRankError
 from ._common import (
     MODEL_ARG_HELP,
     choices,
@@ -74,11 +75,7 @@ def convert(
     lowrank convert resnet18 --weights r18.pth --init decompose --energy 0.9 -o r18 (then `lowrank train r18` fine-tunes) ·
     lowrank convert resnet50 --policy latency --target-speedup 2 -o r50
     """
-    from ..convert.api import convert as do_convert
-    from ..convert.api import summary
-    from ..errors import LowRankError
-    from ..io import save
-
+    # the options are checked before torch is imported, so that a mistake is refused at once
     if output is not None and check_path(output).exists() and not force:
         raise LowRankError(f"{output} already exists; choose another output directory or pass --force")
     if target_speedup is not None and policy.value != "latency":
@@ -118,6 +115,10 @@ def convert(
         latency_engine=engine.value,
         memory_format=memory_format.value,
     )
+    from ..convert.api import convert as do_convert
+    from ..convert.api import summary
+    from ..io import save
+
     if policy.value == "latency" and not json:
         err_console.print(
             f"measuring layer forms in {engine.value} on this machine (cached per machine; the first run takes longer)"

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..artifact import check_artifact
 from ..choices import (
     DEFAULT_OPSET,
     EXPORTERS,
@@ -17,6 +18,8 @@ from ..choices import (
     RUNTIME_ENGINES,
     TOLERANCES,
 )
+from ..errors import LowRankError
+from ..export.options import check_output_path, check_weight_bits, parse_batch
 from ._common import TRUST_CODE_HELP, choices, console, err_console, human, print_json
 
 Merge = choices("Merge", MERGE_MODES)
@@ -116,9 +119,8 @@ def export(
     lowrank export r50 --onnx r50.onnx --merge auto --batch 1 ·
     lowrank export r50 --onnx r50.onnx --verify-with openvino
     """
-    from ..errors import LowRankError
-    from ..export.onnx import check_output_path, export_onnx, parse_batch
-    from ..io import load
+    # arguments and paths are checked before torch is imported, so that a mistake is refused at once
+    from ..runtime.engines import parse_engines  # numpy, not torch
 
     if fp16 and int8:
         raise LowRankError("--fp16 and --int8 exclude each other; choose one precision")
@@ -131,19 +133,18 @@ def export(
     if int8_weight_bits is not None and not int8:
         raise LowRankError("--int8-weight-bits is only used with --int8; add --int8 or drop --int8-weight-bits")
     if int8_weight_bits is not None:
-        from ..export.quantize import check_weight_bits
-
         check_weight_bits(int8_weight_bits)
     parse_batch(batch)
     if verify:
-        from ..runtime import parse_engines
-
         parse_engines(verify_with)  # an unknown or missing engine is refused before the export starts
     if check_output_path(onnx).exists() and not force:
         raise LowRankError(f"{onnx} already exists; choose another --onnx file or pass --force to replace it")
-    if calib_data is not None:
-        from ..data import DataSpec
+    check_artifact(directory)
+    from ..data import DataSpec  # its dataset records need torch
+    from ..export.onnx import export_onnx
+    from ..io import load
 
+    if calib_data is not None:
         DataSpec.parse(calib_data)
     model = load(directory, trust_code=trust_code)
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..artifact import WEIGHTS_FILE, check_artifact
 from ._common import TRUST_CODE_HELP, console, human, print_json
 from .render import print_plan
 
@@ -19,7 +20,7 @@ def inspect(
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_CODE_HELP)] = False,
 ) -> None:
     """Load a converted model from DIR (rebuilding it from plan.json, loading model.safetensors) and show its plan."""
-    from ..artifact import WEIGHTS_FILE
+    check_artifact(directory)  # a mistyped path is refused before torch is imported
     from ..convert.api import summary
     from ..io import load
 

@@ -162,12 +162,11 @@ def train(
     lowrank train --recipe recipes/resnet20_cifar10_elrt.yaml --data cifar10:~/data ·
     lowrank train r20 --data synthetic --nproc 2
     """
+    # the options, the recipe and the paths are checked before torch is imported (a mistake is refused at once)
+    # and before the recipe's model is converted (nothing is written for a run that cannot start)
     from ..artifact import STATE_FILE
-    from ..train.checkpoint import load_train_state
     from ..train.config import TrainConfig
     from ..train.recipes import load_recipe
-    from ..train.run import train_artifact
-    from ..train.trainer import TrainingDiverged, TrainingInterrupted
 
     given = {
         k: _value(v)
@@ -208,6 +207,7 @@ def train(
         raise LowRankError(f"--nproc {nproc} must be >= 1")
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rec = load_recipe(recipe) if recipe is not None else None
+    convert_recipe = False
     if directory is None:
         if rec is None:
             raise LowRankError(
@@ -216,21 +216,28 @@ def train(
         directory = Path(output or rec.output or "")
         if not str(directory):
             raise LowRankError(f"{rec.source} has no 'output'; pass -o DIR")
-        if not (resume and (directory / STATE_FILE).is_file()):
-            _convert_recipe(rec, directory, force=force, under_torchrun=under_torchrun, trust_code=trust_code)
+        convert_recipe = not (resume and (directory / STATE_FILE).is_file())
     elif not directory.is_dir():
         raise LowRankError(
             f"{directory} is not a directory; convert a model first: lowrank convert MODEL -o {directory}"
         )
 
     base: dict[str, Any] = dict(rec.train) if rec is not None else {}
+    if not resume:
+        if not convert_recipe and (directory / STATE_FILE).is_file() and not force:
+            raise LowRankError(
+                f"{directory} already holds a training run; continue it with --resume or start over with --force"
+            )
+        config = TrainConfig.from_dict({**base, **given}, source="lowrank train")
+    from ..train.checkpoint import load_train_state
+    from ..train.run import train_artifact
+    from ..train.trainer import TrainingDiverged, TrainingInterrupted
+
+    if convert_recipe:
+        _convert_recipe(rec, directory, force=force, under_torchrun=under_torchrun, trust_code=trust_code)
     if resume:
         base.update(load_train_state(directory / STATE_FILE)["config"])
-    elif (directory / STATE_FILE).is_file() and not force:
-        raise LowRankError(
-            f"{directory} already holds a training run; continue it with --resume or start over with --force"
-        )
-    config = TrainConfig.from_dict({**base, **given}, source="lowrank train")
+        config = TrainConfig.from_dict({**base, **given}, source="lowrank train")
 
     if nproc > 1 and not under_torchrun:
         argv = ["train", str(directory), *_flags(given)]

@@ -5,40 +5,41 @@ Example:
     >>> model = lr.convert("resnet18", rank=0.3, input_size="3x64x64")
     >>> result = lr.export_onnx(model, "r18.onnx")        # doctest: +SKIP
     >>> print(result.verification.line())                 # doctest: +SKIP
+
+The names below are loaded on first use, so that ``lowrank_tool.export.options`` (the CLI's checks of its
+arguments) does not import torch.
 """
 
-from ..runtime import DEVICES, make_session, providers_for
-from .merge import MERGE_MODES, MergeDecision, merge_factors
-from .onnx import (
-    DEFAULT_OPSET,
-    EXPORTERS,
-    PRECISIONS,
-    ExportResult,
-    export_onnx,
-    plan_from_onnx,
-    read_metadata,
-)
-from .quantize import QuantizeReport, quantize_file
-from .verify import TOLERANCES, VerificationError, VerifyReport, verify_onnx
+from __future__ import annotations
 
-__all__ = [
-    "export_onnx",
-    "ExportResult",
-    "read_metadata",
-    "plan_from_onnx",
-    "DEFAULT_OPSET",
-    "EXPORTERS",
-    "PRECISIONS",
-    "verify_onnx",
-    "VerifyReport",
-    "VerificationError",
-    "TOLERANCES",
-    "merge_factors",
-    "MergeDecision",
-    "MERGE_MODES",
-    "quantize_file",
-    "QuantizeReport",
-    "make_session",
-    "providers_for",
-    "DEVICES",
-]
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "DEVICES": "..runtime",
+    "make_session": "..runtime",
+    "providers_for": "..runtime",
+    "MERGE_MODES": ".merge",
+    "MergeDecision": ".merge",
+    "merge_factors": ".merge",
+    "DEFAULT_OPSET": ".onnx",
+    "EXPORTERS": ".onnx",
+    "PRECISIONS": ".onnx",
+    "ExportResult": ".onnx",
+    "export_onnx": ".onnx",
+    "plan_from_onnx": ".onnx",
+    "read_metadata": ".onnx",
+    "QuantizeReport": ".quantize",
+    "quantize_file": ".quantize",
+    "TOLERANCES": ".verify",
+    "VerificationError": ".verify",
+    "VerifyReport": ".verify",
+    "verify_onnx": ".verify",
+    "parse_batch": ".options",
+    "check_output_path": ".options",
+    "WEIGHT_BITS": ".options",
+    "check_weight_bits": ".options",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..artifact import atomic_file, check_path
+from ..artifact import atomic_file
 from ..choices import (
     DEFAULT_OPSET,
     EXPORTERS,
@@ -53,7 +53,8 @@ from ..models import example_input
 from ..runtime import parse_engines
 from ..runtime.machine import cpu_description
 from .merge import MergeDecision, merge_factors
-from .quantize import check_weight_bits, quantize_file
+from .options import check_output_path, check_weight_bits, parse_batch
+from .quantize import quantize_file
 from .verify import VerifyReport, verify_onnx
 
 __all__ = [
@@ -331,40 +332,6 @@ def check_opset(opset: int) -> None:
         raise LowRankError(
             f"opset {opset!r} is not supported; use an opset from {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})"
         )
-
-
-def parse_batch(value: int | str) -> int | str:
-    """``"dynamic"`` or a positive integer (``"8"`` → 8)."""
-    if isinstance(value, str):
-        if value.strip().lower() == "dynamic":
-            return "dynamic"
-        if value.strip().isdigit():
-            value = int(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise LowRankError(f"batch {value!r} is not valid; use 'dynamic' or a positive integer such as 1")
-
-
-def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """The output file's parent must exist and be writable, and the path must not be a directory."""
-    path = check_path(Path(path).expanduser())
-    try:
-        os.fspath(path.absolute()).encode("utf-8")
-    except UnicodeEncodeError:
-        raise LowRankError(
-            f"{os.fsencode(path)!r} is not a UTF-8 path, and the ONNX tools (exporter, checker, ONNX Runtime) take only "
-            "UTF-8 paths; choose a UTF-8 name"
-        ) from None
-    if path.is_dir():
-        raise LowRankError(f"{path} is a directory; give a file name such as {path / 'model.onnx'}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise LowRankError(f"cannot write {path}: directory {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise LowRankError(f"cannot write {path}: directory {parent} is not writable; choose another path")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise LowRankError(f"cannot write {path}: the file exists and is read-only; choose another path")
-    return path
 
 
 # -- the entry point --------------------------------------------------------------------------------------

@@ -42,21 +42,9 @@ from torch.utils.data import DataLoader, Subset
 from ..data import DataSpec, build_datasets
 from ..errors import LowRankError, first_line
 from ..runtime import make_session
+from .options import WEIGHT_BITS, check_weight_bits
 
 __all__ = ["QuantizeReport", "quantize_file", "onnx_top1", "calibration_batches", "WEIGHT_BITS", "check_weight_bits"]
-
-#: int8 weight ranges: 7 bits ([-64, 64], ``reduce_range``; the default, safe on every CPU) or the full 8 bits
-#: ([-127, 127]; a little more precision where the kernels do not saturate: x86 with VNNI, ARM, GPUs).
-WEIGHT_BITS = (7, 8)
-
-
-def check_weight_bits(bits: object) -> None:
-    """A clear error for an int8 weight width other than 7 or 8."""
-    if isinstance(bits, bool) or bits not in WEIGHT_BITS:
-        raise LowRankError(
-            f"int8 weight bits {bits!r} must be 7 (the default, safe on every CPU) or 8 (full range: CPUs with VNNI, "
-            "ARM, GPUs)"
-        )
 
 
 @dataclass

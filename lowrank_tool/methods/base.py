@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-__all__ = ["Method"]
+__all__ = ["Method", "Dense"]
 
 
 class Method:
@@ -47,3 +47,9 @@ class Method:
     def state(self) -> dict[str, Any]:
         """A JSON-able description of the method and its options."""
         return {"name": self.name}
+
+
+class Dense(Method):
+    """The baseline: plain training, no regulariser, no structure change."""
+
+    name = "dense"

@@ -3,46 +3,41 @@ statistics, and the export-and-time probe.
 
 Used by the converter (latency policy), the exporter (verification, ``merge="auto"``, int8) and the
 benchmarks; it depends on nothing of the toolkit but its errors and choices.
+
+The names below are loaded on first use, so that a command can check its engines (:mod:`.engines`) before
+torch is imported.
 """
 
-from .engines import Engine, Runner, TensorSpec, get_engine, installed_engines, parse_engines
-from .probe import onnx_bytes, time_module
-from .session import DEVICES, RUNTIME_DEVICES, make_session, provider_name, providers_for
-from .timing import (
-    CONFIDENCE,
-    STABLE_SPREAD,
-    Latency,
-    PairedSpeedup,
-    measure,
-    median_interval,
-    paired_speedup,
-    time_onnx,
-    time_torch,
-    torch_threads,
-)
+from __future__ import annotations
 
-__all__ = [
-    "Engine",
-    "Runner",
-    "TensorSpec",
-    "get_engine",
-    "installed_engines",
-    "parse_engines",
-    "RUNTIME_DEVICES",
-    "DEVICES",
-    "make_session",
-    "providers_for",
-    "provider_name",
-    "Latency",
-    "measure",
-    "time_onnx",
-    "time_torch",
-    "torch_threads",
-    "PairedSpeedup",
-    "paired_speedup",
-    "STABLE_SPREAD",
-    "CONFIDENCE",
-    "median_interval",
-    "onnx_bytes",
-    "time_module",
-]
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "Engine": ".engines",
+    "Runner": ".engines",
+    "TensorSpec": ".engines",
+    "get_engine": ".engines",
+    "installed_engines": ".engines",
+    "parse_engines": ".engines",
+    "onnx_bytes": ".probe",
+    "time_module": ".probe",
+    "DEVICES": ".session",
+    "RUNTIME_DEVICES": ".session",
+    "make_session": ".session",
+    "provider_name": ".session",
+    "providers_for": ".session",
+    "CONFIDENCE": ".timing",
+    "STABLE_SPREAD": ".timing",
+    "Latency": ".timing",
+    "PairedSpeedup": ".timing",
+    "measure": ".timing",
+    "median_interval": ".timing",
+    "paired_speedup": ".timing",
+    "time_onnx": ".timing",
+    "time_torch": ".timing",
+    "torch_threads": ".timing",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

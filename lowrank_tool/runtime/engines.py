@@ -23,13 +23,37 @@ import numpy as np
 from ..choices import RUNTIME_ENGINES
 from ..errors import LowRankError
 
-__all__ = ["TensorSpec", "Runner", "Engine", "ENGINE_MODULES", "get_engine", "installed_engines", "RUNTIME_ENGINES"]
+__all__ = [
+    "TensorSpec",
+    "Runner",
+    "Engine",
+    "ENGINE_MODULES",
+    "EngineModule",
+    "get_engine",
+    "installed_engines",
+    "RUNTIME_ENGINES",
+]
 
-#: engine name → (module with its Engine subclass, class name).
-ENGINE_MODULES: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("lowrank_tool.runtime.onnxruntime_engine", "OnnxRuntimeEngine"),
-    "openvino": ("lowrank_tool.runtime.openvino_engine", "OpenVINOEngine"),
+
+@dataclass(frozen=True)
+class EngineModule:
+    """Where an engine lives and what it needs; its module is imported only when the engine is asked for."""
+
+    module: str  # the module with the Engine subclass
+    cls: str  # the class's name
+    package: str  # the Python package the engine runs on
+    extra: str  # the toolkit's pip extra that installs it
+
+
+#: engine name → its :class:`EngineModule`. Whether an engine is installed is known without importing it.
+ENGINE_MODULES: dict[str, EngineModule] = {
+    # a core dependency: onnxruntime-gpu (Linux x86-64) or onnxruntime
+    "onnxruntime": EngineModule(
+        "lowrank_tool.runtime.onnxruntime_engine", "OnnxRuntimeEngine", "onnxruntime", "onnxruntime"
+    ),
+    "openvino": EngineModule("lowrank_tool.runtime.openvino_engine", "OpenVINOEngine", "openvino", "openvino"),
 }
+
 
 ModelSource = str | os.PathLike[str] | bytes
 
@@ -65,9 +89,6 @@ class Engine(ABC):
     """An inference runtime that reads ONNX."""
 
     name: ClassVar[str]
-    #: the Python package the engine needs, and the toolkit's pip extra that installs it.
-    package: ClassVar[str]
-    extra: ClassVar[str]
 
     @abstractmethod
     def load(
@@ -93,40 +114,41 @@ def _check_name(name: str) -> None:
         raise LowRankError(f"engine {name!r} is not known; use one of: {', '.join(RUNTIME_ENGINES)}")
 
 
-def _engine_class(name: str) -> type[Engine]:
-    module_name, class_name = ENGINE_MODULES[name]
-    cls: type[Engine] = getattr(importlib.import_module(module_name), class_name)
-    return cls
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(ENGINE_MODULES[name].package) is not None
 
 
-def _installed(cls: type[Engine]) -> bool:
-    return importlib.util.find_spec(cls.package) is not None
+def check_engine(name: str) -> None:
+    """A one-line :class:`LowRankError` when engine ``name`` is unknown or not installed (imports nothing)."""
+    _check_name(name)
+    entry = ENGINE_MODULES[name]
+    if not _installed(name):
+        raise LowRankError(
+            f"engine {name!r} needs the {entry.package!r} package, which is not installed; "
+            f"pip install 'lowrank-tool[{entry.extra}]' (or pip install {entry.package})"
+        )
 
 
 def get_engine(name: str) -> Engine:
     """The engine called ``name``; a one-line :class:`LowRankError` when unknown or not installed."""
-    _check_name(name)
-    cls = _engine_class(name)
-    if not _installed(cls):
-        raise LowRankError(
-            f"engine {name!r} needs the {cls.package!r} package, which is not installed; "
-            f"pip install 'lowrank-tool[{cls.extra}]' (or pip install {cls.package})"
-        )
+    check_engine(name)
+    entry = ENGINE_MODULES[name]
+    cls: type[Engine] = getattr(importlib.import_module(entry.module), entry.cls)
     return cls()
 
 
 def installed_engines() -> list[str]:
     """The engines whose runtime package is installed, in :data:`RUNTIME_ENGINES` order."""
-    return [name for name in RUNTIME_ENGINES if _installed(_engine_class(name))]
+    return [name for name in RUNTIME_ENGINES if _installed(name)]
 
 
 def parse_engines(text: str | Sequence[str], *, what: str = "--verify-with") -> list[str]:
-    """``"auto"`` (every installed engine) or a comma-separated list of engine names, checked."""
+    """``"auto"`` (every installed engine) or a comma-separated list of engine names, each known and installed."""
     names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     if names == ["auto"]:
         return installed_engines()
     if not names:
         raise LowRankError(f"{what} is empty; give engines, e.g. onnxruntime,openvino, or auto")
     for name in names:
-        _check_name(name)
+        check_engine(name)
     return list(dict.fromkeys(names))

@@ -55,8 +55,6 @@ class OnnxRuntimeRunner(Runner):
 
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
-    package = "onnxruntime"
-    extra = "onnxruntime"  # a core dependency: onnxruntime-gpu (Linux x86-64) or onnxruntime
 
     def load(
         self, model: ModelSource, *, device: str = "auto", threads: int | None = None, batch: int | None = None

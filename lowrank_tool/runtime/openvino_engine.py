@@ -85,8 +85,6 @@ class OpenVINORunner(Runner):
 
 class OpenVINOEngine(Engine):
     name = "openvino"
-    package = "openvino"
-    extra = "openvino"
 
     def __init__(self, precision: str = "f32") -> None:
         if precision not in PRECISION_HINTS:

@@ -24,7 +24,7 @@ from ..choices import (
     SCHEDULES,
 )
 from ..errors import LowRankError
-from ..methods import list_methods
+from ..methods.registry import list_methods
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "DEVICES", "MEMORY_FORMATS"]
 

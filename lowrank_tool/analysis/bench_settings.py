@@ -1,0 +1,89 @@
+"""The arguments of :func:`~lowrank_tool.analysis.bench.bench`, checked before anything heavy is imported.
+
+Only the standard library, numpy and the toolkit's light modules (no torch), so that ``lowrank bench``
+refuses a bad value or a mistyped path at once; :func:`~lowrank_tool.analysis.bench.bench` runs the same
+checks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..choices import ENGINES, RUNTIME_ENGINES
+from ..errors import LowRankError
+from ..runtime.engines import check_engine
+
+__all__ = ["BenchSettings", "bench_settings", "DEFAULT_REPEATS"]
+
+DEFAULT_REPEATS = 10  # its 95 % interval is the 2nd to 9th ratio: one disturbed round does not widen it
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Checked benchmark arguments: the target path, the batch and thread lists, the rounds."""
+
+    target: Path
+    batches: list[int]
+    threads: list[int]
+    engines: tuple[str, ...]
+    runs: int
+    warmup: int
+    repeats: int
+
+
+def bench_settings(
+    target: str | os.PathLike[str],
+    *,
+    batches: str | Sequence[int] = (1,),
+    threads: str | Sequence[int] | None = None,
+    engines: Sequence[str] = ("onnxruntime",),
+    runs: int = 50,
+    warmup: int = 10,
+    repeats: int | None = None,
+    precision: str = "fp32",
+) -> BenchSettings:
+    """Check the arguments of a benchmark (one line naming the value and the fix for each mistake).
+
+    Example:
+        >>> s = bench_settings(".", batches="1,8", threads="2", runs=20)
+        >>> s.batches, s.threads, s.repeats
+        ([1, 8], [2], 10)
+    """
+    batch_list = _parse_list(batches, "batch")
+    thread_list = _parse_list(threads, "threads") if threads is not None else [os.cpu_count() or 1]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        raise LowRankError(
+            f"engine {unknown[0] if unknown else '(none)'!r} is not known; use one or more of: {', '.join(ENGINES)}"
+        )
+    for engine in engines:
+        if engine in RUNTIME_ENGINES:
+            check_engine(engine)  # not installed: one line naming the extra, before anything is exported
+    if precision not in ("fp32", "fp16"):
+        raise LowRankError(f"bench precision {precision!r} is not known; use fp32 or fp16 (int8 files: bench the file)")
+    if runs < 1 or warmup < 0:
+        raise LowRankError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if repeats is None:
+        repeats = min(DEFAULT_REPEATS, runs)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= runs:
+        raise LowRankError(f"repeats {repeats!r} must be an integer from 1 to runs ({runs}), e.g. 10")
+    path = Path(target).expanduser()
+    if not path.exists():
+        raise LowRankError(
+            f"{path} does not exist; point to a directory from `lowrank convert -o DIR` or an .onnx file"
+        )
+    return BenchSettings(path, batch_list, thread_list, tuple(engines), runs, warmup, repeats)
+
+
+def _parse_list(value: str | Sequence[int], what: str) -> list[int]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        numbers = [int(str(v).strip()) for v in items if str(v).strip()]
+    except ValueError:
+        raise LowRankError(f"{what} {value!r} is not a list of integers; write e.g. 1,8") from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise LowRankError(f"{what} {value!r} must be positive integers such as 1,8")
+    return numbers

@@ -1,0 +1,62 @@
+"""The export's arguments, checked before anything heavy is imported: batch, output file, int8 weight width.
+
+Only the standard library and the toolkit's light modules (no torch, no ONNX), so that ``lowrank export``
+refuses a bad value at once; :func:`~lowrank_tool.export.onnx.export_onnx` runs the same checks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..artifact import check_path
+from ..errors import LowRankError
+
+__all__ = ["parse_batch", "check_output_path", "WEIGHT_BITS", "check_weight_bits"]
+
+#: int8 weight ranges: 7 bits ([-64, 64], ``reduce_range``; the default, safe on every CPU) or the full 8 bits
+#: ([-127, 127]; a little more precision where the kernels do not saturate: x86 with VNNI, ARM, GPUs).
+WEIGHT_BITS = (7, 8)
+
+
+def check_weight_bits(bits: object) -> None:
+    """A clear error for an int8 weight width other than 7 or 8."""
+    if isinstance(bits, bool) or bits not in WEIGHT_BITS:
+        raise LowRankError(
+            f"int8 weight bits {bits!r} must be 7 (the default, safe on every CPU) or 8 (full range: CPUs with VNNI, "
+            "ARM, GPUs)"
+        )
+
+
+def parse_batch(value: int | str) -> int | str:
+    """``"dynamic"`` or a positive integer (``"8"`` → 8)."""
+    if isinstance(value, str):
+        if value.strip().lower() == "dynamic":
+            return "dynamic"
+        if value.strip().isdigit():
+            value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise LowRankError(f"batch {value!r} is not valid; use 'dynamic' or a positive integer such as 1")
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """The output file's parent must exist and be writable, and the path must not be a directory."""
+    path = check_path(Path(path).expanduser())
+    try:
+        os.fspath(path.absolute()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise LowRankError(
+            f"{os.fsencode(path)!r} is not a UTF-8 path, and the ONNX tools (exporter, checker, ONNX Runtime) take only "
+            "UTF-8 paths; choose a UTF-8 name"
+        ) from None
+    if path.is_dir():
+        raise LowRankError(f"{path} is a directory; give a file name such as {path / 'model.onnx'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise LowRankError(f"cannot write {path}: directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise LowRankError(f"cannot write {path}: directory {parent} is not writable; choose another path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise LowRankError(f"cannot write {path}: the file exists and is read-only; choose another path")
+    return path
