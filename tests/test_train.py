@@ -314,6 +314,26 @@ def test_cli_demo_keeps_onnx_files(tmp_path):
     assert "ONNX ms (CPU, batch 1)" in res.stdout and "both exports verified" in res.stdout
 
 
+def test_demo_that_does_not_finish_leaves_no_output(tmp_path, monkeypatch):
+    """The dense model trained and saved, the low-rank one fails: the new output folder is removed again."""
+    from lowrank_tool.analysis import compare
+
+    real = compare.train_artifact
+    calls = []
+
+    def fail_second(directory, cfg, **kwargs):
+        calls.append(cfg.method)
+        if len(calls) == 2:
+            assert (tmp_path / "demo" / "dense" / "model.safetensors").is_file()  # the first run did write
+            raise LowRankError("disk full (simulated)")
+        return real(directory, cfg, **kwargs)
+
+    monkeypatch.setattr(compare, "train_artifact", fail_second)
+    with pytest.raises(LowRankError, match="simulated"):
+        compare.compare_dense_and_lowrank(epochs=1, image_size=8, output=tmp_path / "demo", progress=False)
+    assert calls == ["dense", "elrt"] and not (tmp_path / "demo").exists()
+
+
 def test_bf16_autocast_on_cpu():
     train, val = loaders()
     result = lr.fit(make_model(), train, val, epochs=1, lr=0.05, amp="bf16", progress=False)

@@ -1,6 +1,6 @@
 """Measurements of models: latency in ONNX Runtime and PyTorch, and the benchmark behind `lowrank bench`.
 
-The names below are loaded on first use, so that :mod:`.bench_settings` (the CLI's checks of its arguments)
+The names below are loaded on first use, so that :mod:`.settings` (the CLI's checks of its arguments)
 does not import torch.
 """
 

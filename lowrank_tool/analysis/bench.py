@@ -45,7 +45,7 @@ from ..io import load, rebuild
 from ..models import build_from_spec, parse_input_size
 from ..runtime import STABLE_SPREAD, Runner, get_engine, measure, paired_speedup, torch_threads
 from ..runtime.machine import CPU, cpu_description
-from .bench_settings import bench_settings
+from .settings import bench_settings
 
 __all__ = ["BenchRow", "BenchReport", "bench", "ENGINES", "STABLE_SPREAD"]
 

@@ -15,12 +15,11 @@ from typing import Any
 import torch
 
 from ..convert.api import convert
-from ..errors import LowRankError
 from ..export.onnx import export_onnx
 from ..io import load, save
 from ..runtime import make_session, time_onnx
-from ..train.config import TrainConfig
 from ..train.run import train_artifact
+from .settings import demo_configs
 
 __all__ = ["compare_dense_and_lowrank"]
 
@@ -44,7 +43,8 @@ def compare_dense_and_lowrank(
         rank: the low-rank model's rank (fraction of channels kept per mode).
         epochs, image_size, seed: the training run (digits are upscaled from 8×8 to ``image_size``).
         output: keep the artifacts (``output/dense``, ``output/elrt`` and their ``.onnx`` files) here; it
-            must not exist. Default: a temporary directory, removed at the end.
+            must not exist, and is removed again if the demo does not finish (an error, Ctrl-C). Default: a
+            temporary directory, removed at the end.
         progress: show the trainer's progress bar.
         on_start: called with the row's name before each model trains.
         on_epoch: called with each epoch's metrics.
@@ -53,10 +53,10 @@ def compare_dense_and_lowrank(
         ``[dense, low-rank]`` rows: ``model``, ``params``, ``macs``, ``best_top1``, ``last_top1``,
         ``train_seconds``, ``directory``, ``onnx_file`` (with ``output``), ``onnx_max_rel_error``, ``onnx_ms``.
     """
-    if output is not None and output.exists():
-        raise LowRankError(f"{output} already exists; choose another --output directory")
+    configs = demo_configs(rank, epochs=epochs, image_size=image_size, seed=seed, output=output)
     root = output or Path(tempfile.mkdtemp(prefix="lowrank-demo-"))
     rows: list[dict[str, Any]] = []
+    finished = False
     try:
         for name, kwargs, method in (
             ("dense", {"dense": True}, "dense"),
@@ -65,17 +65,7 @@ def compare_dense_and_lowrank(
             directory = root / method
             torch.manual_seed(seed)  # the same initial dense weights for both runs, and a reproducible demo
             save(convert(model, num_classes=10, input_size=(3, image_size, image_size), **kwargs), directory)
-            cfg = TrainConfig(
-                data="digits",
-                epochs=epochs,
-                batch_size=64,
-                lr=0.05,
-                weight_decay=5e-4,
-                warmup_epochs=1,
-                method=method,
-                image_size=image_size,
-                seed=seed,
-            )
+            cfg = configs[method]
             if on_start is not None:
                 on_start(name)
             _, summary = train_artifact(directory, cfg, progress=progress, on_epoch=on_epoch)
@@ -100,7 +90,8 @@ def compare_dense_and_lowrank(
         for row, method in zip(rows, ("dense", "elrt"), strict=True):
             session = make_session(root / f"{method}.onnx", device="cpu")
             row["onnx_ms"] = time_onnx(session, {"input": x}, runs=200, warmup=20).median_ms
+        finished = True
     finally:
-        if output is None:
+        if output is None or not finished:  # a demo that did not finish leaves nothing behind (output was new)
             shutil.rmtree(root, ignore_errors=True)
     return rows

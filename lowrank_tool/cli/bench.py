@@ -75,7 +75,7 @@ def bench(
     Examples: lowrank bench r50 --vs-dense · lowrank bench r50 --vs-dense --batch 1,8 --threads 1,2 --json ·
     lowrank bench r50.onnx --engine onnxruntime · lowrank bench r50 --vs-dense --engine onnxruntime,openvino
     """
-    from ..analysis.bench_settings import bench_settings  # numpy, not torch
+    from ..analysis.settings import bench_settings  # numpy, not torch
 
     engines = [e.strip() for e in engine.split(",") if e.strip()]
     # the arguments and the path are checked before torch is imported, so that a mistake is refused at once

@@ -31,6 +31,9 @@ def demo(
     json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Train a dense network and its ELRT low-rank version from scratch on digits, export both to ONNX, compare them."""
+    from ..analysis.settings import demo_configs  # numpy, not torch
+
+    demo_configs(rank, epochs=epochs, image_size=image_size, seed=seed, output=output)  # a mistake, refused at once
     from ..analysis.compare import compare_dense_and_lowrank
 
     chatty = not (quiet or json)

@@ -1,8 +1,9 @@
-"""The arguments of :func:`~lowrank_tool.analysis.bench.bench`, checked before anything heavy is imported.
+"""The arguments of :func:`~lowrank_tool.analysis.bench.bench` and of the demo
+(:func:`~lowrank_tool.analysis.compare.compare_dense_and_lowrank`), checked before anything heavy is imported.
 
-Only the standard library, numpy and the toolkit's light modules (no torch), so that ``lowrank bench``
-refuses a bad value or a mistyped path at once; :func:`~lowrank_tool.analysis.bench.bench` runs the same
-checks.
+Only the standard library, numpy and the toolkit's light modules (no torch), so that ``lowrank bench`` and
+``lowrank demo`` refuse a bad value or a mistyped path at once; the functions behind them run the same checks
+before any work.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..choices import ENGINES, RUNTIME_ENGINES
+from ..convert.options import RankSpec
 from ..errors import LowRankError
 from ..runtime.engines import check_engine
+from ..train.config import TrainConfig
 
-__all__ = ["BenchSettings", "bench_settings", "DEFAULT_REPEATS"]
+__all__ = ["BenchSettings", "bench_settings", "DEFAULT_REPEATS", "demo_configs"]
 
 DEFAULT_REPEATS = 10  # its 95 % interval is the 2nd to 9th ratio: one disturbed round does not widen it
 
@@ -87,3 +90,31 @@ def _parse_list(value: str | Sequence[int], what: str) -> list[int]:
     if not numbers or any(n < 1 for n in numbers):
         raise LowRankError(f"{what} {value!r} must be positive integers such as 1,8")
     return numbers
+
+
+def demo_configs(
+    rank: float, *, epochs: int, image_size: int, seed: int, output: Path | None = None
+) -> dict[str, TrainConfig]:
+    """The demo's two training runs (``dense``, ``elrt``), checked with its rank and output folder.
+
+    Example:
+        >>> sorted(demo_configs(0.5, epochs=2, image_size=16, seed=0))
+        ['dense', 'elrt']
+    """
+    if output is not None and output.exists():
+        raise LowRankError(f"{output} already exists; choose another --output directory")
+    RankSpec.parse(rank, what="--rank")
+    return {
+        method: TrainConfig(
+            data="digits",
+            epochs=epochs,
+            batch_size=64,
+            lr=0.05,
+            weight_decay=5e-4,
+            warmup_epochs=1,
+            method=method,
+            image_size=image_size,
+            seed=seed,
+        )
+        for method in ("dense", "elrt")
+    }
