@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._lazy import lazy_exports
 from ._version import __version__
@@ -69,6 +69,32 @@ _EXPORTS = {
     "LowRankWarning": ".errors",
     "VerificationError": ".errors",
 }
+
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
+    from .analysis.bench import bench
+    from .analysis.spectrum import analyze
+    from .conversion_plan import ConversionPlan, LayerPlan, attach_plan, plan_of
+    from .convert.api import convert, plan, summary
+    from .convert.options import ConvertOptions, option_help
+    from .convert.support import dynamic_same_conv, plain_conv, register_conv_handler
+    from .errors import LowRankError, LowRankWarning, VerificationError
+    from .export import export_onnx, merge_factors, plan_from_onnx, read_metadata, verify_onnx
+    from .io import load, save
+    from .layers import (
+        CPConv2d,
+        LowRankConv,
+        SVDConv2d,
+        SVDConv3d,
+        Tucker2Conv2d,
+        Tucker2Conv3d,
+        list_formats,
+        register_format,
+    )
+    from .methods import get_method, list_methods, orthogonality_penalty, register_method
+    from .models import build_model, list_models, parse_input_size, register_model
+    from .train.config import TrainConfig
+    from .train.run import fit
+    from .train.trainer import Trainer, TrainResult
 
 __all__ = ["__version__", *_EXPORTS]
 

@@ -160,6 +160,39 @@ def test_imports_inside_functions_are_only_lazy_commands_and_optional_dependenci
     assert not found, "imports inside functions (move them to the top of the module):\n" + "\n".join(sorted(found))
 
 
+def _lazy_names(module: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A lazy package's ``_EXPORTS`` (name → absolute module) and its ``if TYPE_CHECKING:`` imports (the same)."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    exports: dict[str, str] = {}
+    checked: dict[str, str] = {}
+
+    def absolute(relative: str) -> str:
+        level = len(relative) - len(relative.lstrip("."))
+        base = module.split(".")[: len(module.split(".")) - level + 1]
+        return ".".join(base + ([relative.lstrip(".")] if relative.lstrip(".") else []))
+
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets):
+            exports = {k: absolute(v) for k, v in ast.literal_eval(node.value).items()}
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom), f"{module}: only `from X import names` under TYPE_CHECKING"
+                source = absolute("." * imp.level + (imp.module or ""))
+                checked.update({alias.name: source for alias in imp.names})
+    return exports, checked
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if "\n__getattr__, __dir__ = lazy_exports(" in MODULES[m].read_text())
+)
+def test_lazy_packages_show_their_names_to_type_checkers(module):
+    """Each lazy ``_EXPORTS`` name is also imported under ``TYPE_CHECKING`` from the same module, so that mypy
+    and IDEs see the real signatures (the package ships py.typed) instead of ``Any``."""
+    exports, checked = _lazy_names(module)
+    assert exports, f"{module} calls lazy_exports without a literal _EXPORTS"
+    assert checked == exports
+
+
 def test_help_and_version_do_not_import_torch():
     """`lowrank --help`, each command's module and the package root load without torch (they answer at once)."""
     code = (

@@ -24,13 +24,19 @@ _PROBE = (
 
 # (argv with ART = an artifact directory, OUT = an existing file, MISSING = a path that does not exist; message)
 CASES = [
-    (["convert", "resnet20", "--energy", "0.9"], "is computed from trained weights; add --weights FILE --init decompose"),
+    (
+        ["convert", "resnet20", "--energy", "0.9"],
+        "is computed from trained weights; add --weights FILE --init decompose",
+    ),
     (["convert", "resnet20", "--rank", "1.5"], "rank 1.5 is a fraction above 1"),
     (["convert", "resnet20", "--target-speedup", "2"], "--target-speedup needs --policy latency"),
     (["convert", "resnet20", "--round-to", "0"], "round_to 0 must be a positive integer"),
     (["convert", "resnet20", "-o", "ART"], "already exists; choose another output directory or pass --force"),
     (["export", "MISSING", "--onnx", "m.onnx"], "is not a directory; point to a directory written by `lowrank convert"),
-    (["export", "ART", "--onnx", "m.onnx", "--batch", "0"], "batch 0 is not valid; use 'dynamic' or a positive integer"),
+    (
+        ["export", "ART", "--onnx", "m.onnx", "--batch", "0"],
+        "batch 0 is not valid; use 'dynamic' or a positive integer",
+    ),
     (["export", "ART", "--onnx", "m.onnx", "--fp16", "--int8"], "--fp16 and --int8 exclude each other"),
     (["export", "ART", "--onnx", "OUT"], "already exists; choose another --onnx file or pass --force"),
     (["export", "ART", "--onnx", "MISSING/m.onnx"], "does not exist; create it first"),

@@ -6,6 +6,8 @@ does not import torch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._lazy import lazy_exports
 
 _EXPORTS = {
@@ -14,6 +16,9 @@ _EXPORTS = {
     "time_onnx": "..runtime",
     "time_torch": "..runtime",
 }
+
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
+    from ..runtime import Latency, measure, time_onnx, time_torch
 
 __all__ = list(_EXPORTS)
 

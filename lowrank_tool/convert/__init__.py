@@ -6,6 +6,8 @@ to print ``--help``) does not import torch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._lazy import lazy_exports
 
 _EXPORTS = {
@@ -27,6 +29,13 @@ _EXPORTS = {
     "plan_of": "..conversion_plan",
     "attach_plan": "..conversion_plan",
 }
+
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
+    from ..conversion_plan import PLAN_ATTR, ConversionPlan, LayerPlan, attach_plan, plan_of
+    from ..models import parse_input_size
+    from .api import convert, plan, summary
+    from .options import ConvertOptions, RankSpec, option_help
+    from .support import conv_support, dynamic_same_conv, list_conv_handlers, plain_conv, register_conv_handler
 
 __all__ = list(_EXPORTS)
 

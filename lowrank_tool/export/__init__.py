@@ -12,6 +12,8 @@ arguments) does not import torch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._lazy import lazy_exports
 
 _EXPORTS = {
@@ -39,6 +41,14 @@ _EXPORTS = {
     "WEIGHT_BITS": ".options",
     "check_weight_bits": ".options",
 }
+
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
+    from ..runtime import DEVICES, make_session, providers_for
+    from .merge import MERGE_MODES, MergeDecision, merge_factors
+    from .onnx import DEFAULT_OPSET, EXPORTERS, PRECISIONS, ExportResult, export_onnx, plan_from_onnx, read_metadata
+    from .options import WEIGHT_BITS, check_output_path, check_weight_bits, parse_batch
+    from .quantize import QuantizeReport, quantize_file
+    from .verify import TOLERANCES, VerificationError, VerifyReport, verify_onnx
 
 __all__ = list(_EXPORTS)
 

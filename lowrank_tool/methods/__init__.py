@@ -11,6 +11,8 @@ The classes are loaded on first use: :mod:`.registry` (names only) does not impo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._lazy import lazy_exports
 
 _EXPORTS = {
@@ -29,6 +31,15 @@ _EXPORTS = {
     "DEFAULT_ORTH_WEIGHT": "..choices",
     "DEEPTWIST_LOWERINGS": "..choices",
 }
+
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
+    from ..choices import DEEPTWIST_LOWERINGS, DEFAULT_ORTH_WEIGHT, ORTH_KINDS
+    from .base import Dense, Method
+    from .deeptwist import DeepTwist
+    from .dense_training import DenseTraining
+    from .elrt import ELRT, orthogonality_penalty
+    from .lrpet import LRPET
+    from .registry import get_method, get_method_class, list_methods, register_method
 
 __all__ = list(_EXPORTS)
 

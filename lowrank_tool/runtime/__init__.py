@@ -10,6 +10,8 @@ torch is imported.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._lazy import lazy_exports
 
 _EXPORTS = {
@@ -37,6 +39,23 @@ _EXPORTS = {
     "time_torch": ".timing",
     "torch_threads": ".timing",
 }
+
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
+    from .engines import Engine, Runner, TensorSpec, get_engine, installed_engines, parse_engines
+    from .probe import onnx_bytes, time_module
+    from .session import DEVICES, RUNTIME_DEVICES, make_session, provider_name, providers_for
+    from .timing import (
+        CONFIDENCE,
+        STABLE_SPREAD,
+        Latency,
+        PairedSpeedup,
+        measure,
+        median_interval,
+        paired_speedup,
+        time_onnx,
+        time_torch,
+        torch_threads,
+    )
 
 __all__ = list(_EXPORTS)
 
