@@ -1,9 +1,10 @@
-"""The arguments of :func:`~lowrank_tool.analysis.bench.bench` and of the demo
+"""The arguments of :func:`~lowrank_tool.analysis.bench.bench`, of ``lowrank analyze``
+(:func:`~lowrank_tool.analysis.sources.spectra_of`) and of the demo
 (:func:`~lowrank_tool.analysis.compare.compare_dense_and_lowrank`), checked before anything heavy is imported.
 
-Only the standard library, numpy and the toolkit's light modules (no torch), so that ``lowrank bench`` and
-``lowrank demo`` refuse a bad value or a mistyped path at once; the functions behind them run the same checks
-before any work.
+Only the standard library, numpy and the toolkit's light modules (no torch), so that ``lowrank bench``,
+``lowrank analyze`` and ``lowrank demo`` refuse a bad value or a mistyped path at once; the functions behind
+them run the same checks before any work.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
+from ..artifact import check_artifact
 from ..choices import ENGINES, RUNTIME_ENGINES
 from ..convert.options import RankSpec
 from ..errors import LowRankError
+from ..export.options import check_onnx_file
 from ..runtime.engines import check_engine
 from ..train.config import TrainConfig
 
-__all__ = ["BenchSettings", "bench_settings", "DEFAULT_REPEATS", "demo_configs"]
+__all__ = ["BenchSettings", "bench_settings", "DEFAULT_REPEATS", "demo_configs", "AnalysisTarget", "analysis_target"]
 
 DEFAULT_REPEATS = 10  # its 95 % interval is the 2nd to 9th ratio: one disturbed round does not widen it
 
@@ -118,3 +122,48 @@ def demo_configs(
         )
         for method in ("dense", "elrt")
     }
+
+
+@dataclass(frozen=True)
+class AnalysisTarget:
+    """What ``lowrank analyze`` reads: a model by ``name``, an ``artifact`` directory or an ``onnx`` file."""
+
+    kind: Literal["name", "artifact", "onnx"]
+    target: str
+    path: Path
+    rank: RankSpec | None
+
+
+def analysis_target(
+    target: str, rank: str | None = None, *, input_size: str | None = None, model_kwargs: dict[str, Any] | None = None
+) -> AnalysisTarget:
+    """Resolve ``lowrank analyze TARGET``: a path (an ``.onnx`` name, an existing path, one with a separator or
+    starting with ``.``) must be an artifact directory or an ONNX file that is there; anything else is a model
+    name (checked when the model is built). The options that apply to one kind only are refused on the other.
+    """
+    spec = RankSpec.parse(rank, what="--rank") if rank is not None else None
+    if spec is not None and spec.kind == "dense":
+        raise LowRankError(
+            "--rank dense gives no ranks to analyse; use a fraction in (0, 1] (e.g. 0.3) or an integer rank (e.g. 16)"
+        )
+    path = Path(target).expanduser()
+    is_path = path.suffix.lower() == ".onnx" or path.exists() or os.sep in target or target.startswith(".")
+    if is_path and input_size is not None:
+        raise LowRankError(f"--input-size applies to a model name with --rank, not to {target}; drop --input-size")
+    if is_path and model_kwargs:
+        raise LowRankError(
+            f"--model-arg applies to a model name, not to {target} (its plan records the model's arguments); drop --model-arg"
+        )
+    if input_size is not None and spec is None:
+        raise LowRankError(
+            "--input-size only sets where the converter's plan is traced, which --rank asks for; add --rank 0.3 or drop --input-size"
+        )
+    if path.suffix.lower() == ".onnx":
+        return AnalysisTarget("onnx", target, check_onnx_file(path), spec)
+    if not is_path:
+        return AnalysisTarget("name", target, path, spec)
+    if path.exists() and not path.is_dir():
+        raise LowRankError(
+            f"{target} is neither an artifact directory nor an .onnx file; point to a directory from `lowrank convert -o DIR` or a file from `lowrank export`"
+        )
+    return AnalysisTarget("artifact", target, check_artifact(path), spec)

@@ -6,7 +6,6 @@ notes on how the numbers were read (random weights, batch norm folded into ONNX 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from ..errors import LowRankError
 from ..export.onnx import load_onnx, plan_from_onnx
 from ..io import load
 from ..models import build_model, default_input_size, get_entry
+from .settings import analysis_target
 from .spectrum import LayerSpectrum, analyze
 
 __all__ = ["spectra_of"]
@@ -41,32 +41,12 @@ def spectra_of(
         trust_code: let an artifact's plan name a ``package.module:factory``.
         model_kwargs: the builder's arguments for a model name.
     """
-    spec = RankSpec.parse(rank, what="--rank") if rank is not None else None
-    if spec is not None and spec.kind == "dense":
-        raise LowRankError(
-            "--rank dense gives no ranks to analyse; use a fraction in (0, 1] (e.g. 0.3) or an integer rank (e.g. 16)"
-        )
-    path = Path(target).expanduser()
-    is_path = path.suffix.lower() == ".onnx" or path.exists() or os.sep in target or target.startswith(".")
-    if is_path and input_size is not None:
-        raise LowRankError(f"--input-size applies to a model name with --rank, not to {target}; drop --input-size")
-    if is_path and model_kwargs:
-        raise LowRankError(
-            f"--model-arg applies to a model name, not to {target} (its plan records the model's arguments); drop --model-arg"
-        )
-    if input_size is not None and spec is None:
-        raise LowRankError(
-            "--input-size only sets where the converter's plan is traced, which --rank asks for; add --rank 0.3 or drop --input-size"
-        )
-    if path.suffix.lower() == ".onnx":
-        return _onnx_spectra(path, spec)
-    if is_path:
-        if path.exists() and not path.is_dir():
-            raise LowRankError(
-                f"{target} is neither an artifact directory nor an .onnx file; point to a directory from `lowrank convert -o DIR` or a file from `lowrank export`"
-            )
-        return analyze(load(path, trust_code=trust_code), rank=spec), []
-    return _model_spectra(target, spec, input_size, model_kwargs or {})
+    resolved = analysis_target(target, rank, input_size=input_size, model_kwargs=model_kwargs)
+    if resolved.kind == "onnx":
+        return _onnx_spectra(resolved.path, resolved.rank)
+    if resolved.kind == "artifact":
+        return analyze(load(resolved.path, trust_code=trust_code), rank=resolved.rank), []
+    return _model_spectra(target, resolved.rank, input_size, model_kwargs or {})
 
 
 def _model_spectra(

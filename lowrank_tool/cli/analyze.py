@@ -81,6 +81,10 @@ def analyze(
     Examples: lowrank analyze r50 · lowrank analyze resnet50 --rank 0.3 · lowrank analyze trained_dir --rank 0.3 --plot ranks.png ·
     lowrank analyze r50.onnx --json
     """
+    from ..analysis.settings import analysis_target  # numpy, not torch
+
+    # a mistyped path or a misplaced option is refused before torch is imported
+    analysis_target(target, rank, input_size=input_size, model_kwargs=parse_model_args(model_arg))
     from ..analysis.plot import check_plot_path, write_plot
     from ..analysis.sources import spectra_of
 

@@ -38,6 +38,7 @@ _EXPORTS = {
     "verify_onnx": ".verify",
     "parse_batch": ".options",
     "check_output_path": ".options",
+    "check_onnx_file": ".options",
     "WEIGHT_BITS": ".options",
     "check_weight_bits": ".options",
 }
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_arch
     from ..runtime import DEVICES, make_session, providers_for
     from .merge import MERGE_MODES, MergeDecision, merge_factors
     from .onnx import DEFAULT_OPSET, EXPORTERS, PRECISIONS, ExportResult, export_onnx, plan_from_onnx, read_metadata
-    from .options import WEIGHT_BITS, check_output_path, check_weight_bits, parse_batch
+    from .options import WEIGHT_BITS, check_onnx_file, check_output_path, check_weight_bits, parse_batch
     from .quantize import QuantizeReport, quantize_file
     from .verify import TOLERANCES, VerificationError, VerifyReport, verify_onnx
 

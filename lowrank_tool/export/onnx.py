@@ -53,7 +53,7 @@ from ..models import example_input
 from ..runtime import parse_engines
 from ..runtime.machine import cpu_description
 from .merge import MergeDecision, merge_factors
-from .options import check_output_path, check_weight_bits, parse_batch
+from .options import check_onnx_file, check_output_path, check_weight_bits, parse_batch
 from .quantize import quantize_file
 from .verify import VerifyReport, verify_onnx
 
@@ -313,11 +313,7 @@ def load_onnx(path: str | os.PathLike[str], load_weights: bool = True) -> Any:
     """An ONNX file as a ``ModelProto``; a missing or unreadable file is a one-line :class:`LowRankError`."""
     import onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise LowRankError(f"{path} does not exist; point to an .onnx file written by `lowrank export`")
-    if path.stat().st_size == 0:
-        raise LowRankError(f"{path} is empty (0 bytes); re-export it with `lowrank export`")
+    path = check_onnx_file(path)
     try:
         return onnx.load(str(path), load_external_data=load_weights)
     except Exception as exc:

@@ -1,4 +1,5 @@
-"""The export's arguments, checked before anything heavy is imported: batch, output file, int8 weight width.
+"""The export's arguments, checked before anything heavy is imported: batch, output file, int8 weight width,
+and an ONNX file to read.
 
 Only the standard library and the toolkit's light modules (no torch, no ONNX), so that ``lowrank export``
 refuses a bad value at once; :func:`~lowrank_tool.export.onnx.export_onnx` runs the same checks.
@@ -12,7 +13,7 @@ from pathlib import Path
 from ..artifact import check_path
 from ..errors import LowRankError
 
-__all__ = ["parse_batch", "check_output_path", "WEIGHT_BITS", "check_weight_bits"]
+__all__ = ["parse_batch", "check_output_path", "check_onnx_file", "WEIGHT_BITS", "check_weight_bits"]
 
 #: int8 weight ranges: 7 bits ([-64, 64], ``reduce_range``; the default, safe on every CPU) or the full 8 bits
 #: ([-127, 127]; a little more precision where the kernels do not saturate: x86 with VNNI, ARM, GPUs).
@@ -59,4 +60,14 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         raise LowRankError(f"cannot write {path}: directory {parent} is not writable; choose another path")
     if path.exists() and not os.access(path, os.W_OK):
         raise LowRankError(f"cannot write {path}: the file exists and is read-only; choose another path")
+    return path
+
+
+def check_onnx_file(path: str | os.PathLike[str]) -> Path:
+    """An ONNX file to read: it must exist and not be empty (what it holds is checked when it is loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LowRankError(f"{path} does not exist; point to an .onnx file written by `lowrank export`")
+    if path.stat().st_size == 0:
+        raise LowRankError(f"{path} is empty (0 bytes); re-export it with `lowrank export`")
     return path
