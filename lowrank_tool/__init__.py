@@ -70,31 +70,61 @@ _EXPORTS = {
     "VerificationError": ".errors",
 }
 
-if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
-    from .analysis.bench import bench
-    from .analysis.spectrum import analyze
-    from .conversion_plan import ConversionPlan, LayerPlan, attach_plan, plan_of
-    from .convert.api import convert, plan, summary
-    from .convert.options import ConvertOptions, option_help
-    from .convert.support import dynamic_same_conv, plain_conv, register_conv_handler
-    from .errors import LowRankError, LowRankWarning, VerificationError
-    from .export import export_onnx, merge_factors, plan_from_onnx, read_metadata, verify_onnx
-    from .io import load, save
-    from .layers import (
-        CPConv2d,
-        LowRankConv,
-        SVDConv2d,
-        SVDConv3d,
-        Tucker2Conv2d,
-        Tucker2Conv3d,
-        list_formats,
-        register_format,
+# The same names for type checkers and IDEs (`as`: re-exported); a test keeps them equal to _EXPORTS.
+if TYPE_CHECKING:
+    from .analysis.bench import bench as bench
+    from .analysis.spectrum import analyze as analyze
+    from .conversion_plan import (
+        ConversionPlan as ConversionPlan,
+        LayerPlan as LayerPlan,
+        attach_plan as attach_plan,
+        plan_of as plan_of,
     )
-    from .methods import get_method, list_methods, orthogonality_penalty, register_method
-    from .models import build_model, list_models, parse_input_size, register_model
-    from .train.config import TrainConfig
-    from .train.run import fit
-    from .train.trainer import Trainer, TrainResult
+    from .convert.api import convert as convert, plan as plan, summary as summary
+    from .convert.options import ConvertOptions as ConvertOptions, option_help as option_help
+    from .convert.support import (
+        dynamic_same_conv as dynamic_same_conv,
+        plain_conv as plain_conv,
+        register_conv_handler as register_conv_handler,
+    )
+    from .errors import (
+        LowRankError as LowRankError,
+        LowRankWarning as LowRankWarning,
+        VerificationError as VerificationError,
+    )
+    from .export import (
+        export_onnx as export_onnx,
+        merge_factors as merge_factors,
+        plan_from_onnx as plan_from_onnx,
+        read_metadata as read_metadata,
+        verify_onnx as verify_onnx,
+    )
+    from .io import load as load, save as save
+    from .layers import (
+        CPConv2d as CPConv2d,
+        LowRankConv as LowRankConv,
+        SVDConv2d as SVDConv2d,
+        SVDConv3d as SVDConv3d,
+        Tucker2Conv2d as Tucker2Conv2d,
+        Tucker2Conv3d as Tucker2Conv3d,
+        list_formats as list_formats,
+        register_format as register_format,
+    )
+    from .methods import (
+        get_method as get_method,
+        list_methods as list_methods,
+        orthogonality_penalty as orthogonality_penalty,
+        register_method as register_method,
+    )
+    from .models import (
+        build_model as build_model,
+        list_models as list_models,
+        parse_input_size as parse_input_size,
+        register_model as register_model,
+    )
+    from .train.config import TrainConfig as TrainConfig
+    from .train.run import fit as fit
+    from .train.trainer import Trainer as Trainer, TrainResult as TrainResult
 
 __all__ = ["__version__", *_EXPORTS]
 

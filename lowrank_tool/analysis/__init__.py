@@ -17,8 +17,9 @@ _EXPORTS = {
     "time_torch": "..runtime",
 }
 
-if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
-    from ..runtime import Latency, measure, time_onnx, time_torch
+# The same names for type checkers and IDEs (`as`: re-exported); a test keeps them equal to _EXPORTS.
+if TYPE_CHECKING:
+    from ..runtime import Latency as Latency, measure as measure, time_onnx as time_onnx, time_torch as time_torch
 
 __all__ = list(_EXPORTS)
 

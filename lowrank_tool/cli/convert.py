@@ -115,8 +115,7 @@ def convert(
         latency_engine=engine.value,
         memory_format=memory_format.value,
     )
-    from ..convert.api import convert as do_convert
-    from ..convert.api import summary
+    from ..convert.api import convert as do_convert, summary
     from ..io import save
 
     if policy.value == "latency" and not json:

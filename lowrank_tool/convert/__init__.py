@@ -30,12 +30,25 @@ _EXPORTS = {
     "attach_plan": "..conversion_plan",
 }
 
-if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
-    from ..conversion_plan import PLAN_ATTR, ConversionPlan, LayerPlan, attach_plan, plan_of
-    from ..models import parse_input_size
-    from .api import convert, plan, summary
-    from .options import ConvertOptions, RankSpec, option_help
-    from .support import conv_support, dynamic_same_conv, list_conv_handlers, plain_conv, register_conv_handler
+# The same names for type checkers and IDEs (`as`: re-exported); a test keeps them equal to _EXPORTS.
+if TYPE_CHECKING:
+    from ..conversion_plan import (
+        PLAN_ATTR as PLAN_ATTR,
+        ConversionPlan as ConversionPlan,
+        LayerPlan as LayerPlan,
+        attach_plan as attach_plan,
+        plan_of as plan_of,
+    )
+    from ..models import parse_input_size as parse_input_size
+    from .api import convert as convert, plan as plan, summary as summary
+    from .options import ConvertOptions as ConvertOptions, RankSpec as RankSpec, option_help as option_help
+    from .support import (
+        conv_support as conv_support,
+        dynamic_same_conv as dynamic_same_conv,
+        list_conv_handlers as list_conv_handlers,
+        plain_conv as plain_conv,
+        register_conv_handler as register_conv_handler,
+    )
 
 __all__ = list(_EXPORTS)
 

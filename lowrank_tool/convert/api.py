@@ -20,10 +20,10 @@ from ..models import (
     DOWNLOAD_KWARGS,
     build_model,
     default_input_size,
+    example_input as make_example,
     get_entry,
     parse_input_size,
 )
-from ..models import example_input as make_example
 from .apply import apply_plan
 from .latency import apply_latency_policy
 from .options import ConvertOptions

@@ -43,13 +43,33 @@ _EXPORTS = {
     "check_weight_bits": ".options",
 }
 
-if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
-    from ..runtime import DEVICES, make_session, providers_for
-    from .merge import MERGE_MODES, MergeDecision, merge_factors
-    from .onnx import DEFAULT_OPSET, EXPORTERS, PRECISIONS, ExportResult, export_onnx, plan_from_onnx, read_metadata
-    from .options import WEIGHT_BITS, check_onnx_file, check_output_path, check_weight_bits, parse_batch
-    from .quantize import QuantizeReport, quantize_file
-    from .verify import TOLERANCES, VerificationError, VerifyReport, verify_onnx
+# The same names for type checkers and IDEs (`as`: re-exported); a test keeps them equal to _EXPORTS.
+if TYPE_CHECKING:
+    from ..runtime import DEVICES as DEVICES, make_session as make_session, providers_for as providers_for
+    from .merge import MERGE_MODES as MERGE_MODES, MergeDecision as MergeDecision, merge_factors as merge_factors
+    from .onnx import (
+        DEFAULT_OPSET as DEFAULT_OPSET,
+        EXPORTERS as EXPORTERS,
+        PRECISIONS as PRECISIONS,
+        ExportResult as ExportResult,
+        export_onnx as export_onnx,
+        plan_from_onnx as plan_from_onnx,
+        read_metadata as read_metadata,
+    )
+    from .options import (
+        WEIGHT_BITS as WEIGHT_BITS,
+        check_onnx_file as check_onnx_file,
+        check_output_path as check_output_path,
+        check_weight_bits as check_weight_bits,
+        parse_batch as parse_batch,
+    )
+    from .quantize import QuantizeReport as QuantizeReport, quantize_file as quantize_file
+    from .verify import (
+        TOLERANCES as TOLERANCES,
+        VerificationError as VerificationError,
+        VerifyReport as VerifyReport,
+        verify_onnx as verify_onnx,
+    )
 
 __all__ = list(_EXPORTS)
 

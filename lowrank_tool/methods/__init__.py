@@ -32,14 +32,24 @@ _EXPORTS = {
     "DEEPTWIST_LOWERINGS": "..choices",
 }
 
-if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
-    from ..choices import DEEPTWIST_LOWERINGS, DEFAULT_ORTH_WEIGHT, ORTH_KINDS
-    from .base import Dense, Method
-    from .deeptwist import DeepTwist
-    from .dense_training import DenseTraining
-    from .elrt import ELRT, orthogonality_penalty
-    from .lrpet import LRPET
-    from .registry import get_method, get_method_class, list_methods, register_method
+# The same names for type checkers and IDEs (`as`: re-exported); a test keeps them equal to _EXPORTS.
+if TYPE_CHECKING:
+    from ..choices import (
+        DEEPTWIST_LOWERINGS as DEEPTWIST_LOWERINGS,
+        DEFAULT_ORTH_WEIGHT as DEFAULT_ORTH_WEIGHT,
+        ORTH_KINDS as ORTH_KINDS,
+    )
+    from .base import Dense as Dense, Method as Method
+    from .deeptwist import DeepTwist as DeepTwist
+    from .dense_training import DenseTraining as DenseTraining
+    from .elrt import ELRT as ELRT, orthogonality_penalty as orthogonality_penalty
+    from .lrpet import LRPET as LRPET
+    from .registry import (
+        get_method as get_method,
+        get_method_class as get_method_class,
+        list_methods as list_methods,
+        register_method as register_method,
+    )
 
 __all__ = list(_EXPORTS)
 

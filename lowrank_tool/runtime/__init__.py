@@ -40,21 +40,35 @@ _EXPORTS = {
     "torch_threads": ".timing",
 }
 
-if TYPE_CHECKING:  # the same names, for type checkers and IDEs (tests/test_architecture.py keeps them equal)
-    from .engines import Engine, Runner, TensorSpec, get_engine, installed_engines, parse_engines
-    from .probe import onnx_bytes, time_module
-    from .session import DEVICES, RUNTIME_DEVICES, make_session, provider_name, providers_for
+# The same names for type checkers and IDEs (`as`: re-exported); a test keeps them equal to _EXPORTS.
+if TYPE_CHECKING:
+    from .engines import (
+        Engine as Engine,
+        Runner as Runner,
+        TensorSpec as TensorSpec,
+        get_engine as get_engine,
+        installed_engines as installed_engines,
+        parse_engines as parse_engines,
+    )
+    from .probe import onnx_bytes as onnx_bytes, time_module as time_module
+    from .session import (
+        DEVICES as DEVICES,
+        RUNTIME_DEVICES as RUNTIME_DEVICES,
+        make_session as make_session,
+        provider_name as provider_name,
+        providers_for as providers_for,
+    )
     from .timing import (
-        CONFIDENCE,
-        STABLE_SPREAD,
-        Latency,
-        PairedSpeedup,
-        measure,
-        median_interval,
-        paired_speedup,
-        time_onnx,
-        time_torch,
-        torch_threads,
+        CONFIDENCE as CONFIDENCE,
+        STABLE_SPREAD as STABLE_SPREAD,
+        Latency as Latency,
+        PairedSpeedup as PairedSpeedup,
+        measure as measure,
+        median_interval as median_interval,
+        paired_speedup as paired_speedup,
+        time_onnx as time_onnx,
+        time_torch as time_torch,
+        torch_threads as torch_threads,
     )
 
 __all__ = list(_EXPORTS)
