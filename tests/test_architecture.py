@@ -179,6 +179,8 @@ def _lazy_names(module: str) -> tuple[dict[str, str], dict[str, str]]:
                 assert isinstance(imp, ast.ImportFrom), f"{module}: only `from X import names` under TYPE_CHECKING"
                 source = absolute("." * imp.level + (imp.module or ""))
                 checked.update({alias.name: source for alias in imp.names})
+                plain = [alias.name for alias in imp.names if alias.asname != alias.name]
+                assert not plain, f"{module}: write `{plain[0]} as {plain[0]}` (re-exported for mypy --strict)"
     return exports, checked
 
 
