@@ -57,6 +57,8 @@ CASES = [
     (["demo", "--epochs", "0"], "epochs 0 must be a positive integer"),
     (["demo", "--rank", "1.5"], "--rank 1.5 is a fraction above 1"),
     (["demo", "-o", "ART"], "already exists; choose another --output directory"),
+    (["train", "--recipe", "BAD_TRAIN.yaml"], "epochs 0 must be a positive integer"),
+    (["train", "--recipe", "BAD_CONVERT.yaml"], "BAD_CONVERT.yaml: rank 1.5 is a fraction above 1"),
     (["bench", "MISSING"], "does not exist; point to a directory from `lowrank convert -o DIR` or an .onnx file"),
     (["bench", "ART", "--batch", "0"], "batch '0' must be positive integers"),
     (["bench", "ART", "--engine", "tensorflow"], "engine 'tensorflow' is not known"),
@@ -71,6 +73,9 @@ def test_bad_input_is_refused_before_torch_is_imported(argv, message, tmp_path):
     (art / "plan.json").write_text("")  # never read: every case is refused first
     (art / "model.safetensors").write_bytes(b"")
     (tmp_path / "out.onnx").write_bytes(b"")
+    # recipes whose model would be converted into run/ (if their other values were right)
+    (tmp_path / "BAD_TRAIN.yaml").write_text("model: resnet20\noutput: run\nepochs: 0\n")
+    (tmp_path / "BAD_CONVERT.yaml").write_text("model: resnet20\noutput: run\nconvert:\n  rank: 1.5\n")
     paths = {"ART": str(art), "OUT": str(tmp_path / "out.onnx"), "MISSING": str(tmp_path / "missing")}
     args = [_fill(a, paths) for a in argv]
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from ..convert.options import ConvertOptions
 from ..errors import LowRankError, first_line
 from .config import TrainConfig
 
@@ -91,4 +92,8 @@ def load_recipe(path: str | Path) -> Recipe:
         source=f"recipe {path}",
     )
     recipe.config()  # validate the training keys now, not after the conversion
+    try:  # and the conversion's values (what needs the model, such as layer patterns, is checked when it is built)
+        ConvertOptions(**convert, num_classes=recipe.num_classes, dense=recipe.dense)
+    except LowRankError as exc:
+        raise LowRankError(f"recipe {path}: {exc}") from None
     return recipe
