@@ -19,8 +19,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -30,6 +29,7 @@ from torch import nn
 
 from .choices import SOURCES, TASK_NAMES
 from .errors import LowRankError, first_line
+from .input_size import parse_input_size
 from .zoo.cifar import CIFAR_MODELS
 
 __all__ = [
@@ -448,26 +448,6 @@ def default_input_size(name: str, kwargs: dict[str, Any] | None = None) -> tuple
     if entry.task == "video":
         return (3, 16, size, size)
     return (3, size, size)
-
-
-def parse_input_size(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """``"3x224x224"`` or ``(3, 224, 224)`` → ``(3, 224, 224)``; C×H×W, or C×T×H×W for video."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip().lower().replace("×", "x")
-        if not re.fullmatch(r"\d+(x\d+){2,3}", text):
-            raise LowRankError(
-                f"input size {value!r} is malformed; write CxHxW such as 3x224x224 (or CxTxHxW for video, e.g. 3x16x112x112)"
-            )
-        dims = tuple(int(d) for d in text.split("x"))
-    else:
-        dims = tuple(int(d) for d in value)
-        if len(dims) not in (3, 4):
-            raise LowRankError(f"input size {tuple(value)} must have 3 (C, H, W) or 4 (C, T, H, W) dimensions")
-    if any(d < 1 for d in dims):
-        raise LowRankError(f"input size {value!r} has a zero dimension; every dimension must be >= 1")
-    return dims
 
 
 def example_input(task: str, input_size: tuple[int, ...], batch: int = 1, seed: int = 0) -> Any:

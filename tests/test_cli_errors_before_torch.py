@@ -32,6 +32,10 @@ CASES = [
     (["convert", "resnet20", "--target-speedup", "2"], "--target-speedup needs --policy latency"),
     (["convert", "resnet20", "--round-to", "0"], "round_to 0 must be a positive integer"),
     (["convert", "resnet20", "-o", "ART"], "already exists; choose another output directory or pass --force"),
+    (["convert", "resnet20", "--input-size", "224x224"], "input size '224x224' is malformed; write CxHxW"),
+    (["layers", "resnet20", "--input-size", "3x0x32"], "input size '3x0x32' has a zero dimension"),
+    (["export", "ART", "--onnx", "m.onnx", "--input-size", "32"], "input size '32' is malformed"),
+    (["bench", "ART", "--input-size", "3x32"], "input size '3x32' is malformed"),
     (["export", "MISSING", "--onnx", "m.onnx"], "is not a directory; point to a directory written by `lowrank convert"),
     (
         ["export", "ART", "--onnx", "m.onnx", "--batch", "0"],

@@ -228,6 +228,7 @@ def bench(
         warmup=warmup,
         repeats=repeats,
         precision=precision,
+        input_size=input_size,
     )
     target, batch_list, thread_list, repeats = settings.target, settings.batches, settings.threads, settings.repeats
     torch_device = torch.device("cuda" if device in ("cuda", "tensorrt") else "cpu")

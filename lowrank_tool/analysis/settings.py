@@ -20,6 +20,7 @@ from ..choices import ENGINES, RUNTIME_ENGINES
 from ..convert.options import RankSpec
 from ..errors import LowRankError
 from ..export.options import check_onnx_file
+from ..input_size import parse_input_size
 from ..runtime.engines import check_engine
 from ..train.config import TrainConfig
 
@@ -51,6 +52,7 @@ def bench_settings(
     warmup: int = 10,
     repeats: int | None = None,
     precision: str = "fp32",
+    input_size: str | Sequence[int] | None = None,
 ) -> BenchSettings:
     """Check the arguments of a benchmark (one line naming the value and the fix for each mistake).
 
@@ -77,6 +79,7 @@ def bench_settings(
         repeats = min(DEFAULT_REPEATS, runs)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= runs:
         raise LowRankError(f"repeats {repeats!r} must be an integer from 1 to runs ({runs}), e.g. 10")
+    parse_input_size(input_size)
     path = Path(target).expanduser()
     if not path.exists():
         raise LowRankError(
@@ -154,6 +157,7 @@ def analysis_target(
         raise LowRankError(
             f"--model-arg applies to a model name, not to {target} (its plan records the model's arguments); drop --model-arg"
         )
+    parse_input_size(input_size)
     if input_size is not None and spec is None:
         raise LowRankError(
             "--input-size only sets where the converter's plan is traced, which --rank asks for; add --rank 0.3 or drop --input-size"

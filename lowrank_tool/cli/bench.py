@@ -88,6 +88,7 @@ def bench(
         warmup=warmup,
         repeats=repeats,
         precision="fp16" if fp16 else "fp32",
+        input_size=input_size,
     )
     from ..analysis.bench import bench as run_bench
 

@@ -20,6 +20,7 @@ from ..choices import (
 )
 from ..errors import LowRankError
 from ..export.options import check_output_path, check_weight_bits, parse_batch
+from ..input_size import parse_input_size
 from ._common import TRUST_CODE_HELP, choices, console, err_console, human, print_json
 
 Merge = choices("Merge", MERGE_MODES)
@@ -135,6 +136,7 @@ def export(
     if int8_weight_bits is not None:
         check_weight_bits(int8_weight_bits)
     parse_batch(batch)
+    parse_input_size(input_size)
     if verify:
         parse_engines(verify_with)  # an unknown or missing engine is refused before the export starts
     if check_output_path(onnx).exists() and not force:

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..input_size import parse_input_size
 from ._common import MODEL_ARG_HELP, console, parse_model_args, print_json
 
 
@@ -24,6 +25,7 @@ def layers(
 
     Use the names with `lowrank convert --exclude NAME` or `--layer-rank NAME=R` ('re:REGEX' works too).
     """
+    parse_input_size(input_size)  # a malformed size is refused before torch is imported
     from ..convert.api import plan as make_plan
 
     plan = make_plan(

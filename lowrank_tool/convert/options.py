@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, MEMORY_FORMATS, POLICIES, RUNTIME_ENGINES, Init
 from ..errors import LowRankError
+from ..input_size import parse_input_size
 from .select import parse_layer_rank
 
 __all__ = ["RankSpec", "ConvertOptions", "option_help"]
@@ -196,6 +197,7 @@ class ConvertOptions:
             value = getattr(self, b)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise LowRankError(f"{b} {value!r} must be a fraction in (0, 1) of the dense model, e.g. 0.4")
+        parse_input_size(self.input_size)  # a malformed size is refused here, before the model is built
         self.rank_spec = RankSpec.parse(0.3 if self.rank is None else self.rank)
         if self.dense and (self.rank is not None or budgets):
             given = "rank" if self.rank is not None else budgets[0]
