@@ -30,6 +30,7 @@ __all__ = [
     "ENGINE_MODULES",
     "EngineModule",
     "get_engine",
+    "check_engine",
     "installed_engines",
     "RUNTIME_ENGINES",
 ]
