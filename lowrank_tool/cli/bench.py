@@ -78,9 +78,7 @@ def bench(
     from ..analysis.settings import bench_settings  # numpy, not torch
 
     engines = [e.strip() for e in engine.split(",") if e.strip()]
-    # the arguments and the path are checked before torch is imported, so that a mistake is refused at once
-    bench_settings(
-        target,
+    shared: dict[str, Any] = dict(
         batches=batch,
         threads=threads,
         engines=engines,
@@ -90,24 +88,19 @@ def bench(
         precision="fp16" if fp16 else "fp32",
         input_size=input_size,
     )
+    # the arguments and the path are checked before torch is imported, so that a mistake is refused at once
+    bench_settings(target, **shared)
     from ..analysis.bench import bench as run_bench
 
     with err_console.status("benchmarking", spinner="dots") as status:
         report = run_bench(
             target,
             vs_dense=vs_dense,
-            batches=batch,
-            threads=threads,
-            engines=engines,
-            runs=runs,
-            warmup=warmup,
-            repeats=repeats,
-            input_size=input_size,
             device=device.value,
             merge=merge.value,
-            precision="fp16" if fp16 else "fp32",
             progress=None if json else status.update,
             trust_code=trust_code,
+            **shared,
         )
     if json:
         print_json(report.to_dict())
