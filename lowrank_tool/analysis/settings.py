@@ -132,7 +132,6 @@ class AnalysisTarget:
     """What ``lowrank analyze`` reads: a model by ``name``, an ``artifact`` directory or an ``onnx`` file."""
 
     kind: Literal["name", "artifact", "onnx"]
-    target: str
     path: Path
     rank: RankSpec | None
 
@@ -163,11 +162,11 @@ def analysis_target(
             "--input-size only sets where the converter's plan is traced, which --rank asks for; add --rank 0.3 or drop --input-size"
         )
     if path.suffix.lower() == ".onnx":
-        return AnalysisTarget("onnx", target, check_onnx_file(path), spec)
+        return AnalysisTarget("onnx", check_onnx_file(path), spec)
     if not is_path:
-        return AnalysisTarget("name", target, path, spec)
+        return AnalysisTarget("name", path, spec)
     if path.exists() and not path.is_dir():
         raise LowRankError(
             f"{target} is neither an artifact directory nor an .onnx file; point to a directory from `lowrank convert -o DIR` or a file from `lowrank export`"
         )
-    return AnalysisTarget("artifact", target, check_artifact(path), spec)
+    return AnalysisTarget("artifact", check_artifact(path), spec)
