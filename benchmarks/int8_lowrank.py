@@ -45,7 +45,7 @@ import torch
 
 import lowrank_tool as lr
 from lowrank_tool.export import export_onnx
-from lowrank_tool.runtime import get_engine, measure, paired_speedup
+from lowrank_tool.runtime import get_engine, interleave, paired_speedup
 from lowrank_tool.runtime.machine import cpu_description
 from lowrank_tool.train.config import TrainConfig
 from lowrank_tool.train.run import train_artifact
@@ -133,6 +133,7 @@ def _time_four(files: dict[str, Path], engine: str, batch: int, args: argparse.N
     size = [int(v) for v in args.input_size.split("x")]
     x = np.random.default_rng(0).standard_normal((batch, *size)).astype(np.float32)
     calls = {}
+    spin = {}
     backend = ""
     skipped = {}
     for key in FILES:
@@ -143,14 +144,12 @@ def _time_four(files: dict[str, Path], engine: str, batch: int, args: argparse.N
             continue
         backend = runner.backend
         calls[key] = functools.partial(runner.run, {runner.inputs[0].name: x})
-    rounds: dict[str, list[float]] = {k: [] for k in calls}
+        spin[key] = runner.idle_spin_s
     per_round = max(1, args.runs // args.repeats)
-    keys = list(calls)
-    for r in range(args.repeats):
-        order = keys[r % len(keys) :] + keys[: r % len(keys)] if keys else []
-        for key in order:
-            lat = measure(calls[key], runs=per_round, warmup=args.warmup if r == 0 else 2)
-            rounds[key].append(lat.median_ms)
+    measured = (
+        interleave(calls, rounds=args.repeats, runs=per_round, warmup=args.warmup, idle_spin_s=spin) if calls else {}
+    )
+    rounds = {key: [lat.median_ms for lat in lats] for key, lats in measured.items()}
     ratios = {}
     for pair, (num, den) in PAIRS.items():
         if num in rounds and den in rounds:

@@ -39,7 +39,7 @@ import lowrank_tool as lr
 from lowrank_tool.conversion_plan import plan_of
 from lowrank_tool.export.quantize import quantize_file
 from lowrank_tool.layers.base import LowRankConv
-from lowrank_tool.runtime import get_engine, measure, onnx_bytes
+from lowrank_tool.runtime import get_engine, interleave, onnx_bytes
 from lowrank_tool.runtime.machine import cpu_description
 
 FORMS = ("factorised", "merged")
@@ -111,13 +111,15 @@ def _int8_files(layer: LowRankConv, shape: tuple[int, ...], stem: Path) -> dict[
 def _time(files: dict[str, Path], engine: str, shape: tuple[int, ...], args: argparse.Namespace) -> dict[str, float]:
     runners = {form: get_engine(engine).load(files[form], device="cpu", threads=args.threads) for form in FORMS}
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    rounds: dict[str, list[float]] = {form: [] for form in FORMS}
-    for r in range(args.rounds):
-        for form in FORMS if r % 2 == 0 else FORMS[::-1]:
-            run = runners[form]
-            call = functools.partial(run.run, {run.inputs[0].name: x})
-            rounds[form].append(measure(call, runs=args.runs, warmup=5 if r == 0 else 1).median_ms)
-    return {form: statistics.median(v) for form, v in rounds.items()}
+    measured = interleave(
+        {form: functools.partial(run.run, {run.inputs[0].name: x}) for form, run in runners.items()},
+        rounds=args.rounds,
+        runs=args.runs,
+        warmup=5,
+        round_warmup=1,
+        idle_spin_s={form: run.idle_spin_s for form, run in runners.items()},
+    )
+    return {form: statistics.median(lat.median_ms for lat in lats) for form, lats in measured.items()}
 
 
 def _describe(name: str, layer: LowRankConv) -> str:

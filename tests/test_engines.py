@@ -302,6 +302,52 @@ def test_bench_interleaves_rounds_and_refuses_bad_repeats(tmp_path):
         bench(tmp_path / "art", engines=["onnxruntime"], runs=6, repeats=7)
 
 
+def test_interleave_rotates_the_models_and_waits_out_the_previous_ones_spinning_threads(monkeypatch):
+    from lowrank_tool.runtime import timing
+
+    log = []
+    monkeypatch.setattr(timing.time, "sleep", lambda s: log.append(("sleep", s)))
+    calls = {k: (lambda k=k: log.append(k)) for k in "abc"}
+    out = timing.interleave(
+        calls, rounds=3, runs=2, warmup=1, round_warmup=0, idle_spin_s={"a": 0.2, "b": 0.0, "c": 0.1}
+    )
+    assert {k: len(v) for k, v in out.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(lat.runs == 2 and len(lat.samples) == 2 for v in out.values() for lat in v)
+    # round 0 starts at a (one warm-up call each), round 1 at b, round 2 at c (no warm-up); after a the next
+    # model waits 0.2 s, after c 0.1 s, after b (no spinning threads) nothing, and a model never waits for itself
+    assert log == (
+        ["a"] * 3 + [("sleep", 0.2)] + ["b"] * 3 + ["c"] * 3
+        + [("sleep", 0.1)] + ["b"] * 2 + ["c"] * 2 + [("sleep", 0.1)] + ["a"] * 2
+        + [("sleep", 0.2)] + ["c"] * 2 + [("sleep", 0.1)] + ["a"] * 2 + [("sleep", 0.2)] + ["b"] * 2
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="rounds and runs must be >= 1"):
+        timing.interleave(calls, rounds=0, runs=1)
+
+
+def test_onnxruntime_sessions_with_worker_threads_say_how_long_they_spin(tmp_path):
+    from lowrank_tool.runtime.onnxruntime_engine import ORT_IDLE_SPIN_S
+
+    model = _onnx(TinyNet(), (1, 3, 8, 8))
+    ort_engine = get_engine("onnxruntime")
+    assert ort_engine.load(model, device="cpu", threads=2).idle_spin_s == ORT_IDLE_SPIN_S > 0
+    assert ort_engine.load(model, device="cpu", threads=1).idle_spin_s == 0.0  # the caller's thread does the work
+    assert get_engine("openvino").load(model, device="cpu", threads=2).idle_spin_s == 0.0  # measured: no effect
+
+
+def test_bench_waits_out_onnxruntime_spinning_threads_between_models(tmp_path, monkeypatch):
+    from lowrank_tool.runtime import timing
+
+    sleeps = []
+    monkeypatch.setattr(timing.time, "sleep", sleeps.append)
+    lr.save(lr.convert("resnet20", rank=0.5, input_size="3x16x16"), tmp_path / "art")
+    bench(tmp_path / "art", vs_dense=True, engines=["onnxruntime"], threads=[2], runs=4, repeats=4, warmup=1)
+    # rounds low-rank,dense | dense,low-rank | ...: one switch inside each round, none across (the same model)
+    assert sleeps == [0.2] * 4
+    sleeps.clear()
+    bench(tmp_path / "art", vs_dense=True, engines=["onnxruntime"], threads=[1], runs=4, repeats=4, warmup=1)
+    assert sleeps == []  # one thread: no worker threads, nothing to wait for
+
+
 def test_bench_fp16_exports_both_models_in_half_precision(tmp_path, monkeypatch):
     import lowrank_tool.analysis.bench as bench_module
 

@@ -8,7 +8,9 @@ OpenVINO) and in PyTorch eager, for every batch size and thread count asked for.
 **Interleaved, with the spread.** On a shared machine two timings of the same model minutes apart differ
 by up to 25 %, so a speedup from two separate measurements is noise-prone. Each configuration's
 ``runs`` are split into ``repeats`` rounds; every round times the low-rank and the dense model back to back
-(alternating which goes first), and each round gives one speedup. The report's speedup is the median of
+(alternating which goes first; before each model's turn the previous one's ONNX Runtime worker threads are
+given time to stop spinning, see :func:`~lowrank_tool.runtime.timing.interleave`), and each round gives one
+speedup. The report's speedup is the median of
 those paired ratios, with their minimum, maximum and relative spread ((max − min) / median); above
 :data:`~lowrank_tool.runtime.timing.STABLE_SPREAD` the comparison is marked unstable and a note says so. With 6 or more rounds it
 also carries a 95 % confidence interval of the median ratio (``speedup_ci``, order statistics: no
@@ -43,7 +45,7 @@ from ..errors import LowRankError
 from ..export.onnx import export_onnx, plan_from_onnx, read_metadata
 from ..io import load, rebuild
 from ..models import build_from_spec, parse_input_size
-from ..runtime import STABLE_SPREAD, Runner, get_engine, measure, paired_speedup, torch_threads
+from ..runtime import STABLE_SPREAD, Runner, get_engine, interleave, paired_speedup, torch_threads
 from ..runtime.machine import CPU, cpu_description
 from .settings import bench_settings
 
@@ -160,6 +162,7 @@ class _Timed:
     provider: str
     params: int | None
     macs: int | None
+    idle_spin_s: float = 0.0  # the runner's (see Runner.idle_spin_s); PyTorch eager: 0
     samples: list[float] = field(default_factory=list)
     round_medians: list[float] = field(default_factory=list)
 
@@ -329,7 +332,7 @@ def bench(
                                 )
                             feed = {spec.name: x.numpy().astype(spec.dtype)}
                             call: Callable[[], Any] = functools.partial(runner.run, feed)
-                            timed.append(_Timed(name, call, None, runner.backend, n_params, macs))
+                            timed.append(_Timed(name, call, None, runner.backend, n_params, macs, runner.idle_spin_s))
                         elif module is not None:
                             module.to(torch_device)
                             sync = torch.cuda.synchronize if torch_device.type == "cuda" else None
@@ -337,17 +340,18 @@ def bench(
                             timed.append(_Timed(name, call, sync, torch_device.type.upper(), n_params, macs))
                     note(f"{engine}, batch {batch}, {n_threads} threads: {' and '.join(t.name for t in timed)}")
                     with torch_threads(n_threads if engine == "torch" else None), torch.inference_mode():
-                        for round_index in range(repeats):
-                            order = timed if round_index % 2 == 0 else timed[::-1]
-                            for t in order:
-                                lat = measure(
-                                    t.call,
-                                    runs=per_round,
-                                    warmup=warmup if round_index == 0 else min(warmup, 2),
-                                    sync=t.sync,
-                                )
-                                t.samples.extend(lat.samples)
-                                t.round_medians.append(lat.median_ms)
+                        measured = interleave(
+                            {i: t.call for i, t in enumerate(timed)},
+                            rounds=repeats,
+                            runs=per_round,
+                            warmup=warmup,
+                            round_warmup=min(warmup, 2),
+                            idle_spin_s={i: t.idle_spin_s for i, t in enumerate(timed)},
+                            sync={i: t.sync for i, t in enumerate(timed)},
+                        )
+                        for i, t in enumerate(timed):
+                            t.samples.extend(x for lat in measured[i] for x in lat.samples)
+                            t.round_medians.extend(lat.median_ms for lat in measured[i])
                     for t in timed:
                         report.rows.append(
                             BenchRow(

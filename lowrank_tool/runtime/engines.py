@@ -77,6 +77,10 @@ class Runner(ABC):
     backend: str
     inputs: list[TensorSpec]
     output_names: list[str]
+    #: seconds this runner's worker threads stay busy after a call returns (spin-waiting for the next one). A
+    #: second runner timed inside that window shares the cores with them and measures slow:
+    #: :func:`~.timing.interleave` waits it out before switching models. 0: the engine leaves no busy thread.
+    idle_spin_s: float = 0.0
 
     @abstractmethod
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

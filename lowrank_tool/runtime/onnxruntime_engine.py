@@ -10,7 +10,13 @@ from ..errors import LowRankError
 from .engines import Engine, ModelSource, Runner, TensorSpec, check_load_options
 from .session import make_session, provider_name
 
-__all__ = ["OnnxRuntimeEngine", "OnnxRuntimeRunner"]
+__all__ = ["OnnxRuntimeEngine", "OnnxRuntimeRunner", "ORT_IDLE_SPIN_S"]
+
+#: How long a session's intra-op workers keep spinning after a run: ONNX Runtime's pool spins 2**20 rounds of its
+#: queue check and a pause instruction before it blocks (``allow_spinning``, on by default). Measured 50-60 ms
+#: on a 2-core AMD EPYC (ResNet-50 rank 0.3 int8 timed after another session: 30 ms at 0-20 ms, 16 ms from 60 ms
+#: on); pause instructions are slower on other x86 CPUs, hence the margin.
+ORT_IDLE_SPIN_S = 0.2
 
 _DTYPES = {
     "tensor(float)": np.float32,
@@ -48,9 +54,20 @@ class OnnxRuntimeRunner(Runner):
             for i in session.get_inputs()
         ]
         self.output_names = [o.name for o in session.get_outputs()]
+        self.idle_spin_s = ORT_IDLE_SPIN_S if _spinning_workers(session) else 0.0
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(o) for o in self.session.run(None, feed)]
+
+
+def _spinning_workers(session: Any) -> bool:
+    """Whether the session has intra-op worker threads that spin after a run (1 thread: none, the caller works)."""
+    options = session.get_session_options()
+    try:
+        spinning = options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except Exception:  # not set: ONNX Runtime's default, spinning on
+        spinning = True
+    return spinning and options.intra_op_num_threads != 1
 
 
 class OnnxRuntimeEngine(Engine):

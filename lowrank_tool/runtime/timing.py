@@ -2,7 +2,8 @@
 
 Timings use ``time.perf_counter`` around each call; CUDA work is synchronised before the clock stops.
 Compare numbers measured in one process, one after the other: absolute times drift on a shared machine.
-Two models are compared by :func:`paired_speedup`: time them in alternating rounds and take the median of
+Two models are compared by :func:`paired_speedup`: time them in alternating rounds (:func:`interleave`,
+which waits out the previous model's spinning worker threads before timing the next) and take the median of
 the per-round ratios, with their range and a distribution-free confidence interval of the median. A range
 wider than :data:`STABLE_SPREAD` of the median marks the comparison as noisy; whether a speedup target
 is met is decided by the interval (:meth:`PairedSpeedup.verdict`): met when its lower end reaches the
@@ -15,9 +16,9 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "Latency",
     "PairedSpeedup",
     "CONFIDENCE",
+    "interleave",
     "STABLE_SPREAD",
     "measure",
     "median_interval",
@@ -41,6 +43,8 @@ __all__ = [
 STABLE_SPREAD = 0.10
 #: coverage of :func:`median_interval` as :func:`paired_speedup` uses it.
 CONFIDENCE = 0.95
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass
@@ -77,6 +81,47 @@ def measure(
         samples.append((time.perf_counter() - start) * 1e3)
     p90 = float(np.percentile(samples, 90)) if len(samples) > 1 else samples[0]
     return Latency(statistics.median(samples), p90, min(samples), runs, warmup, samples)
+
+
+def interleave(
+    calls: Mapping[K, Callable[[], Any]],
+    *,
+    rounds: int,
+    runs: int,
+    warmup: int = 10,
+    round_warmup: int = 2,
+    idle_spin_s: Mapping[K, float] | None = None,
+    sync: Mapping[K, Callable[[], None] | None] | None = None,
+) -> dict[K, list[Latency]]:
+    """Time several models in ``rounds`` interleaved rounds: one :class:`Latency` of ``runs`` calls per model
+    per round, the models in turn, round ``r`` starting from the ``r``-th (so each goes first equally often).
+
+    The first round warms each model up with ``warmup`` untimed calls, later ones with ``round_warmup``. Before
+    a model's turn, the previous model's ``idle_spin_s`` (its :attr:`~.engines.Runner.idle_spin_s`) is waited
+    out: an ONNX Runtime session's worker threads spin for tens of milliseconds after a run, and a model timed
+    meanwhile shares the cores with them (measured: a ResNet-50 rank-0.3 int8 file at 2 threads, 16 ms alone,
+    30 ms right after another session). A deployment runs one model; so does each timed call here.
+    """
+    if rounds < 1 or runs < 1 or warmup < 0 or round_warmup < 0:
+        raise ValueError(
+            f"rounds and runs must be >= 1 and the warm-ups >= 0, got rounds={rounds}, runs={runs}, "
+            f"warmup={warmup}, round_warmup={round_warmup}"
+        )
+    keys = list(calls)
+    spin = idle_spin_s or {}
+    syncs = sync or {}
+    out: dict[K, list[Latency]] = {k: [] for k in keys}
+    previous: K | None = None
+    for r in range(rounds):
+        start = r % len(keys) if keys else 0
+        for key in keys[start:] + keys[:start]:
+            if previous is not None and previous != key and spin.get(previous, 0.0) > 0:
+                time.sleep(spin[previous])
+            out[key].append(
+                measure(calls[key], runs=runs, warmup=warmup if r == 0 else round_warmup, sync=syncs.get(key))
+            )
+            previous = key
+    return out
 
 
 def time_onnx(session: Any, feed: dict[str, np.ndarray], *, runs: int = 50, warmup: int = 10) -> Latency:
