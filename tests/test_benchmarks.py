@@ -289,3 +289,22 @@ def test_int8_merge_times_each_distinct_layer_factorised_and_merged_in_int8(tmp_
     table = out.with_suffix(".md").read_text()
     assert "| layer | input | onnxruntime factorised ms | onnxruntime merged ms |" in table
     assert f"of {len(distinct)} distinct layers." in table
+
+
+def test_spin_window_times_a_runner_right_after_another_at_each_gap(tmp_path):
+    out = tmp_path / "spin"
+    argv = ["--model", "resnet20", "--rank", "0.5", "--input-size", "3x16x16", "--threads", "2"]
+    argv += ["--gaps-ms", "0", "5", "--rest-ms", "5", "--rounds", "2", "--out", str(out)]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "spin_window.py"), *argv], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["meta"]["threads"] == 2 and data["meta"]["cpu"]["cpus"] >= 1
+    rows = {row["engine"]: row for row in data["rows"]}
+    assert set(rows) == {"onnxruntime", "openvino"}
+    assert rows["onnxruntime"]["idle_spin_s"] > 0 and rows["openvino"]["idle_spin_s"] == 0  # what interleave waits
+    for row in rows.values():
+        assert set(row["after_other_ms"]) == {"0.0", "5.0"}
+        assert all(ms > 0 for ms in [*row["after_other_ms"].values(), row["after_idle_ms"], row["back_to_back_ms"]])
+    assert "ms per call right after the other runner's, by gap: 0.0 ms:" in res.stdout

@@ -5,7 +5,9 @@ module; it is imported only when the engine is asked for, so the toolkit never i
 not use, and a runtime that is not installed is one line naming the pip extra that brings it.
 
 Adding an engine (TensorRT's own runtime, TVM, ...) is one module with an :class:`Engine` subclass and one
-line in :data:`ENGINE_MODULES` (and its name in ``choices.RUNTIME_ENGINES``).
+line in :data:`ENGINE_MODULES` (and its name in ``choices.RUNTIME_ENGINES``). If the engine's threads stay
+busy after a call, its runner says for how long (:attr:`Runner.idle_spin_s`; ``benchmarks/spin_window.py``
+measures it).
 """
 
 from __future__ import annotations
