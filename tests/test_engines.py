@@ -324,7 +324,7 @@ def test_interleave_rotates_the_models_and_waits_out_the_previous_ones_spinning_
         timing.interleave(calls, rounds=0, runs=1)
 
 
-def test_onnxruntime_sessions_with_worker_threads_say_how_long_they_spin(tmp_path):
+def test_onnxruntime_sessions_with_worker_threads_say_how_long_they_spin():
     from lowrank_tool.runtime.onnxruntime_engine import ORT_IDLE_SPIN_S
 
     model = _onnx(TinyNet(), (1, 3, 8, 8))
@@ -332,6 +332,15 @@ def test_onnxruntime_sessions_with_worker_threads_say_how_long_they_spin(tmp_pat
     assert ort_engine.load(model, device="cpu", threads=2).idle_spin_s == ORT_IDLE_SPIN_S > 0
     assert ort_engine.load(model, device="cpu", threads=1).idle_spin_s == 0.0  # the caller's thread does the work
     assert get_engine("openvino").load(model, device="cpu", threads=2).idle_spin_s == 0.0  # measured: no effect
+    import onnxruntime as ort
+
+    from lowrank_tool.runtime.onnxruntime_engine import OnnxRuntimeRunner
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # a session told not to spin
+    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    assert OnnxRuntimeRunner(session).idle_spin_s == 0.0
 
 
 def test_bench_waits_out_onnxruntime_spinning_threads_between_models(tmp_path, monkeypatch):

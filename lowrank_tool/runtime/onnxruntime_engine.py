@@ -65,7 +65,7 @@ def _spinning_workers(session: Any) -> bool:
     options = session.get_session_options()
     try:
         spinning = options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
-    except Exception:  # not set: ONNX Runtime's default, spinning on
+    except RuntimeError:  # not set: ONNX Runtime's default, spinning on
         spinning = True
     return spinning and options.intra_op_num_threads != 1
 
