@@ -355,6 +355,8 @@ def test_bench_waits_out_onnxruntime_spinning_threads_between_models(tmp_path, m
     sleeps.clear()
     bench(tmp_path / "art", vs_dense=True, engines=["onnxruntime"], threads=[1], runs=4, repeats=4, warmup=1)
     assert sleeps == []  # one thread: no worker threads, nothing to wait for
+    bench(tmp_path / "art", vs_dense=True, engines=["onnxruntime"], threads=[2, 1], runs=4, repeats=4, warmup=1)
+    assert sleeps == [0.2] * 5  # and once more before the 1-thread models: the 2-thread sessions are still loaded
 
 
 def test_bench_fp16_exports_both_models_in_half_precision(tmp_path, monkeypatch):

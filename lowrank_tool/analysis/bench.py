@@ -29,6 +29,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -305,6 +306,7 @@ def bench(
 
         report = BenchReport(str(target), list(size), notes=report_notes, cpu=cpu_description())
         per_round = max(1, runs // repeats)
+        spinning = 0.0  # how long the threads of the models timed last may still spin
         for engine in engines:
             for batch in batch_list:
                 # one runner per model and thread count, compiled for this batch (OpenVINO runs a static shape
@@ -339,6 +341,11 @@ def bench(
                             call = functools.partial(module, x.to(torch_device))
                             timed.append(_Timed(name, call, sync, torch_device.type.upper(), n_params, macs))
                     note(f"{engine}, batch {batch}, {n_threads} threads: {' and '.join(t.name for t in timed)}")
+                    # the previous configuration's sessions stay loaded (one per model and thread count): let
+                    # their threads stop spinning before this configuration's first call
+                    if spinning:
+                        time.sleep(spinning)
+                    spinning = max((t.idle_spin_s for t in timed), default=0.0)
                     with torch_threads(n_threads if engine == "torch" else None), torch.inference_mode():
                         measured = interleave(
                             {i: t.call for i, t in enumerate(timed)},
