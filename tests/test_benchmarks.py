@@ -308,3 +308,21 @@ def test_spin_window_times_a_runner_right_after_another_at_each_gap(tmp_path):
         assert set(row["after_other_ms"]) == {"0.0", "5.0"}
         assert all(ms > 0 for ms in [*row["after_other_ms"].values(), row["after_idle_ms"], row["back_to_back_ms"]])
     assert "ms per call right after the other runner's, by gap: 0.0 ms:" in res.stdout
+
+
+def test_two_sessions_times_a_two_model_request_under_each_thread_pool_setup(tmp_path):
+    out = tmp_path / "two"
+    argv = ["--models", "resnet20", "resnet20", "--input-size", "3x16x16", "--calls", "3", "--repeats", "1"]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "two_sessions.py"), *argv, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [row["setup"] for row in data["rows"]] == ["per-session", "shared", "no-spin"]
+    for row in data["rows"]:
+        assert len(row["processes"]) == 1  # each set-up in its own process (a global pool is per process)
+        assert 0 < row["a_in_pipeline_ms"] < row["pipeline_ms"] and row["a_alone_ms"] > 0
+    assert data["meta"]["models"] == ["resnet20", "resnet20"] and "shared" in res.stdout
