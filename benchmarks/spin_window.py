@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _arguments import at_least
 
 import lowrank_tool as lr
 from lowrank_tool.export import export_onnx
@@ -45,10 +46,10 @@ def main() -> None:
     parser.add_argument("--input-size", default="3x224x224")
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     parser.add_argument("--engines", nargs="+", default=["onnxruntime", "openvino"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--gaps-ms", type=float, nargs="+", default=[0, 10, 20, 40, 60, 80, 120, 200])
-    parser.add_argument("--rest-ms", type=float, default=250, help="idle time before the reference calls")
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--threads", type=at_least(1), default=2)
+    parser.add_argument("--gaps-ms", type=at_least(0, float), nargs="+", default=[0, 10, 20, 40, 60, 80, 120, 200])
+    parser.add_argument("--rest-ms", type=at_least(0, float), default=250, help="idle time before the reference calls")
+    parser.add_argument("--rounds", type=at_least(1), default=8)
     parser.add_argument("--out", default="benchmarks/results/spin_window")
     args = parser.parse_args()
 

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _arguments import at_least
+
 SETUPS = ("per-session", "shared", "no-spin")
 
 
@@ -42,9 +44,9 @@ def main() -> None:
     parser.add_argument("--models", nargs=2, default=["resnet50", "resnet18"], metavar=("A", "B"))
     parser.add_argument("--rank", type=float, default=0.3)
     parser.add_argument("--input-size", default="3x224x224")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calls", type=int, default=60, help="timed requests per process")
-    parser.add_argument("--repeats", type=int, default=3, help="processes per set-up, in rotation")
+    parser.add_argument("--threads", type=at_least(1), default=2)
+    parser.add_argument("--calls", type=at_least(1), default=60, help="timed requests per process")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="processes per set-up, in rotation")
     parser.add_argument("--out", default="benchmarks/results/two_sessions")
     parser.add_argument("--child", nargs=3, metavar=("SETUP", "FILE_A", "FILE_B"), help=argparse.SUPPRESS)
     args = parser.parse_args()

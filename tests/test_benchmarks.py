@@ -326,3 +326,22 @@ def test_two_sessions_times_a_two_model_request_under_each_thread_pool_setup(tmp
         assert len(row["processes"]) == 1  # each set-up in its own process (a global pool is per process)
         assert 0 < row["a_in_pipeline_ms"] < row["pipeline_ms"] and row["a_alone_ms"] > 0
     assert data["meta"]["models"] == ["resnet20", "resnet20"] and "shared" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("two_sessions.py", ["--repeats", "0"], "argument --repeats: 0 is below 1"),
+        ("spin_window.py", ["--gaps-ms", "-5"], "argument --gaps-ms: -5 is below 0"),
+    ],
+)
+def test_the_thread_pool_benchmarks_refuse_counts_out_of_range(tmp_path, script, argv, message):
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *argv, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].endswith(message)
+    assert "Traceback" not in res.stderr and not list(tmp_path.iterdir())
