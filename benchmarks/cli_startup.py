@@ -15,14 +15,13 @@ Markdown table (median, min-max) and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _results import run_meta, write_result
 
 COMMANDS = (["--help"], ["--version"], ["convert", "--help"], ["train", "--help"], ["export", "--help"])
 #: A user's typical mistakes (a bad value, a mistyped path): each must end with exit code 2.
@@ -85,14 +84,12 @@ def main() -> None:
             )
         print(row + " |")
     result = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "meta": run_meta("cli_startup.py"),
         "checkouts": {name: str(path) for name, path in checkouts.items()},
         "rounds_counted": args.repeat - 1,
         "seconds": times,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    print(f"wrote {write_result(args.json, result)}")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
 from lowrank_tool.models import check_file_model
@@ -135,23 +135,11 @@ def main() -> None:
         "distort_every": overrides.get("distort_every", recipe.train.get("distort_every", 200)),
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "machine": platform.platform(),
-                "torch": torch.__version__,
-                "setup": setup,
-                "summary": rows,
-                "runs": runs,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    meta = run_meta("compare_methods.py")
+    write_result(out.with_suffix(".json"), {"meta": meta, "setup": setup, "summary": rows, "runs": runs})
     lines = [
         f"{recipe.model} on {setup['data']}, {setup['epochs']} epochs, budget {args.budget}, seeds {args.seeds} "
-        f"(`python benchmarks/compare_methods.py {' '.join(_argv())}`)",
+        f"(`{meta['command']}`)",
         "",
         "| method | val top-1 last (mean ± std) | best | params | MACs | train time | images/s |",
         "|---|---|---|---|---|---|---|",
@@ -161,15 +149,9 @@ def main() -> None:
             f"| {r['method']} | {r['last_top1_mean']:.2f} ± {r['last_top1_std']:.2f} | {r['best_top1_mean']:.2f} | "
             f"{r['params'] / 1e3:.1f}k | {r['macs'] / 1e6:.2f}M | {r['train_seconds_mean']:.1f} s | {r['images_per_s_mean']:.0f} |"
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
-
-
-def _argv() -> list[str]:
-    import sys
-
-    return sys.argv[1:]
 
 
 if __name__ == "__main__":

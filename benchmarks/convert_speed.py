@@ -17,12 +17,11 @@ the low-rank layers. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 
 import torch
+from _results import run_meta, write_result
 
 import lowrank_tool as lr
 from lowrank_tool.models import build_model, default_input_size, get_entry
@@ -88,21 +87,15 @@ def main() -> None:
     if len(by_task) > 1:
         print("per task: " + ", ".join(f"{t} {v:.1f} s" for t, v in by_task.items()))
     print(f"total convert() time over {len(rows)} models: {total:.1f} s (building the dense models not counted)")
-    meta = {
-        "total_convert_s": total,
-        "total_by_task_s": by_task,
-        "models": len(rows),
-        "machine": platform.platform(),
-        "cpu_count": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "lowrank_tool": lr.__version__,
-    }
-    import pathlib
-
-    path = pathlib.Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {path}")
+    meta = run_meta(
+        "convert_speed.py",
+        threads=torch.get_num_threads(),
+        lowrank_tool=lr.__version__,
+        total_convert_s=total,
+        total_by_task_s=by_task,
+        models=len(rows),
+    )
+    print(f"wrote {write_result(args.json, {'meta': meta, 'rows': rows})}")
 
 
 if __name__ == "__main__":

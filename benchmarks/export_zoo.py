@@ -14,13 +14,13 @@ table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _results import run_meta, write_result
 
 import lowrank_tool as lr
 from lowrank_tool.export import export_onnx
@@ -75,21 +75,8 @@ def main() -> None:
                 rows.append(row)
                 status = f"ok   rel err {row['max_rel']:.2e}" if row["ok"] else f"FAIL {row['error'][:120]}"
                 print(f"{name:40s} {size:12s} {exporter:12s} {row['seconds']:6.1f}s  {status}", flush=True)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(
-        json.dumps(
-            {
-                "machine": platform.platform(),
-                "processor": platform.processor(),
-                "torch": torch.__version__,
-                "rank": args.rank,
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {args.json}")
+    meta = run_meta("export_zoo.py", processor=platform.processor(), rank=args.rank)
+    print(f"wrote {write_result(args.json, {'meta': meta, 'rows': rows})}")
 
 
 if __name__ == "__main__":

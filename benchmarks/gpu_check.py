@@ -25,10 +25,8 @@ tested where CI runs; those numbers are not GPU results and the JSON says ``"smo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shlex
 import socket
 import statistics
 import sys
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import command_line, write_result
 from torch import nn
 
 import lowrank_tool as lr
@@ -76,7 +75,7 @@ def main() -> int:
     device = "cpu" if smoke else "cuda"
     out = Path(args.out)
     report: dict[str, Any] = {
-        "command": "python benchmarks/gpu_check.py " + shlex.join(sys.argv[1:]),
+        "command": command_line("gpu_check.py"),
         "smoke": smoke,
         "model": args.model,
         "rank": args.rank,
@@ -109,9 +108,7 @@ def main() -> int:
                 status = "failed"
             report["steps"][name] = {"status": status, "seconds": round(time.perf_counter() - started, 2)} | result
             print(f"{name:16s} {status:8s} {_summary(result)}", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out.with_suffix('.json')}")
+    print(f"wrote {write_result(out.with_suffix('.json'), report)}")
     return 1 if any(s["status"] == "failed" for s in report["steps"].values()) else 0
 
 

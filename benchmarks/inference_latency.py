@@ -25,17 +25,16 @@ apart much less.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 from pathlib import Path
 
 import torch
+from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
 from lowrank_tool.analysis.bench import bench
-from lowrank_tool.runtime.machine import cpu_description
 
 
 def main() -> None:
@@ -111,25 +110,20 @@ def main() -> None:
                         flush=True,
                     )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "machine": platform.platform(),
-        "cpu": cpu_description().to_dict(),  # the ISA decides the kernels, and so the timings
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "runs": args.runs,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-        "round_to": args.round_to,
-        "policy": args.policy,
-        "latency_engine": args.latency_engine if args.policy == "latency" else None,
-        "merge": args.merge,
-        "command": "python benchmarks/inference_latency.py " + " ".join(_argv()),
-    }
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(meta, results))
+    meta = run_meta(
+        "inference_latency.py",
+        processor=platform.processor(),
+        threads=args.threads,
+        runs=args.runs,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        round_to=args.round_to,
+        policy=args.policy,
+        latency_engine=args.latency_engine if args.policy == "latency" else None,
+        merge=args.merge,
+    )
+    write_result(out.with_suffix(".json"), {"meta": meta, "results": results})
+    write_text(out.with_suffix(".md"), markdown(meta, results))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 
@@ -159,12 +153,6 @@ def markdown(meta: dict, results: list[dict]) -> str:
 def _interval(c: dict, dash: str) -> str:
     ci = c.get("speedup_ci")
     return f"{ci[0]:.2f}{dash}{ci[1]:.2f}" if ci else "—"
-
-
-def _argv() -> list[str]:
-    import sys
-
-    return sys.argv[1:]
 
 
 if __name__ == "__main__":

@@ -30,23 +30,20 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
-import shlex
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
 from lowrank_tool.export import export_onnx
 from lowrank_tool.runtime import get_engine, interleave, paired_speedup
-from lowrank_tool.runtime.machine import cpu_description
 from lowrank_tool.train.config import TrainConfig
 from lowrank_tool.train.run import train_artifact
 
@@ -97,18 +94,10 @@ def main() -> None:
                 row = _accuracy(name, args, root / f"{name}-acc")
                 print(_accuracy_line(row), flush=True)
                 results["accuracy"].append(row)
-    meta = {
-        "command": "python benchmarks/int8_lowrank.py " + shlex.join(sys.argv[1:]),
-        "machine": platform.platform(),
-        "cpu": cpu_description().to_dict(),  # the ISA decides the kernels, and so the timings
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-    }
+    meta = run_meta("int8_lowrank.py", processor=platform.processor())
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, **results}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(_markdown(meta, results, args))
+    write_result(out.with_suffix(".json"), {"meta": meta, **results})
+    write_text(out.with_suffix(".md"), _markdown(meta, results, args))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 

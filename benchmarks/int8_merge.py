@@ -22,25 +22,21 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
 import os
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
 from lowrank_tool.conversion_plan import plan_of
 from lowrank_tool.export.quantize import quantize_file
 from lowrank_tool.layers.base import LowRankConv
 from lowrank_tool.runtime import get_engine, interleave, onnx_bytes
-from lowrank_tool.runtime.machine import cpu_description
 
 FORMS = ("factorised", "merged")
 
@@ -78,18 +74,10 @@ def main() -> None:
                 }
                 print(_line(name, layer, timed[key]), flush=True)
             layers.append({**timed[key], "name": name, "layer": _describe(name, layer)})
-    meta = {
-        "command": "python benchmarks/int8_merge.py " + shlex.join(sys.argv[1:]),
-        "machine": platform.platform(),
-        "cpu": cpu_description().to_dict(),  # the ISA decides the kernels, and so the timings
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "distinct_layers": len(timed),
-    }
+    meta = run_meta("int8_merge.py", distinct_layers=len(timed))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "layers": layers}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(_markdown(meta, list(timed.values()), args))
+    write_result(out.with_suffix(".json"), {"meta": meta, "layers": layers})
+    write_text(out.with_suffix(".md"), _markdown(meta, list(timed.values()), args))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 

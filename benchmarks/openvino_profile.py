@@ -20,20 +20,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
-import platform
-import shlex
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from _results import run_meta, write_result, write_text
 from int8_lowrank import _export_four as export_four  # this script's folder is on sys.path
 
-from lowrank_tool.runtime.machine import cpu_description
 from lowrank_tool.runtime.openvino_engine import fix_batch
 
 FILES = ("dense-fp32", "lowrank-fp32", "dense-int8", "lowrank-int8")
@@ -63,19 +59,11 @@ def main() -> None:
         for key in FILES:
             profiles[key] = profile(files[key], size, args.threads, args.runs, args.warmup)
             print(f"{key}: {profiles[key]['total_ms']:.2f} ms per inference (sum of node times)", flush=True)
-    meta = {
-        "command": "python benchmarks/openvino_profile.py " + shlex.join(sys.argv[1:]),
-        "machine": platform.platform(),
-        "cpu": cpu_description().to_dict(),  # the ISA decides the kernels, and so the timings
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "openvino": _openvino_version(),
-    }
+    meta = run_meta("openvino_profile.py", openvino=_openvino_version())  # the build string, not only the release
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "profiles": profiles}, indent=2) + "\n")
+    write_result(out.with_suffix(".json"), {"meta": meta, "profiles": profiles})
     table = markdown(meta, profiles)
-    out.with_suffix(".md").write_text(table)
+    write_text(out.with_suffix(".md"), table)
     print(table)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import platform
 import tempfile
-from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 
 ort.set_default_logger_severity(3)  # the "hardware specific optimizations" warning is the point here
+
+from _results import run_meta, write_result  # noqa: E402
 
 import lowrank_tool as lr  # noqa: E402 - after silencing ONNX Runtime's logger
 
@@ -62,11 +61,7 @@ def main() -> None:
             f"{sum(counts.values()) - nchwc:4d} on the NCHW path  {dict(counts)}",
             flush=True,
         )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(
-        json.dumps({"machine": platform.platform(), "onnxruntime": ort.__version__, "rows": rows}, indent=2) + "\n"
-    )
-    print(f"wrote {args.json}")
+    print(f"wrote {write_result(args.json, {'meta': run_meta('ort_layouts.py'), 'rows': rows})}")
 
 
 if __name__ == "__main__":

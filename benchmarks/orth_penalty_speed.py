@@ -17,13 +17,11 @@ Checks that all three agree (value and gradients), prints a table and writes JSO
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _results import run_meta, write_result
 
 import lowrank_tool as lr
 from lowrank_tool.methods import orthogonality_penalty
@@ -113,11 +111,8 @@ def main() -> None:
         print(
             f"| {r['model']} | {r['factors']} | {m['closed-form']:.1f} ms | {m['batched autograd']:.1f} ms | {m['loop autograd']:.1f} ms |"
         )
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__}
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {path}")
+    meta = run_meta("orth_penalty_speed.py", threads=torch.get_num_threads())
+    print(f"wrote {write_result(args.json, {'meta': meta, 'rows': rows})}")
 
 
 if __name__ == "__main__":

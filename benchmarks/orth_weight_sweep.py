@@ -12,12 +12,12 @@ validation top-1. Writes JSON and a markdown table under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
 from lowrank_tool.data import build_loaders
@@ -76,16 +76,15 @@ def main() -> None:
         rows.append(row)
         print(f"{label:10s} orth_weight {weight:<8g} top1 {row['mean']:6.2f} ± {row['std']:.2f}  {accs}", flush=True)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {k: v for k, v in vars(args).items() if k != "out"}
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    meta = run_meta("orth_weight_sweep.py", **{k: v for k, v in vars(args).items() if k != "out"})
+    write_result(out.with_suffix(".json"), {"meta": meta, "rows": rows})
     lines = ["| model | orth_weight | val top-1 (mean ± std over seeds) | per seed |", "|---|---|---|---|"]
     for r in rows:
         w = "-" if r["orth_weight"] is None else f"{r['orth_weight']:g}"
         lines.append(
             f"| {args.model} {r['model']} | {w} | {r['mean']:.2f} ± {r['std']:.2f} | {', '.join(f'{a:.1f}' for a in r['top1'])} |"
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 

@@ -17,12 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 from _arguments import at_least
+from _results import run_meta, write_result
 
 import lowrank_tool as lr
 from lowrank_tool.export import export_onnx
 from lowrank_tool.runtime import Runner, get_engine
-from lowrank_tool.runtime.machine import cpu_description
 
 
 def main() -> None:
@@ -67,21 +62,15 @@ def main() -> None:
             rows.append({"engine": engine, "backend": b.backend, "idle_spin_s": b.idle_spin_s, **_probe(a, b, x, args)})
             print(_line(rows[-1]), flush=True)
             del a, b  # release the engine's threads before the next engine is timed
-    meta = {
-        "command": "python benchmarks/spin_window.py " + shlex.join(sys.argv[1:]),
-        "machine": platform.platform(),
-        "cpu": cpu_description().to_dict(),
-        "cpus": os.cpu_count(),
-        "model": args.model,
-        "rank": args.rank,
-        "precision": args.precision,
-        "threads": args.threads,
-        "rounds": args.rounds,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out.with_suffix('.json')}")
+    meta = run_meta(
+        "spin_window.py",
+        model=args.model,
+        rank=args.rank,
+        precision=args.precision,
+        threads=args.threads,
+        rounds=args.rounds,
+    )
+    print(f"wrote {write_result(Path(args.out).with_suffix('.json'), {'meta': meta, 'rows': rows})}")
 
 
 def _probe(a: Runner, b: Runner, x: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:

@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _results import run_meta, write_result
 from torch import nn
 
 import lowrank_tool as lr
@@ -55,7 +54,6 @@ from lowrank_tool.layers.memory_format import (
 )
 from lowrank_tool.methods.elrt import DEFAULT_ORTH_WEIGHT, orthogonality_penalty
 from lowrank_tool.runtime import paired_speedup
-from lowrank_tool.runtime.machine import cpu_description
 from lowrank_tool.zoo import cifar_stem_
 
 #: configuration name -> (model layout, image layout, compiled)
@@ -216,21 +214,16 @@ def main() -> None:
             f"| {r['model']} | {1000 * d['contiguous']:.0f} / {1000 * d['channels_last']:.0f} ms | {1000 * lo['contiguous']:.0f} / {1000 * lo['channels_last']:.0f} ms | "
             f"{r['time_ratio_trainer_default']:.2f}x | {r['time_ratio_best_vs_best']:.2f}x | {r['time_ratio_contiguous']:.2f}x | {r['memory_ratio']:.2f}x |"
         )
-    meta = {
-        "machine": platform.platform(),
-        "cpu": cpu_description().to_dict(),  # the ISA decides the kernels, and so the timings
-        "processor": platform.processor(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "steps": args.steps,
-        "configs": {
+    meta = run_meta(
+        "train_speed.py",
+        processor=platform.processor(),
+        threads=torch.get_num_threads(),
+        steps=args.steps,
+        configs={
             c: {"model": str(CONFIGS[c][0]), "images": str(CONFIGS[c][1]), "compiled": CONFIGS[c][2]} for c in configs
         },
-    }
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {path}")
+    )
+    print(f"wrote {write_result(args.json, {'meta': meta, 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -35,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from _arguments import at_least
+from _results import run_meta, write_result
 
 SETUPS = ("per-session", "shared", "no-spin")
 
@@ -53,8 +51,6 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(*args.child, threads=args.threads, calls=args.calls)))
         return
-
-    from lowrank_tool.runtime.machine import cpu_description
 
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in SETUPS}
     with tempfile.TemporaryDirectory(prefix="two-sessions-") as tmp:
@@ -80,21 +76,15 @@ def main() -> None:
         print(
             f"{row['setup']:12s} {row['pipeline_ms']:12.2f} {row['a_in_pipeline_ms']:12.2f} {row['a_alone_ms']:11.2f}"
         )
-    meta = {
-        "command": "python benchmarks/two_sessions.py " + shlex.join(sys.argv[1:]),
-        "machine": platform.platform(),
-        "cpu": cpu_description().to_dict(),
-        "cpus": os.cpu_count(),
-        "models": args.models,
-        "rank": args.rank,
-        "threads": args.threads,
-        "calls": args.calls,
-        "repeats": args.repeats,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out.with_suffix('.json')}")
+    meta = run_meta(
+        "two_sessions.py",
+        models=args.models,
+        rank=args.rank,
+        threads=args.threads,
+        calls=args.calls,
+        repeats=args.repeats,
+    )
+    print(f"wrote {write_result(Path(args.out).with_suffix('.json'), {'meta': meta, 'rows': rows})}")
 
 
 def _export(args: argparse.Namespace, root: Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shlex
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lowrank_tool.errors import LowRankError
 from lowrank_tool.runtime.machine import machine_label
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -345,3 +347,60 @@ def test_the_thread_pool_benchmarks_refuse_counts_out_of_range(tmp_path, script,
     )
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].endswith(message)
     assert "Traceback" not in res.stderr and not list(tmp_path.iterdir())
+
+
+def _results_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _results
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return _results
+
+
+def test_every_result_records_the_command_to_run_it_again_and_the_machine(monkeypatch):
+    results = _results_module()
+    monkeypatch.setattr(sys, "argv", ["x.py", "--out", "results/a b[1]", "--runs", "3"])
+    meta = results.run_meta("inference_latency.py", threads=2, torch="replaced")
+    assert meta["command"] == "python benchmarks/inference_latency.py --out 'results/a b[1]' --runs 3"
+    assert shlex.split(meta["command"])[2:] == sys.argv[1:]  # pastes back into a shell as it ran
+    assert meta["cpu"]["cpus"] >= 1 and meta["cpus"] >= 1 and meta["python"].count(".") == 2
+    assert meta["threads"] == 2 and meta["torch"] == "replaced"  # a script's own fields come last and win
+    import onnxruntime
+
+    assert meta["onnxruntime"] == onnxruntime.__version__
+    monkeypatch.setitem(results.PACKAGES, "not-installed", ("no-such-distribution-xyz",))
+    assert "not-installed" not in results.package_versions()  # left out, not an error
+
+
+def test_a_result_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    results = _results_module()
+    path = tmp_path / "new dir" / "ü[1].json"
+    assert results.write_result(path, {"meta": {"a": 1}, "rows": [1.5]}) == path
+    assert json.loads(path.read_text()) == {"meta": {"a": 1}, "rows": [1.5]}
+    real_write = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):  # half the document reaches the disk, then ENOSPC
+        real_write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(LowRankError, match="No space left"):
+        results.write_result(path, {"meta": {"a": 2}, "rows": [2.5]})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"meta": {"a": 1}, "rows": [1.5]}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ü[1].json"]
+    assert results.write_text(tmp_path / "t.md", "| a |\n").read_text() == "| a |\n"
+
+
+def test_every_benchmark_script_records_its_command_and_machine_the_shared_way():
+    scripts = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
+    assert len(scripts) >= 15
+    own_format = {"accuracy.py"}  # its rows carry the machine per seed run, to resume across machines
+    for script in scripts:
+        text = script.read_text()
+        if script.name in own_format:
+            assert '"command": command' in text and "atomic_write_text" in text
+            continue
+        assert "run_meta(" in text or "command_line(" in text, f"{script.name} writes results without run_meta"
+        assert ".write_text(json.dumps" not in text, f"{script.name} writes JSON non-atomically"
