@@ -13,10 +13,11 @@ from .session import make_session, provider_name
 __all__ = ["OnnxRuntimeEngine", "OnnxRuntimeRunner", "ORT_IDLE_SPIN_S"]
 
 #: How long a session's intra-op workers keep spinning after a run: ONNX Runtime's pool spins 2**20 rounds of its
-#: queue check and a pause instruction before it blocks (``allow_spinning``, on by default). Measured 40-60 ms
-#: on a 2-core AMD EPYC (``benchmarks/spin_window.py``: ResNet-50 rank 0.3 int8 timed 0-40 ms after another
-#: session's run 31-51 ms, from 60 ms on 19 ms, back to back 18 ms); pause instructions take longer on other
-#: x86 CPUs, hence the margin.
+#: queue check and a pause instruction before it blocks (``allow_spinning``, on by default). Measured with
+#: ``benchmarks/spin_window.py`` (ResNet-50 rank 0.3, 2 threads, a call timed a gap after another session's
+#: run): 40-60 ms on a 2-core AVX2 AMD EPYC (int8: 31-51 ms up to 40 ms, 19 ms from 60 ms, back to back 18 ms),
+#: about 80 ms on a 2-core AVX-512 one (fp32: 41-48 ms up to 20 ms, 24 ms at 80 ms, back to back 22 ms); pause
+#: instructions take longer on other x86 CPUs, hence the margin.
 ORT_IDLE_SPIN_S = 0.2
 
 _DTYPES = {
