@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _arguments import run_main
 
 import lowrank_tool as lr
 from lowrank_tool.artifact import atomic_write_text
@@ -354,4 +355,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from _arguments import run_main
 from _results import run_meta, write_result
 
 COMMANDS = (["--help"], ["--version"], ["convert", "--help"], ["train", "--help"], ["export", "--help"])
@@ -93,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from _arguments import run_main
 from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
@@ -155,4 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _arguments import run_main
 from _results import command_line, write_result
 from torch import nn
 
@@ -274,4 +275,4 @@ def _free_port() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

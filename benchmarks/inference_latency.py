@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _arguments import run_main
 from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
@@ -156,4 +157,4 @@ def _interval(c: dict, dash: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

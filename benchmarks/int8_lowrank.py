@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _arguments import run_main
 from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
@@ -293,4 +294,4 @@ def _markdown(meta: dict[str, Any], results: dict[str, Any], args: argparse.Name
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

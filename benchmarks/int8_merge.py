@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _arguments import run_main
 from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
@@ -147,4 +148,4 @@ def _markdown(meta: dict[str, Any], entries: list[dict[str, Any]], args: argpars
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _arguments import run_main
 from _results import run_meta, write_result, write_text
 from int8_lowrank import _export_four as export_four  # this script's folder is on sys.path
 
@@ -127,4 +128,4 @@ def markdown(meta: dict[str, Any], profiles: dict[str, dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

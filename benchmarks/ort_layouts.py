@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 ort.set_default_logger_severity(3)  # the "hardware specific optimizations" warning is the point here
 
+from _arguments import run_main  # noqa: E402
 from _results import run_meta, write_result  # noqa: E402
 
 import lowrank_tool as lr  # noqa: E402 - after silencing ONNX Runtime's logger
@@ -65,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

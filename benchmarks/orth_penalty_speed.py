@@ -21,6 +21,7 @@ import statistics
 import time
 
 import torch
+from _arguments import run_main
 from _results import run_meta, write_result
 
 import lowrank_tool as lr
@@ -116,4 +117,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

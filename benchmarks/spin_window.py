@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _arguments import at_least
+from _arguments import at_least, run_main
 from _results import run_meta, write_result
 
 import lowrank_tool as lr
@@ -112,4 +112,4 @@ def _line(row: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

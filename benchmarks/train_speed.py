@@ -41,6 +41,7 @@ import statistics
 import time
 
 import torch
+from _arguments import run_main
 from _results import run_meta, write_result
 from torch import nn
 
@@ -227,4 +228,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _arguments import at_least
+from _arguments import at_least, run_main
 from _results import run_meta, write_result
 
 SETUPS = ("per-session", "shared", "no-spin")
@@ -149,4 +149,4 @@ def _child(setup: str, file_a: str, file_b: str, *, threads: int, calls: int) ->
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

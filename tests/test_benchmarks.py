@@ -192,17 +192,19 @@ def test_train_speed_times_the_user_loop_recipes_beside_the_trainer_layouts(tmp_
         assert pair["ci"] is None  # one step: no interval of the median
 
 
-def _load_accuracy_module():
-    import importlib.util
+def _benchmark_module(name):
+    """A benchmark script (or a helper it shares) imported as a module, its folder on the path as when it runs."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("accuracy_bench", ROOT / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def test_accuracy_compares_an_arm_with_the_dense_arm_trained_alike():
-    acc = _load_accuracy_module()
+    acc = _benchmark_module("accuracy")
     arms = {"dense", "dense:warmup_epochs=0", "dense:warmup_epochs=0,lr=0.05", "elrt", "elrt @dense-time"}
     assert acc.dense_reference("elrt", arms) == "dense"
     assert acc.dense_reference("elrt:warmup_epochs=0", arms) == "dense:warmup_epochs=0"
@@ -349,17 +351,8 @@ def test_the_thread_pool_benchmarks_refuse_counts_out_of_range(tmp_path, script,
     assert "Traceback" not in res.stderr and not list(tmp_path.iterdir())
 
 
-def _results_module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import _results
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return _results
-
-
 def test_every_result_records_the_command_to_run_it_again_and_the_machine(monkeypatch):
-    results = _results_module()
+    results = _benchmark_module("_results")
     monkeypatch.setattr(sys, "argv", ["x.py", "--out", "results/a b[1]", "--runs", "3"])
     meta = results.run_meta("inference_latency.py", threads=2, torch="replaced")
     assert meta["command"] == "python benchmarks/inference_latency.py --out 'results/a b[1]' --runs 3"
@@ -374,7 +367,7 @@ def test_every_result_records_the_command_to_run_it_again_and_the_machine(monkey
 
 
 def test_a_result_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    results = _results_module()
+    results = _benchmark_module("_results")
     path = tmp_path / "new dir" / "ü[1].json"
     assert results.write_result(path, {"meta": {"a": 1}, "rows": [1.5]}) == path
     assert json.loads(path.read_text()) == {"meta": {"a": 1}, "rows": [1.5]}
@@ -404,3 +397,29 @@ def test_every_benchmark_script_records_its_command_and_machine_the_shared_way()
             continue
         assert "run_meta(" in text or "command_line(" in text, f"{script.name} writes results without run_meta"
         assert ".write_text(json.dumps" not in text, f"{script.name} writes JSON non-atomically"
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("inference_latency.py", ["--models", "resnet5O"], "error: unknown model 'resnet5O'"),
+        ("int8_lowrank.py", ["--models", "resnet5O"], "error: unknown model 'resnet5O'"),
+        ("spin_window.py", ["--model", "resnet5O"], "error: unknown model 'resnet5O'"),
+        (
+            "compare_methods.py",
+            ["--recipe", "no such [recipe].yaml"],
+            "error: recipe no such [recipe].yaml does not exist",
+        ),
+    ],
+)
+def test_a_benchmark_refuses_a_mistake_in_one_line_and_writes_nothing(tmp_path, script, argv, message):
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *argv, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().startswith(message) and len(res.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in res.stderr and list(tmp_path.iterdir()) == []
