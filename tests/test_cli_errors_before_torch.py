@@ -65,6 +65,8 @@ CASES = [
     (["train", "--recipe", "BAD_CONVERT.yaml"], "BAD_CONVERT.yaml: rank 1.5 is a fraction above 1"),
     (["bench", "MISSING"], "does not exist; point to a directory from `lowrank convert -o DIR` or an .onnx file"),
     (["bench", "ART", "--batch", "0"], "batch '0' must be positive integers"),
+    (["bench", "ART", "--batch", "1,,8"], "batch '1,,8' has an empty item; write the values with one comma"),
+    (["bench", "ART", "--threads", "2,2"], "threads '2,2' lists 2 twice; give each value once"),
     (["bench", "ART", "--engine", "tensorflow"], "engine 'tensorflow' is not known"),
     (["bench", "ART", "--runs", "5", "--repeats", "9"], "repeats 9 must be an integer from 1 to runs (5)"),
 ]

@@ -89,13 +89,23 @@ def bench_settings(
 
 
 def _parse_list(value: str | Sequence[int], what: str) -> list[int]:
-    items = value.split(",") if isinstance(value, str) else list(value)
+    """``"1,8"`` → ``[1, 8]``; an empty item (``1,,8``, a trailing comma) or a value given twice is a typo, refused."""
+    items = [str(v).strip() for v in (value.split(",") if isinstance(value, str) else list(value))]
+    if not any(items):
+        raise LowRankError(f"{what} {value!r} is empty; give at least one value, e.g. 1 or 1,8")
+    if any(not item for item in items):
+        raise LowRankError(
+            f"{what} {value!r} has an empty item; write the values with one comma between them, e.g. 1,8"
+        )
     try:
-        numbers = [int(str(v).strip()) for v in items if str(v).strip()]
+        numbers = [int(item) for item in items]
     except ValueError:
         raise LowRankError(f"{what} {value!r} is not a list of integers; write e.g. 1,8") from None
     if not numbers or any(n < 1 for n in numbers):
         raise LowRankError(f"{what} {value!r} must be positive integers such as 1,8")
+    twice = sorted({n for n in numbers if numbers.count(n) > 1})
+    if twice:
+        raise LowRankError(f"{what} {value!r} lists {twice[0]} twice; give each value once, e.g. 1,8")
     return numbers
 
 
