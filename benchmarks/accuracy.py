@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _arguments import run_main
+from _arguments import at_least, run_main
 
 import lowrank_tool as lr
 from lowrank_tool.artifact import atomic_write_text
@@ -266,14 +266,16 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=f"fashion-mnist:{DEBIAN_FASHION}")
-    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--num-classes", type=at_least(2), default=10)
     parser.add_argument("--models", nargs="+", default=["resnet20"])
     parser.add_argument("--arms", nargs="+", default=["dense", "elrt", "elrt:orth=none"])
     parser.add_argument("--ranks", nargs="+", default=["0.5"], help="ratios (0.5) or budgets (params:0.4)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, nargs="+", default=[2])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the data set's)")
+    parser.add_argument("--epochs", type=at_least(1), nargs="+", default=[2])
+    parser.add_argument("--batch-size", type=at_least(1), default=128)
+    parser.add_argument(
+        "--image-size", type=at_least(1), default=None, help="input resolution (default: the data set's)"
+    )
     parser.add_argument(
         "--equal-time",
         action="store_true",

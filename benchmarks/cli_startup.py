@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from _arguments import run_main
+from _arguments import at_least, run_main
 from _results import run_meta, write_result
 
 COMMANDS = (["--help"], ["--version"], ["convert", "--help"], ["train", "--help"], ["export", "--help"])
@@ -55,7 +55,7 @@ def one(checkout: Path, argv: list[str], expected: int = 0) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", type=Path, help="another checkout to compare with (interleaved)")
-    parser.add_argument("--repeat", type=int, default=7, help="rounds (the first is a warm-up)")
+    parser.add_argument("--repeat", type=at_least(2), default=7, help="rounds (the first is a warm-up)")
     parser.add_argument("--mistakes", action="store_true", help="also time refused bad input (exit code 2)")
     parser.add_argument("--json", default="benchmarks/results/cli_startup.json")
     args = parser.parse_args()

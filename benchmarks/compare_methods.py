@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from _arguments import run_main
+from _arguments import at_least, run_main
 from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
@@ -42,10 +42,12 @@ def main() -> None:
     parser.add_argument(
         "--budget", default="params:0.4", help="params:F or macs:F, the fraction every low-rank model keeps"
     )
-    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--epochs", type=at_least(1), default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--distort-every", type=int, default=None, help="DeepTwist S_D (default: the recipe's or 200)")
+    parser.add_argument(
+        "--distort-every", type=at_least(1), default=None, help="DeepTwist S_D (default: the recipe's or 200)"
+    )
     parser.add_argument("--out", default="benchmarks/results/compare_methods")
     parser.add_argument("--trust-code", action="store_true", help="let the recipe name a package.module:factory")
     args = parser.parse_args()

@@ -21,7 +21,7 @@ import statistics
 import time
 
 import torch
-from _arguments import run_main
+from _arguments import at_least, run_main
 from _results import run_meta, write_result
 
 import lowrank_tool as lr
@@ -35,7 +35,7 @@ def main() -> None:
         "--task", default=None, help="every registered torchvision model of this task (or 'all') instead of --models"
     )
     parser.add_argument("--rank", type=float, default=0.3)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=at_least(1), default=3)
     parser.add_argument("--json", default="benchmarks/results/convert_speed.json")
     args = parser.parse_args()
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _arguments import run_main
+from _arguments import at_least, run_main
 from _results import command_line, write_result
 from torch import nn
 
@@ -56,9 +56,9 @@ def main() -> int:
     parser.add_argument("--rank", type=float, default=0.3)
     parser.add_argument("--input-size", default="3x224x224")
     parser.add_argument("--batches", default="1,8,64")
-    parser.add_argument("--train-batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps per model")
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--train-batch", type=at_least(1), default=64)
+    parser.add_argument("--steps", type=at_least(1), default=20, help="timed training steps per model")
+    parser.add_argument("--runs", type=at_least(1), default=50)
     parser.add_argument("--out", default="benchmarks/results/gpu_check")
     parser.add_argument("--smoke-on-cpu", action="store_true", help="run every step on CPU stand-ins (tests)")
     args = parser.parse_args()

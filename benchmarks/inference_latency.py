@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _arguments import run_main
+from _arguments import at_least, run_main
 from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
@@ -44,10 +44,12 @@ def main() -> None:
     parser.add_argument("--ranks", nargs="+", type=float, default=[0.5, 0.3, 0.15])
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--threads", default=str(os.cpu_count() or 1))
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per configuration")
-    parser.add_argument("--round-to", type=int, default=None, help="rank rounding (default: the converter's default)")
+    parser.add_argument("--runs", type=at_least(1), default=20)
+    parser.add_argument("--warmup", type=at_least(0), default=5)
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="interleaved rounds per configuration")
+    parser.add_argument(
+        "--round-to", type=at_least(1), default=None, help="rank rounding (default: the converter's default)"
+    )
     parser.add_argument("--policy", default="rank", choices=["rank", "latency"])
     parser.add_argument(
         "--latency-engine",

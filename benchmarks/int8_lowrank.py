@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _arguments import run_main
+from _arguments import at_least, run_main
 from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
@@ -66,17 +66,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
     parser.add_argument("--rank", type=float, default=0.3)
-    parser.add_argument("--round-to", type=int, default=None, help="rank rounding (default: the converter's)")
+    parser.add_argument("--round-to", type=at_least(1), default=None, help="rank rounding (default: the converter's)")
     parser.add_argument("--input-size", default="3x224x224")
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--batches", nargs="+", type=at_least(1), default=[1, 8])
     parser.add_argument("--engines", nargs="+", default=["onnxruntime", "openvino"])
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--runs", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--calib-samples", type=int, default=128)
-    parser.add_argument("--accuracy-epochs", type=int, default=16, help="0: latency only")
-    parser.add_argument("--accuracy-size", type=int, default=32)
+    parser.add_argument("--threads", type=at_least(1), default=os.cpu_count() or 1)
+    parser.add_argument("--runs", type=at_least(1), default=40)
+    parser.add_argument("--repeats", type=at_least(1), default=10)
+    parser.add_argument("--warmup", type=at_least(0), default=5)
+    parser.add_argument("--calib-samples", type=at_least(1), default=128)
+    parser.add_argument("--accuracy-epochs", type=at_least(0), default=16, help="0: latency only")
+    parser.add_argument("--accuracy-size", type=at_least(1), default=32)
     parser.add_argument("--accuracy-grad-clip", type=float, default=GRAD_CLIP, help="0: no clipping")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency table (accuracy only)")
     parser.add_argument("--out", default="benchmarks/results/int8_lowrank")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _arguments import run_main
+from _arguments import at_least, run_main
 from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
@@ -47,11 +47,11 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--rank", type=float, default=0.3)
     parser.add_argument("--input-size", default="3x224x224")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=at_least(1), default=1)
     parser.add_argument("--engines", nargs="+", default=["onnxruntime", "openvino"])
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--runs", type=int, default=20, help="timed calls per form and round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=at_least(1), default=os.cpu_count() or 1)
+    parser.add_argument("--runs", type=at_least(1), default=20, help="timed calls per form and round")
+    parser.add_argument("--rounds", type=at_least(1), default=5)
     parser.add_argument("--out", default="benchmarks/results/int8_merge")
     args = parser.parse_args()
 

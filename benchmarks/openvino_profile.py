@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _arguments import run_main
+from _arguments import at_least, run_main
 from _results import run_meta, write_result, write_text
 from int8_lowrank import _export_four as export_four  # this script's folder is on sys.path
 
@@ -40,12 +40,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--rank", type=float, default=0.3)
-    parser.add_argument("--round-to", type=int, default=None, help="rank rounding (default: the converter's)")
+    parser.add_argument("--round-to", type=at_least(1), default=None, help="rank rounding (default: the converter's)")
     parser.add_argument("--input-size", default="3x224x224")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--calib-samples", type=int, default=64)
+    parser.add_argument("--threads", type=at_least(1), default=os.cpu_count() or 1)
+    parser.add_argument("--runs", type=at_least(1), default=20)
+    parser.add_argument("--warmup", type=at_least(0), default=5)
+    parser.add_argument("--calib-samples", type=at_least(1), default=64)
     parser.add_argument("--out", default="benchmarks/results/openvino_profile")
     args = parser.parse_args()
     try:

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 ort.set_default_logger_severity(3)  # the "hardware specific optimizations" warning is the point here
 
-from _arguments import run_main  # noqa: E402
+from _arguments import at_least, run_main  # noqa: E402
 from _results import run_meta, write_result  # noqa: E402
 
 import lowrank_tool as lr  # noqa: E402 - after silencing ONNX Runtime's logger
@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--rank", type=float, default=0.3)
-    parser.add_argument("--round-to", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--round-to", type=at_least(1), nargs="+", default=[1, 8])
     parser.add_argument("--json", default="benchmarks/results/ort_layouts.json")
     args = parser.parse_args()
 

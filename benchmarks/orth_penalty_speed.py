@@ -21,7 +21,7 @@ import statistics
 import time
 
 import torch
-from _arguments import run_main
+from _arguments import at_least, run_main
 from _results import run_meta, write_result
 
 import lowrank_tool as lr
@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet18:32", "resnet50:224"], help="NAME[:INPUT_SIZE]")
     parser.add_argument("--rank", type=float, default=0.3)
-    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--repeat", type=at_least(1), default=20)
     parser.add_argument("--json", default="benchmarks/results/orth_penalty_speed.json")
     args = parser.parse_args()
     rows = []

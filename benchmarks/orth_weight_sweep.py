@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from _arguments import run_main
+from _arguments import at_least, run_main
 from _results import run_meta, write_result, write_text
 
 import lowrank_tool as lr
@@ -54,8 +54,8 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--rank", type=float, default=0.5)
     parser.add_argument("--data", default="digits")
-    parser.add_argument("--size", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--size", type=at_least(1), default=16)
+    parser.add_argument("--epochs", type=at_least(1), default=8)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1e-4, 1e-3, 1e-2, 1e-1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="benchmarks/results/orth_weight_sweep")

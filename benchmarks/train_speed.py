@@ -41,7 +41,7 @@ import statistics
 import time
 
 import torch
-from _arguments import run_main
+from _arguments import at_least, run_main
 from _results import run_meta, write_result
 from torch import nn
 
@@ -100,9 +100,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet18+cifar-stem", "resnet20"])
     parser.add_argument("--rank", type=float, default=0.3)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (after 2 warm-up steps)")
+    parser.add_argument("--batch", type=at_least(1), default=128)
+    parser.add_argument("--size", type=at_least(1), default=32)
+    parser.add_argument(
+        "--steps", type=at_least(1), default=10, help="timed steps per configuration (after 2 warm-up steps)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--user-loop", action="store_true", help="also time the plain-PyTorch recipes")
     parser.add_argument("--compile", action="store_true", help="with --user-loop: also torch.compile (slow to warm up)")

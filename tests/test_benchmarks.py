@@ -337,12 +337,20 @@ def test_two_sessions_times_a_two_model_request_under_each_thread_pool_setup(tmp
     [
         ("two_sessions.py", ["--repeats", "0"], "argument --repeats: 0 is below 1"),
         ("spin_window.py", ["--gaps-ms", "-5"], "argument --gaps-ms: -5 is below 0"),
+        ("int8_lowrank.py", ["--repeats", "0"], "argument --repeats: 0 is below 1"),  # was a ZeroDivisionError
+        ("int8_lowrank.py", ["--threads", "0"], "argument --threads: 0 is below 1"),  # was run as the default
+        ("openvino_profile.py", ["--runs", "0"], "argument --runs: 0 is below 1"),  # wrote a table of 0 runs
+        ("train_speed.py", ["--steps", "0", "--json", "{out}.json"], "argument --steps: 0 is below 1"),
+        ("convert_speed.py", ["--repeat", "0", "--json", "{out}.json"], "argument --repeat: 0 is below 1"),
+        ("cli_startup.py", ["--repeat", "1", "--json", "{out}.json"], "argument --repeat: 1 is below 2"),
+        ("inference_latency.py", ["--warmup", "-1"], "argument --warmup: -1 is below 0"),
     ],
 )
-def test_the_thread_pool_benchmarks_refuse_counts_out_of_range(tmp_path, script, argv, message):
+def test_the_benchmarks_refuse_counts_out_of_range(tmp_path, script, argv, message):
     out = tmp_path / "out"
+    argv = [a.format(out=out) for a in argv]
     res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *argv, "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / script), *argv, *([] if "--json" in argv else ["--out", str(out)])],
         capture_output=True,
         text=True,
         cwd=ROOT,
