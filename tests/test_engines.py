@@ -370,3 +370,86 @@ def test_bench_fp16_exports_both_models_in_half_precision(tmp_path, monkeypatch)
     assert seen == ["fp16", "fp16"] and {r.model for r in report.rows} == {"low-rank", "dense"}
     with pytest.raises(LowRankError, match="bench precision 'int8' is not known; use fp32 or fp16"):
         bench(tmp_path / "art", precision="int8")
+
+
+SHARED_POOL_CHILD = r"""
+import sys
+
+import numpy as np
+
+from lowrank_tool import LowRankError
+from lowrank_tool.runtime import make_session
+from lowrank_tool.runtime.onnxruntime_engine import OnnxRuntimeEngine
+
+path = sys.argv[1]
+before = OnnxRuntimeEngine().load(path, device="cpu", threads=2)  # a pool of its own, made before the shared one
+first = make_session(path, device="cpu", threads=2, shared_pool=True)  # makes the process's pool
+second = OnnxRuntimeEngine(shared_pool=True).load(path, device="cpu", threads=2)
+after = OnnxRuntimeEngine().load(path, device="cpu", threads=2)  # ONNX Runtime allows no other pool now: joins
+assert before.session.get_session_options().use_per_session_threads and before.idle_spin_s > 0
+for runner in (second, after):
+    assert not runner.session.get_session_options().use_per_session_threads
+    assert runner.idle_spin_s == 0.0  # one pool: nothing to wait out between its sessions
+x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+y = first.run(None, {"x": x})[0]
+for runner in (before, second, after):
+    np.testing.assert_allclose(runner.run({"x": x})[0], y, rtol=1e-5, atol=1e-6)
+assert make_session(path, device="cpu", shared_pool=True) is not None  # None: whatever size the pool has
+try:
+    make_session(path, device="cpu", threads=3, shared_pool=True)
+except LowRankError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_sessions_can_share_one_thread_pool_whose_size_the_first_one_sets(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "tiny [1].onnx"
+    path.write_bytes(_onnx(TinyNet(), (1, 3, 8, 8)))
+    script = tmp_path / "child.py"
+    script.write_text(SHARED_POOL_CHILD)
+    # a fresh process: the global pool is made once per process and would outlive this test in pytest's
+    res = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == (
+        "refused: this process's shared ONNX Runtime thread pool has 2 threads and cannot be resized to 3; "
+        "pass threads=2 or threads=None, or shared_pool=False for a pool of its own"
+    )
+
+
+USER_POOL_CHILD = r"""
+import sys
+
+import onnxruntime as ort
+
+from lowrank_tool.runtime import make_session
+
+ort.set_global_thread_pool_sizes(2, 1)  # the user's own set-up, before the toolkit's first session
+session = make_session(sys.argv[1], device="cpu")  # joins it instead of failing in ONNX Runtime
+assert not session.get_session_options().use_per_session_threads
+print(session.run(None, {"x": __import__("numpy").zeros((1, 3, 8, 8), "float32")})[0].shape)
+"""
+
+
+def test_a_process_that_made_onnxruntime_global_pools_itself_gets_sessions_on_them(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(_onnx(TinyNet(), (1, 3, 8, 8)))
+    script = tmp_path / "child.py"
+    script.write_text(USER_POOL_CHILD)
+    res = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "(1, 10)"  # and no "EP Error" banner from ONNX Runtime's provider fallback
+
+
+def test_make_session_refuses_a_thread_count_that_is_not_a_positive_integer():
+    from lowrank_tool.runtime import make_session
+
+    model = _onnx(TinyNet(), (1, 3, 8, 8))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(LowRankError, match=f"threads must be a positive integer, got {bad!r}"):
+            make_session(model, device="cpu", threads=bad)

@@ -63,8 +63,11 @@ class OnnxRuntimeRunner(Runner):
 
 
 def _spinning_workers(session: Any) -> bool:
-    """Whether the session has intra-op worker threads that spin after a run (1 thread: none, the caller works)."""
+    """Whether the session has intra-op worker threads that spin after a run (1 thread: none, the caller works).
+    Sessions on the shared pool do not clash: their spinning workers are the next session's workers."""
     options = session.get_session_options()
+    if not options.use_per_session_threads:
+        return False
     try:
         spinning = options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
     except RuntimeError:  # not set: ONNX Runtime's default, spinning on
@@ -73,7 +76,13 @@ def _spinning_workers(session: Any) -> bool:
 
 
 class OnnxRuntimeEngine(Engine):
+    """ONNX Runtime; ``shared_pool=True`` runs every runner it loads on the process's one thread pool
+    (:func:`~.session.make_session`), for a process that serves several models."""
+
     name = "onnxruntime"
+
+    def __init__(self, shared_pool: bool = False) -> None:
+        self.shared_pool = shared_pool
 
     def load(
         self, model: ModelSource, *, device: str = "auto", threads: int | None = None, batch: int | None = None
@@ -81,4 +90,4 @@ class OnnxRuntimeEngine(Engine):
         # batch: a static batch (SessionOptions.add_free_dimension_override_by_name) measured no faster on the CPU
         # provider (ResNet-50 rank 0.3, batch 1: 0.99x low-rank, 1.00x dense), so the session keeps the file's shape.
         check_load_options(threads, batch)
-        return OnnxRuntimeRunner(make_session(model, device=device, threads=threads))
+        return OnnxRuntimeRunner(make_session(model, device=device, threads=threads, shared_pool=self.shared_pool))

@@ -6,11 +6,18 @@ provider is requested only when a CUDA device is actually present (``torch.cuda.
 ONNX Runtime's own log is limited to errors. ``tensorrt`` asks for the TensorRT provider (CUDA and the
 CPU behind it for the nodes TensorRT does not take); a session that did not get it is refused, not
 silently run elsewhere.
+
+``shared_pool=True`` gives every such session of the process one thread pool: ONNX Runtime's global pools,
+made at the first shared session with its ``threads``. By default each session has its own pool, whose
+workers spin for 40-80 ms after a run; a second session run in that window shares the cores with them
+(ResNet-50 then ResNet-18 per request, 2 threads, ``benchmarks/two_sessions.py``: 73.6 ms with a pool per
+session and 28.6 ms with one shared pool on a 2-core AVX2 VM, 51.1 and 21.7 ms on an AVX-512 one).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import torch
@@ -63,7 +70,42 @@ def providers_for(device: str = "auto") -> list[str]:
     return [_CPU]
 
 
-def make_session(model: str | os.PathLike[str] | bytes, *, device: str = "auto", threads: int | None = None) -> Any:
+#: The intra-op size of the process-wide pool the toolkit made (0: ONNX Runtime's default), or ``"external"``
+#: when the process already had global pools made elsewhere; ``None`` until the first shared session.
+_shared_pool_threads: int | str | None = None
+_shared_pool_lock = threading.Lock()
+#: What ONNX Runtime says when a process with global pools asks for a session with a pool of its own.
+_GLOBAL_POOL_ONLY = "use_per_session_threads must be false"
+
+
+def _use_shared_pool(ort: Any, threads: int | None) -> None:
+    """Make ONNX Runtime's global thread pools at the first shared session; later ones must not ask for another size."""
+    global _shared_pool_threads
+    with _shared_pool_lock:
+        if _shared_pool_threads is None:
+            try:
+                ort.set_global_thread_pool_sizes(threads or 0, 1)
+                _shared_pool_threads = threads or 0
+            except Exception:  # this process made them before (outside the toolkit): they are the pool to share
+                _shared_pool_threads = "external"
+            return
+        made = _shared_pool_threads
+    if threads is not None and made != threads:
+        size = "a size set outside the toolkit" if made == "external" else f"{made or 'the default number of'} threads"
+        fix = f"threads={made} or threads=None" if isinstance(made, int) and made else "threads=None"
+        raise LowRankError(
+            f"this process's shared ONNX Runtime thread pool has {size} and cannot be resized to {threads}; "
+            f"pass {fix}, or shared_pool=False for a pool of its own"
+        )
+
+
+def make_session(
+    model: str | os.PathLike[str] | bytes,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    shared_pool: bool = False,
+) -> Any:
     """An ``InferenceSession`` with full graph optimisation on the chosen provider.
 
     Args:
@@ -71,24 +113,40 @@ def make_session(model: str | os.PathLike[str] | bytes, *, device: str = "auto",
         device: ``auto`` (CUDA when a GPU is present, else CPU), ``cpu``, ``cuda`` or ``tensorrt``. A device
             asked for by name that ONNX Runtime could not start is an error, not a quiet fallback.
         threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
+        shared_pool: run on the process's one shared thread pool, made by the first such session with its
+            ``threads`` (a later one asking for another size is refused), instead of a pool of its own: for a
+            process that runs several sessions one after another, e.g. two models per request. Once a process
+            has that pool, ONNX Runtime runs no new session on a pool of its own, so every later session joins
+            it, ``shared_pool`` or not (also when the process made the pool itself, with
+            ``onnxruntime.set_global_thread_pool_sizes``).
+
+    Example:
+        >>> detector = make_session("a.onnx", threads=2, shared_pool=True)  # doctest: +SKIP
+        >>> classifier = make_session("b.onnx", threads=2, shared_pool=True)  # doctest: +SKIP
     """
     ort = _ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = _ERROR
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        if threads < 1:
-            raise LowRankError(f"threads must be >= 1, got {threads}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise LowRankError(f"threads must be a positive integer, got {threads!r}")
+    if shared_pool or _shared_pool_threads is not None:
+        _use_shared_pool(ort, threads)
+        opts.use_per_session_threads = False
+    elif threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     source = model if isinstance(model, bytes) else os.fspath(model)
     providers = providers_for(device)
     where = "the ONNX model" if isinstance(model, bytes) else str(model)
     try:
-        session = ort.InferenceSession(source, sess_options=opts, providers=providers)
-    except LowRankError:
-        raise
+        # on the CPU alone there is nothing to fall back to: ORT's retry would only print a banner to stdout
+        fallback = int(providers != [_CPU])
+        session = ort.InferenceSession(source, sess_options=opts, providers=providers, enable_fallback=fallback)
     except Exception as exc:
+        if opts.use_per_session_threads and _GLOBAL_POOL_ONLY in str(exc):  # the process made global pools itself
+            _use_shared_pool(ort, None)
+            return make_session(model, device=device, threads=threads, shared_pool=True)
         first = first_line(exc, with_type=False, limit=300)
         raise LowRankError(f"ONNX Runtime cannot load {where} ({first}); re-export it with `lowrank export`") from None
     if (
