@@ -383,6 +383,10 @@ from lowrank_tool.runtime.onnxruntime_engine import OnnxRuntimeEngine
 
 path = sys.argv[1]
 before = OnnxRuntimeEngine().load(path, device="cpu", threads=2)  # a pool of its own, made before the shared one
+try:
+    make_session(path, device="npu", threads=5, shared_pool=True)
+except LowRankError:  # refused before the pool is made: it does not get 5 threads
+    pass
 first = make_session(path, device="cpu", threads=2, shared_pool=True)  # makes the process's pool
 second = OnnxRuntimeEngine(shared_pool=True).load(path, device="cpu", threads=2)
 after = OnnxRuntimeEngine().load(path, device="cpu", threads=2)  # ONNX Runtime allows no other pool now: joins

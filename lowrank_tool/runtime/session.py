@@ -130,6 +130,7 @@ def make_session(
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise LowRankError(f"threads must be a positive integer, got {threads!r}")
+    providers = providers_for(device)  # checked before the process's pool is made: a refusal changes nothing
     if shared_pool or _shared_pool_threads is not None:
         _use_shared_pool(ort, threads)
         opts.use_per_session_threads = False
@@ -137,7 +138,6 @@ def make_session(
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     source = model if isinstance(model, bytes) else os.fspath(model)
-    providers = providers_for(device)
     where = "the ONNX model" if isinstance(model, bytes) else str(model)
     try:
         # on the CPU alone there is nothing to fall back to: ORT's retry would only print a banner to stdout
