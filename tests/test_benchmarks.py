@@ -405,6 +405,13 @@ def test_every_benchmark_script_records_its_command_and_machine_the_shared_way()
             continue
         assert "run_meta(" in text or "command_line(" in text, f"{script.name} writes results without run_meta"
         assert ".write_text(json.dumps" not in text, f"{script.name} writes JSON non-atomically"
+    for script in scripts:  # a mistake ends in one line, not a traceback; counts are checked by argparse
+        text = script.read_text()
+        assert text.rstrip().endswith('if __name__ == "__main__":\n    run_main(main)'), script.name
+        plain_ints = [line.strip() for line in text.splitlines() if "type=int" in line and '"--seeds"' not in line]
+        assert plain_ints == [], f"{script.name}: a count without at_least"  # seeds may be any integer
+    documented = (ROOT / "docs" / "contributing.md").read_text()
+    assert [s.name for s in scripts if f"| `{s.name}` |" not in documented] == []
 
 
 @pytest.mark.parametrize(
