@@ -438,3 +438,57 @@ def test_a_benchmark_refuses_a_mistake_in_one_line_and_writes_nothing(tmp_path, 
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.strip().startswith(message) and len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_inference_latency_holds_several_fresh_runs_against_a_target(tmp_path):
+    out = tmp_path / "runs [1]"
+    argv = ["--models", "resnet20", "--ranks", "0.5", "--batches", "1", "--threads", "1", "--runs", "12"]
+    argv += ["--repeats", "6", "--engines", "onnxruntime", "openvino", "--processes", "2", "--gap-s", "0"]
+    argv += ["--target", "onnxruntime=0.1", "--target", "openvino=100", "--out", str(out)]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "inference_latency.py"), *argv], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert len(data["runs"]) == 2 and data["meta"]["targets"] == {"onnxruntime": 0.1, "openvino": 100.0}
+    rows = {row["engine"]: row for row in data["summary"]}
+    assert [len(row["runs"]) for row in rows.values()] == [2, 2]  # one entry per fresh process
+    assert rows["onnxruntime"]["verdict"] == "met in every run" and rows["openvino"]["verdict"] == "missed in every run"
+    assert all(run["results"][0]["comparisons"][0]["verdict"] for run in data["runs"])  # each run held on its own
+    assert "| resnet20 | 0.5 | openvino | 1 | 1 |" in out.with_suffix(".md").read_text()
+
+
+def test_a_target_held_in_some_runs_only_is_at_its_edge():
+    bench_module = _benchmark_module("inference_latency")
+
+    def run(verdict):
+        comparison = {"model": "m", "rank": 0.3, "engine": "onnxruntime", "batch": 1, "threads": 2, "speedup": 2.4}
+        return {
+            "results": [{"comparisons": [comparison | {"speedup_ci": [2.3, 2.5], "verdict": verdict, "target": 2.4}]}]
+        }
+
+    (row,) = bench_module._across_runs([run("met"), run("undecided"), run("met")])
+    assert row["verdict"] == "at its edge (met 2, undecided 1 of 3)"
+    (row,) = bench_module._across_runs([run("missed"), run("missed")])
+    assert row["verdict"] == "missed in every run"
+    assert bench_module._without(
+        ["--out", "x", "--processes=3", "--runs", "5", "--gap-s", "1"], {"--out": 1, "--processes": 1, "--gap-s": 1}
+    ) == ["--runs", "5"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--target", "onnxruntime"], "argument --target: 'onnxruntime' is not ENGINE=SPEEDUP, e.g. onnxruntime=2.4"),
+        (["--target", "openvino=2.5"], "--target names 'openvino', which is not among --engines (onnxruntime)"),
+        (["--processes", "0"], "argument --processes: 0 is below 1"),
+    ],
+)
+def test_inference_latency_refuses_a_bad_target_in_one_line(tmp_path, argv, message):
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "inference_latency.py"), *argv, "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].endswith(message)
+    assert "Traceback" not in res.stderr and not list(tmp_path.iterdir())
