@@ -406,18 +406,23 @@ except LowRankError as exc:
 """
 
 
-def test_sessions_can_share_one_thread_pool_whose_size_the_first_one_sets(tmp_path):
+def _in_a_fresh_process(tmp_path, source, onnx_name="tiny.onnx"):
+    """Run ``source`` on a tiny ONNX file (its path in ``sys.argv[1]``) in a fresh interpreter, and return its
+    output: ONNX Runtime's global thread pool is made once per process and would outlive a test in pytest's."""
     import subprocess
     import sys
 
-    path = tmp_path / "tiny [1].onnx"
+    path = tmp_path / onnx_name
     path.write_bytes(_onnx(TinyNet(), (1, 3, 8, 8)))
     script = tmp_path / "child.py"
-    script.write_text(SHARED_POOL_CHILD)
-    # a fresh process: the global pool is made once per process and would outlive this test in pytest's
+    script.write_text(source)
     res = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip() == (
+    return res.stdout.strip()
+
+
+def test_sessions_can_share_one_thread_pool_whose_size_the_first_one_sets(tmp_path):
+    assert _in_a_fresh_process(tmp_path, SHARED_POOL_CHILD, "tiny [1].onnx") == (
         "refused: this process's shared ONNX Runtime thread pool has 2 threads and cannot be resized to 3; "
         "pass threads=2 or threads=None, or shared_pool=False for a pool of its own"
     )
@@ -438,16 +443,8 @@ print(session.run(None, {"x": __import__("numpy").zeros((1, 3, 8, 8), "float32")
 
 
 def test_a_process_that_made_onnxruntime_global_pools_itself_gets_sessions_on_them(tmp_path):
-    import subprocess
-    import sys
-
-    path = tmp_path / "tiny.onnx"
-    path.write_bytes(_onnx(TinyNet(), (1, 3, 8, 8)))
-    script = tmp_path / "child.py"
-    script.write_text(USER_POOL_CHILD)
-    res = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip() == "(1, 10)"  # and no "EP Error" banner from ONNX Runtime's provider fallback
+    # and no "EP Error" banner from ONNX Runtime's provider fallback on the way
+    assert _in_a_fresh_process(tmp_path, USER_POOL_CHILD) == "(1, 10)"
 
 
 def test_make_session_refuses_a_thread_count_that_is_not_a_positive_integer():
