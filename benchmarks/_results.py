@@ -66,14 +66,11 @@ def run_meta(script: str, **fields: Any) -> dict[str, Any]:
 
 def write_result(path: str | os.PathLike[str], document: Any) -> Path:
     """Write ``document`` as indented JSON to ``path`` (parents created, atomically) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
-    return path
+    return write_text(path, json.dumps(document, indent=2) + "\n")
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write a markdown table (or any text) beside a result, atomically."""
+    """Write a markdown table (or any text) beside a result, parents created, atomically; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
