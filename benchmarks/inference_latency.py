@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -195,7 +196,7 @@ def _target(text: str) -> tuple[str, float]:
         target = float(value)
     except ValueError:
         target = 0.0
-    if not sep or not engine.strip() or target <= 0:
+    if not sep or not engine.strip() or not math.isfinite(target) or target <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not ENGINE=SPEEDUP, e.g. onnxruntime=2.4")
     return engine.strip(), target
 

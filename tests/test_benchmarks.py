@@ -481,6 +481,10 @@ def test_a_target_held_in_some_runs_only_is_at_its_edge():
     [
         (["--target", "onnxruntime"], "argument --target: 'onnxruntime' is not ENGINE=SPEEDUP, e.g. onnxruntime=2.4"),
         (["--target", "openvino=2.5"], "--target names 'openvino', which is not among --engines (onnxruntime)"),
+        (
+            ["--target", "onnxruntime=nan"],
+            "argument --target: 'onnxruntime=nan' is not ENGINE=SPEEDUP, e.g. onnxruntime=2.4",
+        ),
         (["--processes", "0"], "argument --processes: 0 is below 1"),
     ],
 )
