@@ -356,7 +356,34 @@ def test_bench_waits_out_onnxruntime_spinning_threads_between_models(tmp_path, m
     bench(tmp_path / "art", vs_dense=True, engines=["onnxruntime"], threads=[1], runs=4, repeats=4, warmup=1)
     assert sleeps == []  # one thread: no worker threads, nothing to wait for
     bench(tmp_path / "art", vs_dense=True, engines=["onnxruntime"], threads=[2, 1], runs=4, repeats=4, warmup=1)
-    assert sleeps == [0.2] * 5  # and once more before the 1-thread models: the 2-thread sessions are still loaded
+    assert sleeps == [0.2] * 4  # the 2-thread sessions are freed (their threads joined) before the 1-thread ones load
+
+
+def test_bench_frees_each_configurations_sessions_before_loading_the_next(tmp_path, monkeypatch):
+    import weakref
+
+    from lowrank_tool.runtime.onnxruntime_engine import OnnxRuntimeEngine
+
+    real = OnnxRuntimeEngine.load
+    loaded = []
+
+    def recording(self, model, **kwargs):
+        alive = sum(ref() is not None for ref in loaded)
+        runner = real(self, model, **kwargs)
+        loaded.append(weakref.ref(runner))
+        live.append(alive)
+        return runner
+
+    live: list[int] = []
+    monkeypatch.setattr(OnnxRuntimeEngine, "load", recording)
+    lr.save(lr.convert("resnet20", rank=0.5, input_size="3x16x16"), tmp_path / "art")
+    report = bench(
+        tmp_path / "art", vs_dense=True, engines=["onnxruntime"], batches=[1, 2], threads=[1, 2], runs=2, warmup=1
+    )
+    # 4 configurations x (low-rank, dense): each configuration's first load finds no runner alive (no garbage
+    # collection forced: reference counting frees them)
+    assert live == [0, 1] * 4
+    assert all(ref() is None for ref in loaded) and len(report.rows) == 8
 
 
 def test_bench_fp16_exports_both_models_in_half_precision(tmp_path, monkeypatch):

@@ -29,7 +29,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ from ..errors import LowRankError
 from ..export.onnx import export_onnx, plan_from_onnx, read_metadata
 from ..io import load, rebuild
 from ..models import build_from_spec, parse_input_size
-from ..runtime import STABLE_SPREAD, Runner, get_engine, interleave, paired_speedup, torch_threads
+from ..runtime import STABLE_SPREAD, get_engine, interleave, paired_speedup, torch_threads
 from ..runtime.machine import CPU, cpu_description
 from .settings import bench_settings
 
@@ -155,7 +154,7 @@ def _lowrank_from_plan(plan: Any, where: str, trust_code: bool) -> nn.Module:
 
 @dataclass
 class _Timed:
-    """One model of one configuration: what to call, and what its rounds measured."""
+    """One model of one configuration, loaded: what to call, and how."""
 
     name: str
     call: Callable[[], Any]
@@ -164,8 +163,6 @@ class _Timed:
     params: int | None
     macs: int | None
     idle_spin_s: float = 0.0  # the runner's (see Runner.idle_spin_s); PyTorch eager: 0
-    samples: list[float] = field(default_factory=list)
-    round_medians: list[float] = field(default_factory=list)
 
 
 def _versions(engines: Sequence[str]) -> dict[str, str]:
@@ -179,6 +176,83 @@ def _versions(engines: Sequence[str]) -> dict[str, str]:
 
 def _input_batch(size: Sequence[int], batch: int) -> torch.Tensor:
     return torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
+
+
+@dataclass(frozen=True)
+class _Rounds:
+    """How each configuration is timed: ``repeats`` interleaved rounds of ``per_round`` calls per model."""
+
+    repeats: int
+    per_round: int
+    warmup: int
+
+
+def _time_configuration(
+    models: Sequence[tuple[str, nn.Module | None, Path, int | None, int | None]],
+    engine: str,
+    batch: int,
+    n_threads: int,
+    x: torch.Tensor,
+    rounds: _Rounds,
+    device: str,
+    torch_device: torch.device,
+) -> list[BenchRow]:
+    """Load every model for one engine × batch × thread count, time them interleaved, and return their rows.
+
+    Each ONNX engine gets one runner per model, compiled for this batch and thread count (OpenVINO runs a
+    static shape faster; see Engine.load): what a deployment serving this batch size runs. The runners live
+    only in this call, so one configuration's sessions (about 100 MB each for a ResNet-50) are freed, and
+    their worker threads stopped, before the next configuration's are loaded.
+    """
+    timed: list[_Timed] = []
+    for name, module, path, n_params, macs in models:
+        if engine in RUNTIME_ENGINES:
+            runner = get_engine(engine).load(
+                path, device=device if engine == "onnxruntime" else "cpu", threads=n_threads, batch=batch
+            )
+            spec = runner.inputs[0]
+            if spec.shape and spec.shape[0] is not None and spec.shape[0] != batch:
+                raise LowRankError(
+                    f"{path.name} was exported with a fixed batch of {spec.shape[0]}; bench it with "
+                    f"--batch {spec.shape[0]} or re-export with --batch dynamic"
+                )
+            feed = {spec.name: x.numpy().astype(spec.dtype)}
+            call: Callable[[], Any] = functools.partial(runner.run, feed)
+            timed.append(_Timed(name, call, None, runner.backend, n_params, macs, runner.idle_spin_s))
+        elif module is not None:
+            module.to(torch_device)
+            sync = torch.cuda.synchronize if torch_device.type == "cuda" else None
+            call = functools.partial(module, x.to(torch_device))
+            timed.append(_Timed(name, call, sync, torch_device.type.upper(), n_params, macs))
+    with torch_threads(n_threads if engine == "torch" else None), torch.inference_mode():
+        measured = interleave(
+            {i: t.call for i, t in enumerate(timed)},
+            rounds=rounds.repeats,
+            runs=rounds.per_round,
+            warmup=rounds.warmup,
+            round_warmup=min(rounds.warmup, 2),
+            idle_spin_s={i: t.idle_spin_s for i, t in enumerate(timed)},
+            sync={i: t.sync for i, t in enumerate(timed)},
+        )
+    rows = []
+    for i, t in enumerate(timed):
+        samples = [v for lat in measured[i] for v in lat.samples]
+        rows.append(
+            BenchRow(
+                t.name,
+                engine,
+                t.provider,
+                batch,
+                n_threads,
+                t.params,
+                t.macs,
+                statistics.median(samples),
+                float(np.percentile(samples, 90)),
+                len(samples),
+                [lat.median_ms for lat in measured[i]],
+            )
+        )
+    return rows
 
 
 def bench(
@@ -306,76 +380,15 @@ def bench(
 
         report = BenchReport(str(target), list(size), notes=report_notes, cpu=cpu_description())
         per_round = max(1, runs // repeats)
-        spinning = 0.0  # how long the threads of the models timed last may still spin
+        rounds = _Rounds(repeats, per_round, warmup)
         for engine in engines:
             for batch in batch_list:
-                # one runner per model and thread count, compiled for this batch (OpenVINO runs a static shape
-                # faster; see Engine.load): what a deployment serving this batch size runs
-                runners: dict[tuple[str, int], Runner] = {}
                 x = _input_batch(size, batch)
                 for n_threads in thread_list:
-                    timed: list[_Timed] = []
-                    for name, module, path, n_params, macs in models:
-                        if engine in RUNTIME_ENGINES:
-                            key = (name, n_threads)
-                            if key not in runners:
-                                runners[key] = get_engine(engine).load(
-                                    path,
-                                    device=device if engine == "onnxruntime" else "cpu",
-                                    threads=n_threads,
-                                    batch=batch,
-                                )
-                            runner = runners[key]
-                            spec = runner.inputs[0]
-                            if spec.shape and spec.shape[0] is not None and spec.shape[0] != batch:
-                                raise LowRankError(
-                                    f"{path.name} was exported with a fixed batch of {spec.shape[0]}; bench it with "
-                                    f"--batch {spec.shape[0]} or re-export with --batch dynamic"
-                                )
-                            feed = {spec.name: x.numpy().astype(spec.dtype)}
-                            call: Callable[[], Any] = functools.partial(runner.run, feed)
-                            timed.append(_Timed(name, call, None, runner.backend, n_params, macs, runner.idle_spin_s))
-                        elif module is not None:
-                            module.to(torch_device)
-                            sync = torch.cuda.synchronize if torch_device.type == "cuda" else None
-                            call = functools.partial(module, x.to(torch_device))
-                            timed.append(_Timed(name, call, sync, torch_device.type.upper(), n_params, macs))
-                    note(f"{engine}, batch {batch}, {n_threads} threads: {' and '.join(t.name for t in timed)}")
-                    # the previous configuration's sessions stay loaded (one per model and thread count): let
-                    # their threads stop spinning before this configuration's first call
-                    if spinning:
-                        time.sleep(spinning)
-                    spinning = max((t.idle_spin_s for t in timed), default=0.0)
-                    with torch_threads(n_threads if engine == "torch" else None), torch.inference_mode():
-                        measured = interleave(
-                            {i: t.call for i, t in enumerate(timed)},
-                            rounds=repeats,
-                            runs=per_round,
-                            warmup=warmup,
-                            round_warmup=min(warmup, 2),
-                            idle_spin_s={i: t.idle_spin_s for i, t in enumerate(timed)},
-                            sync={i: t.sync for i, t in enumerate(timed)},
-                        )
-                        for i, t in enumerate(timed):
-                            t.samples.extend(x for lat in measured[i] for x in lat.samples)
-                            t.round_medians.extend(lat.median_ms for lat in measured[i])
-                    for t in timed:
-                        report.rows.append(
-                            BenchRow(
-                                t.name,
-                                engine,
-                                t.provider,
-                                batch,
-                                n_threads,
-                                t.params,
-                                t.macs,
-                                statistics.median(t.samples),
-                                float(np.percentile(t.samples, 90)),
-                                len(t.samples),
-                                t.round_medians,
-                            )
-                        )
-                runners.clear()  # release the engines' sessions before the next batch and the temporary files
+                    note(f"{engine}, batch {batch}, {n_threads} threads: {' and '.join(m[0] for m in models)}")
+                    report.rows.extend(
+                        _time_configuration(models, engine, batch, n_threads, x, rounds, device, torch_device)
+                    )
         report.versions = _versions(engines)  # after the runs: an engine's package is imported when it loads a model
         unstable = [c for c in report.comparisons() if c["rounds"] > 1 and not c["stable"]]
         for c in unstable:
