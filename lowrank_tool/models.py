@@ -30,6 +30,7 @@ from torch import nn
 from .choices import SOURCES, TASK_NAMES
 from .errors import LowRankError, first_line
 from .input_size import parse_input_size
+from .model_names import TIMM_PREFIX, is_factory, remember, unknown_model
 from .zoo.cifar import CIFAR_MODELS
 
 __all__ = [
@@ -53,7 +54,6 @@ __all__ = [
 
 #: Where model names come from (``lowrank models --source``).
 #: timm architectures are spelled ``timm/NAME``, the way the Hugging Face Hub names timm's models.
-TIMM_PREFIX = "timm/"
 #: Builder arguments that fetch weights from the network: never taken from a file.
 DOWNLOAD_KWARGS = (
     "weights",
@@ -113,6 +113,7 @@ def _torchvision_names() -> dict[str, str]:
         for task, module in TASKS.items():
             for name in torchvision.models.list_models(module=module):
                 _TV_CACHE.setdefault(name, task)
+        remember([*_TV_CACHE, *CIFAR_MODELS])  # lets the CLI refuse a typo before importing torch next time
     return _TV_CACHE
 
 
@@ -208,10 +209,7 @@ def get_entry(name: str) -> ModelEntry:
     tv = _torchvision_names()
     if name in tv:
         return ModelEntry(name, tv[name], "torchvision")
-    known = list(tv) + list(_EXTRA)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise LowRankError(f"unknown model {name!r}; {hint}run `lowrank models` for the list")
+    raise unknown_model(name, [*tv, *_EXTRA])
 
 
 #: What builders raise for an argument they do not take or a value they reject.
@@ -288,11 +286,6 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
     if not isinstance(model, nn.Module):
         raise LowRankError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def is_factory(name: str) -> bool:
-    """Whether a model name is a ``package.module:factory`` spec (code), not a registered name."""
-    return ":" in name and not name.startswith(TIMM_PREFIX)
 
 
 #: How to go on when a plan or ONNX metadata names a factory (the refusal names both ways).

@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -11,6 +14,11 @@ if _WORKERS > 1:
     _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
     torch.set_num_threads(_THREADS)
     os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+
+# What the toolkit caches per machine (measured latencies, the list of model names) goes to a directory of this
+# run's own: the suite neither reads a user's cache nor writes into it. Subprocesses inherit it.
+os.environ["LOWRANK_CACHE_DIR"] = tempfile.mkdtemp(prefix="lowrank-test-cache-")
+atexit.register(shutil.rmtree, os.environ["LOWRANK_CACHE_DIR"], True)
 
 
 @pytest.fixture(autouse=True)

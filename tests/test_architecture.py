@@ -22,7 +22,10 @@ ROOT = Path(lowrank_tool.__file__).parent
 #: Bottom to top. A module may import its own layer (without a cycle) and the layers below it, never above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("lowrank_tool._version", "lowrank_tool.errors", "lowrank_tool.choices", "lowrank_tool._lazy")),
-    ("helpers", ("lowrank_tool.artifact", "lowrank_tool.linalg", "lowrank_tool.input_size")),
+    (
+        "helpers",
+        ("lowrank_tool.artifact", "lowrank_tool.linalg", "lowrank_tool.input_size", "lowrank_tool.model_names"),
+    ),
     ("layers", ("lowrank_tool.layers",)),
     ("the plan", ("lowrank_tool.conversion_plan",)),
     ("sources", ("lowrank_tool.zoo", "lowrank_tool.models", "lowrank_tool.data", "lowrank_tool.runtime")),

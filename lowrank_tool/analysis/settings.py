@@ -21,6 +21,7 @@ from ..convert.options import RankSpec
 from ..errors import LowRankError
 from ..export.options import check_onnx_file
 from ..input_size import parse_input_size
+from ..model_names import refuse_unknown
 from ..runtime.engines import check_engine
 from ..train.config import TrainConfig
 
@@ -174,6 +175,7 @@ def analysis_target(
     if path.suffix.lower() == ".onnx":
         return AnalysisTarget("onnx", check_onnx_file(path), spec)
     if not is_path:
+        refuse_unknown(target)
         return AnalysisTarget("name", path, spec)
     if path.exists() and not path.is_dir():
         raise LowRankError(

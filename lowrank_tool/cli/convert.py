@@ -12,6 +12,7 @@ from ..artifact import check_path
 from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, MEMORY_FORMATS, POLICIES, RUNTIME_ENGINES
 from ..convert.options import ConvertOptions, RankSpec, option_help
 from ..errors import LowRankError
+from ..model_names import refuse_unknown
 from ._common import (
     MODEL_ARG_HELP,
     choices,
@@ -76,6 +77,7 @@ def convert(
     lowrank convert resnet50 --policy latency --target-speedup 2 -o r50
     """
     # the options are checked before torch is imported, so that a mistake is refused at once
+    refuse_unknown(model)
     if output is not None and check_path(output).exists() and not force:
         raise LowRankError(f"{output} already exists; choose another output directory or pass --force")
     if target_speedup is not None and policy.value != "latency":

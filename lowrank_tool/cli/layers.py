@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..input_size import parse_input_size
+from ..model_names import refuse_unknown
 from ._common import MODEL_ARG_HELP, console, parse_model_args, print_json
 
 
@@ -25,7 +26,8 @@ def layers(
 
     Use the names with `lowrank convert --exclude NAME` or `--layer-rank NAME=R` ('re:REGEX' works too).
     """
-    parse_input_size(input_size)  # a malformed size is refused before torch is imported
+    refuse_unknown(model)  # a mistyped name or a malformed size is refused before torch is imported
+    parse_input_size(input_size)
     from ..convert.api import plan as make_plan
 
     plan = make_plan(

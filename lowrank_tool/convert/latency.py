@@ -45,6 +45,7 @@ from ..conversion_plan import ConversionPlan, LayerPlan
 from ..errors import LowRankError
 from ..layers import get_format
 from ..layers.base import ConvGeometry, conv_class
+from ..model_names import cache_dir
 from ..runtime import get_engine, time_module
 from ..runtime.machine import cpu_description
 from .apply import set_submodule
@@ -79,8 +80,7 @@ class LatencyCache:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         if path is None:
-            root = Path(os.environ.get("LOWRANK_CACHE_DIR", Path.home() / ".cache" / "lowrank_tool"))
-            path = root / f"latency-{_machine_key()}.json"
+            path = cache_dir() / f"latency-{_machine_key()}.json"
         self.path = Path(path)
         try:
             self.data: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
