@@ -43,6 +43,7 @@ def test_building_the_full_list_remembers_torchvision_and_toolkit_names(cache, m
 )
 def test_a_mistyped_name_is_refused_before_torch_once_the_list_exists(cache, tmp_path, argv):
     model_names.remember(["resnet50", "resnet56", "resnet20", "vgg16"])
+    before = sorted(tmp_path.iterdir())
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=os.environ
     )
@@ -50,6 +51,23 @@ def test_a_mistyped_name_is_refused_before_torch_once_the_list_exists(cache, tmp
     assert out.stderr == (
         "error: unknown model 'resnt50'; did you mean resnet50, resnet56, resnet20? run `lowrank models` for the list\n"
     )
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_a_recipe_naming_a_mistyped_model_is_refused_before_torch(cache, tmp_path):
+    model_names.remember(["resnet50", "resnet56", "resnet20"])
+    (tmp_path / "r.yaml").write_text("model: resnt20\noutput: run\nepochs: 1\n")
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, "train", "--recipe", "r.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=os.environ,
+    )
+    assert out.stdout.strip().endswith("TORCH=False CODE=2"), (out.stdout, out.stderr)
+    assert out.stderr.startswith("error: recipe r.yaml: unknown model 'resnt20'; did you mean resnet20")
+    assert not (tmp_path / "run").exists()
 
 
 def test_without_a_list_the_full_lookup_gives_the_same_message(cache, monkeypatch):

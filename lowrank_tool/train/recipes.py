@@ -25,6 +25,7 @@ import yaml
 
 from ..convert.options import ConvertOptions
 from ..errors import LowRankError, first_line
+from ..model_names import refuse_unknown
 from .config import TrainConfig
 
 __all__ = ["Recipe", "load_recipe", "CONVERT_KEYS"]
@@ -93,6 +94,7 @@ def load_recipe(path: str | Path) -> Recipe:
     )
     recipe.config()  # validate the training keys now, not after the conversion
     try:  # and the conversion's values (what needs the model, such as layer patterns, is checked when it is built)
+        refuse_unknown(recipe.model)
         ConvertOptions(**convert, num_classes=recipe.num_classes, dense=recipe.dense)
     except LowRankError as exc:
         raise LowRankError(f"recipe {path}: {exc}") from None
