@@ -481,3 +481,73 @@ def test_make_session_refuses_a_thread_count_that_is_not_a_positive_integer():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(LowRankError, match=f"threads must be a positive integer, got {bad!r}"):
             make_session(model, device="cpu", threads=bad)
+
+
+class _GpuThatFails:
+    """onnxruntime as on a GPU machine whose CUDA provider fails to start (a driver mismatch, say)."""
+
+    def __init__(self):
+        import onnxruntime
+
+        self._ort = onnxruntime
+        self.fallbacks = []
+
+    def __getattr__(self, name):
+        return getattr(self._ort, name)
+
+    def get_available_providers(self):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def InferenceSession(self, source, *, sess_options, providers, enable_fallback):
+        self.fallbacks.append(enable_fallback)
+        if "CUDAExecutionProvider" in providers:
+            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected\nmore lines")
+        return self._ort.InferenceSession(source, sess_options=sess_options, providers=providers)
+
+
+@pytest.fixture
+def gpu_that_fails(monkeypatch):
+    from lowrank_tool.runtime import session
+
+    fake = _GpuThatFails()
+    monkeypatch.setattr(session, "_ort", lambda: fake)
+    monkeypatch.setattr(session, "_gpu_present", lambda: True)
+    return fake
+
+
+def test_auto_falls_back_to_the_cpu_with_one_warning_and_no_banner(gpu_that_fails, capfd):
+    from lowrank_tool.errors import LowRankWarning
+    from lowrank_tool.runtime import make_session
+
+    model = _onnx(TinyNet(), (1, 3, 8, 8))
+    with pytest.warns(LowRankWarning) as caught:
+        sess = make_session(model, device="auto", threads=1)
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+    assert [str(w.message) for w in caught if w.category is LowRankWarning] == [
+        "ONNX Runtime could not start its CUDA provider for the ONNX model (CUDA failure 100: no CUDA-capable "
+        "device is detected); running on the CPU"
+    ]
+    assert gpu_that_fails.fallbacks == [0, 0]  # ONNX Runtime's own retry (and its stdout banner) never used
+    assert capfd.readouterr().out == ""
+
+
+def test_a_named_gpu_device_that_cannot_start_is_an_error_naming_why(gpu_that_fails):
+    from lowrank_tool.runtime import make_session
+
+    with pytest.raises(LowRankError) as info:
+        make_session(_onnx(TinyNet(), (1, 3, 8, 8)), device="cuda", threads=1)
+    assert str(info.value) == (
+        "ONNX Runtime could not start its CUDA provider for the ONNX model (CUDA failure 100: no CUDA-capable "
+        "device is detected); check the CUDA installation or use --device cpu"
+    )
+
+
+def test_a_broken_file_on_a_failing_gpu_is_named_as_the_file(gpu_that_fails, tmp_path):
+    from lowrank_tool.runtime import make_session
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(
+        LowRankError, match=r"ONNX Runtime cannot load .*bad\.onnx .*re-export it with `lowrank export`"
+    ):
+        make_session(bad, device="auto")

@@ -5,7 +5,9 @@ for it there prints a screen of library-loading errors before falling back to th
 provider is requested only when a CUDA device is actually present (``torch.cuda.is_available()``), and
 ONNX Runtime's own log is limited to errors. ``tensorrt`` asks for the TensorRT provider (CUDA and the
 CPU behind it for the nodes TensorRT does not take); a session that did not get it is refused, not
-silently run elsewhere.
+silently run elsewhere. With ``auto``, a CUDA provider that fails to start (a driver or library mismatch)
+gives one :class:`~lowrank_tool.errors.LowRankWarning` naming why, and the session runs on the CPU (ONNX
+Runtime's own fallback, which prints an "EP Error" banner to stdout, is never used).
 
 ``shared_pool=True`` gives every such session of the process one thread pool: ONNX Runtime's global pools,
 made at the first shared session with its ``threads``. By default each session has its own pool, whose
@@ -18,12 +20,13 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from typing import Any
 
 import torch
 
 from ..choices import DEVICES, RUNTIME_DEVICES
-from ..errors import LowRankError, first_line
+from ..errors import LowRankError, LowRankWarning, first_line
 
 __all__ = ["DEVICES", "RUNTIME_DEVICES", "providers_for", "make_session", "provider_name"]
 
@@ -110,8 +113,9 @@ def make_session(
 
     Args:
         model: path of an ``.onnx`` file, or its bytes.
-        device: ``auto`` (CUDA when a GPU is present, else CPU), ``cpu``, ``cuda`` or ``tensorrt``. A device
-            asked for by name that ONNX Runtime could not start is an error, not a quiet fallback.
+        device: ``auto`` (CUDA when a GPU is present, else CPU; a CUDA provider that cannot start: a warning,
+            and the CPU), ``cpu``, ``cuda`` or ``tensorrt``. A device asked for by name that ONNX Runtime could
+            not start is an error, not a quiet fallback.
         threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
         shared_pool: run on the process's one shared thread pool, made by the first such session with its
             ``threads`` (a later one asking for another size is refused), instead of a pool of its own: for a
@@ -140,15 +144,31 @@ def make_session(
     source = model if isinstance(model, bytes) else os.fspath(model)
     where = "the ONNX model" if isinstance(model, bytes) else str(model)
     try:
-        # on the CPU alone there is nothing to fall back to: ORT's retry would only print a banner to stdout
-        fallback = int(providers != [_CPU])
-        session = ort.InferenceSession(source, sess_options=opts, providers=providers, enable_fallback=fallback)
+        # ONNX Runtime's own fallback (retry on the CPU) prints an "EP Error" banner to stdout: the toolkit
+        # falls back itself, below, and says why in one line
+        session = ort.InferenceSession(source, sess_options=opts, providers=providers, enable_fallback=0)
     except Exception as exc:
         if opts.use_per_session_threads and _GLOBAL_POOL_ONLY in str(exc):  # the process made global pools itself
             _use_shared_pool(ort, None)
             return make_session(model, device=device, threads=threads, shared_pool=True)
         first = first_line(exc, with_type=False, limit=300)
-        raise LowRankError(f"ONNX Runtime cannot load {where} ({first}); re-export it with `lowrank export`") from None
+        if providers == [_CPU]:
+            raise LowRankError(
+                f"ONNX Runtime cannot load {where} ({first}); re-export it with `lowrank export`"
+            ) from None
+        session = _on_the_cpu(ort, source, opts, where)  # a broken file fails here too, with its own message
+        label = provider_label(providers[0])
+        if device != "auto":
+            raise LowRankError(
+                f"ONNX Runtime could not start its {label} provider for {where} ({first}); check the {label} "
+                "installation or use --device cpu"
+            ) from None
+        warnings.warn(
+            f"ONNX Runtime could not start its {label} provider for {where} ({first}); running on the CPU",
+            LowRankWarning,
+            stacklevel=2,
+        )
+        return session
     if (
         device != "auto" and session.get_providers()[0] != providers[0]
     ):  # e.g. TensorRT libraries missing: ORT falls back quietly
@@ -157,6 +177,15 @@ def make_session(
             f"(it fell back to {provider_name(session)}); check the {provider_label(providers[0])} installation or use --device cpu"
         )
     return session
+
+
+def _on_the_cpu(ort: Any, source: str | bytes, opts: Any, where: str) -> Any:
+    """The session on the CPU provider alone, after a GPU provider failed to start."""
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=[_CPU], enable_fallback=0)
+    except Exception as exc:
+        first = first_line(exc, with_type=False, limit=300)
+        raise LowRankError(f"ONNX Runtime cannot load {where} ({first}); re-export it with `lowrank export`") from None
 
 
 def provider_label(provider: str) -> str:
