@@ -6,6 +6,7 @@ Usage:
     python benchmarks/int8_lowrank.py --engines onnxruntime --accuracy-epochs 0      # latency only
     python benchmarks/int8_lowrank.py --models resnet50 --no-latency                 # the digits accuracy only
     python benchmarks/int8_lowrank.py --round-to 16 --out /tmp/int8_r16              # ranks in multiples of 16
+    python benchmarks/int8_lowrank.py --policy latency --latency-precision int8      # forms chosen on int8 timings
 
 Latency: each model (random weights: latency does not depend on the values) is converted at ``--rank``,
 exported in fp32 and in int8 (static QDQ, calibrated on digits images resized to the input size), and the
@@ -13,7 +14,9 @@ four files are timed interleaved in each engine: ``--runs`` per file split into 
 round all four back to back (rotating the order), so each round gives one ratio per pair. Reported: median
 latency per file and the median ratio of the rounds with its range, for low-rank int8 vs dense int8 (the
 issue's target: ≥ 2× at ResNet-50 rank 0.3), low-rank fp32 vs dense fp32, and dense fp32 vs low-rank int8
-(the two savings together).
+(the two savings together). ``--policy latency`` converts the low-rank model with the latency policy (each
+layer's form timed alone in ONNX Runtime at batch 1 and ``--threads``, in ``--latency-precision``; the
+accuracy arm's forms are timed at its own input size).
 
 Accuracy (the int8 rows' cost): the same architectures trained on the real handwritten digits
 (``--accuracy-epochs`` epochs at ``--accuracy-size``; dense and low-rank from scratch, default settings),
@@ -67,6 +70,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
     parser.add_argument("--rank", type=float, default=0.3)
     parser.add_argument("--round-to", type=at_least(1), default=None, help="rank rounding (default: the converter's)")
+    parser.add_argument("--policy", choices=["rank", "latency"], default="rank", help="the low-rank model's policy")
+    parser.add_argument(
+        "--latency-precision", choices=["fp32", "int8"], default="int8", help="with --policy latency: what is timed"
+    )
     parser.add_argument("--input-size", default="3x224x224")
     parser.add_argument("--batches", nargs="+", type=at_least(1), default=[1, 8])
     parser.add_argument("--engines", nargs="+", default=["onnxruntime", "openvino"])
@@ -88,7 +95,11 @@ def main() -> None:
             files = {} if args.no_latency else _export_four(name, args, root / name)
             for engine in args.engines if files else []:
                 for batch in args.batches:
-                    row = _time_four(files, engine, batch, args) | {"model": name, "rank": args.rank}
+                    row = _time_four(files, engine, batch, args) | {
+                        "model": name,
+                        "rank": args.rank,
+                        "policy": _policy(args),
+                    }
                     results["latency"].append(row)
                     print(_latency_line(row), flush=True)
             if args.accuracy_epochs > 0:
@@ -107,7 +118,7 @@ def _export_four(name: str, args: argparse.Namespace, root: Path) -> dict[str, P
     torch.manual_seed(0)
     models = {
         "dense": lr.convert(name, dense=True, input_size=args.input_size),
-        "lowrank": lr.convert(name, rank=args.rank, input_size=args.input_size, **_rounding(args)),
+        "lowrank": lr.convert(name, rank=args.rank, input_size=args.input_size, **_conversion(args)),
     }
     files = {}
     for kind, model in models.items():
@@ -162,8 +173,16 @@ def _time_four(files: dict[str, Path], engine: str, batch: int, args: argparse.N
     }
 
 
-def _rounding(args: argparse.Namespace) -> dict[str, Any]:
-    return {} if args.round_to is None else {"round_to": args.round_to}
+def _conversion(args: argparse.Namespace) -> dict[str, Any]:
+    """The low-rank model's conversion options beyond the rank."""
+    out: dict[str, Any] = {} if args.round_to is None else {"round_to": args.round_to}
+    if args.policy == "latency":
+        out |= {"policy": "latency", "latency_precision": args.latency_precision, "latency_threads": args.threads}
+    return out
+
+
+def _policy(args: argparse.Namespace) -> str:
+    return "rank" if args.policy == "rank" else f"latency ({args.latency_precision})"
 
 
 def _accuracy(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -176,8 +195,9 @@ def _accuracy(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
         "input_size": size,
         "grad_clip": args.accuracy_grad_clip or None,
         "round_to": args.round_to,
+        "policy": args.policy,
     }
-    arms: dict[str, dict[str, Any]] = {"dense": {"dense": True}, "lowrank": {"rank": args.rank, **_rounding(args)}}
+    arms: dict[str, dict[str, Any]] = {"dense": {"dense": True}, "lowrank": {"rank": args.rank, **_conversion(args)}}
     for kind, kwargs in arms.items():
         torch.manual_seed(0)
         directory = root / kind
@@ -248,6 +268,11 @@ def _accuracy_line(row: dict[str, Any]) -> str:
     return f"{row['model']} digits accuracy ({row['epochs']} epochs at {row['input_size']}): " + "; ".join(parts)
 
 
+def _policy_cell(row: dict[str, Any]) -> str:
+    policy = row.get("policy", "rank")
+    return "" if policy == "rank" else f", {policy}"
+
+
 def _markdown(meta: dict[str, Any], results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"`{meta['command']}` ({meta['cpus']} CPUs, {args.threads} threads, {args.runs} runs per file in "
@@ -269,7 +294,7 @@ def _markdown(meta: dict[str, Any], results: dict[str, Any], args: argparse.Name
             for p in PAIRS
         ]
         lines.append(
-            f"| {row['model']} r{row['rank']:g} | {row['engine']} ({row['backend']}) | {row['batch']} | "
+            f"| {row['model']} r{row['rank']:g}{_policy_cell(row)} | {row['engine']} ({row['backend']}) | {row['batch']} | "
             + " | ".join(ms + ratios)
             + " |"
         )

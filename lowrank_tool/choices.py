@@ -19,6 +19,8 @@ FORMAT_CHOICES = ("auto", "tucker2", "svd", "cp")
 DEFAULT_ROUND_TO = 8
 #: ``rank``: ranks as requested; ``latency``: each layer's form chosen by measuring it.
 POLICIES = ("rank", "latency")
+#: The precisions the latency policy times layer forms in (int8: as ``lowrank export --int8`` writes them).
+LATENCY_PRECISIONS = ("fp32", "int8")
 #: How converted layers start: fresh factors (ELRT) or fitted to the model's weights.
 INITS = ("random", "decompose")
 #: ... and, inside the toolkit, ``none``: uninitialised memory, for loading saved weights right after.

@@ -155,6 +155,20 @@ def test_int8_lowrank_times_the_four_files_interleaved_and_scores_int8_on_digits
     assert "| resnet20 r0.3 | digits, 1 epochs at 3x16x16, gradient norm clipped at 5 |" in table
 
 
+def test_int8_lowrank_converts_with_the_latency_policy_timed_in_int8(tmp_path):
+    out = tmp_path / "i8"
+    argv = ["--models", "resnet20", "--input-size", "3x32x32", "--batches", "1", "--runs", "2", "--repeats", "1"]
+    argv += ["--warmup", "0", "--accuracy-epochs", "0", "--calib-samples", "16", "--threads", "1"]
+    argv += ["--engines", "onnxruntime", "--policy", "latency", "--out", str(out)]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "int8_lowrank.py"), *argv], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    (row,) = json.loads(out.with_suffix(".json").read_text())["latency"]
+    assert row["policy"] == "latency (int8)" and len(row["median_ms"]) == 4
+    assert "| resnet20 r0.3, latency (int8) | onnxruntime (CPU) | 1 |" in out.with_suffix(".md").read_text()
+
+
 def test_int8_lowrank_accuracy_only_at_exact_ranks_without_clipping(tmp_path):
     out = tmp_path / "i8"
     argv = ["--models", "resnet20", "--no-latency", "--round-to", "1", "--accuracy-grad-clip", "0"]

@@ -30,6 +30,7 @@ CASES = [
     ),
     (["convert", "resnet20", "--rank", "1.5"], "rank 1.5 is a fraction above 1"),
     (["convert", "resnet20", "--target-speedup", "2"], "--target-speedup needs --policy latency"),
+    (["convert", "resnet20", "--latency-precision", "int8"], "a latency precision needs policy 'latency'"),
     (["convert", "resnet20", "--round-to", "0"], "round_to 0 must be a positive integer"),
     (["convert", "resnet20", "-o", "ART"], "already exists; choose another output directory or pass --force"),
     (["convert", "resnet20", "--input-size", "224x224"], "input size '224x224' is malformed; write CxHxW"),

@@ -21,7 +21,7 @@ def fake_measure(overhead_per_conv=0.01):
     """Time = MACs (in millions) / 100 + a fixed cost per conv launched: a caricature of a CPU."""
     calls = []
 
-    def measure(g, fmt, ranks, shape, *, threads, runs=20, warmup=5, engine="onnxruntime"):
+    def measure(g, fmt, ranks, shape, *, threads, runs=20, warmup=5, engine="onnxruntime", precision="fp32"):
         calls.append((fmt, ranks))
         hw = shape[2] * shape[3]
         k = g.kernel_numel
@@ -101,7 +101,7 @@ def test_target_speedup_reached_or_said_clearly(monkeypatch):
     measure, _ = fake_measure()
     monkeypatch.setattr(latency, "measure_form", measure)
 
-    def model_ms(model, plan, batch, threads, engine):
+    def model_ms(model, plan, batch, threads, engine, precision):
         """The caricature for a whole model: its convs' times plus a fixed 20% for everything else."""
         total = 0.0
         for e in plan.layers:
@@ -150,9 +150,59 @@ def test_measured_in_the_engine_the_user_deploys_with(tmp_path):
     assert keys and all(k[0].startswith("openvino-2") for k in keys)  # never mixed with ONNX Runtime's timings
 
 
+def test_timed_in_the_precision_the_user_deploys_in(tmp_path):
+    import onnx
+
+    from lowrank_tool.runtime.int8 import int8_bytes
+    from lowrank_tool.runtime.probe import onnx_bytes
+
+    model = lr.convert(
+        "resnet20", rank=0.5, input_size="3x16x16", policy="latency", latency_threads=1, latency_precision="int8"
+    )
+    plan = lr.summary(model)
+    assert plan.policy["latency_precision"] == "int8"
+    assert all(e.latency_ms > 0 and e.dense_latency_ms > 0 for e in plan.layers[1:])
+    (cache,) = (tmp_path / "cache").glob("latency-*.json")
+    keys = [json.loads(k) for k in json.loads(cache.read_text())]
+    assert keys and all(k[0] == "int8" for k in keys)  # never mixed with the fp32 timings of the same forms
+    # what is timed is the exporter's int8 form: every conv a quantized one
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+    graph = onnx.load_from_string(int8_bytes(onnx_bytes(conv.eval(), (1, 16, 8, 8)), (1, 16, 8, 8))).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    weights = [n for n in graph.node if n.op_type == "DequantizeLinear" and "weight" in n.input[0]]
+    assert weights  # the weight is stored in int8 and dequantized (QDQ), per channel
+
+
+def test_the_int8_probe_and_the_exporter_quantize_alike(tmp_path):
+    import onnx
+
+    from lowrank_tool.export import export_onnx
+    from lowrank_tool.runtime.int8 import int8_bytes
+    from lowrank_tool.runtime.probe import onnx_bytes
+
+    conv = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1)).eval()
+    probe = onnx.load_from_string(int8_bytes(onnx_bytes(conv, (1, 8, 8, 8)), (1, 8, 8, 8)))
+    export_onnx(conv, tmp_path / "c.onnx", input_size=(8, 8, 8), precision="int8", calib_data=[torch.randn(4, 8, 8, 8)])
+    exported = onnx.load(str(tmp_path / "c.onnx"))
+
+    def quantized(proto):  # the ops and the stored types (int8 weights, uint8 activations' zero points, ...)
+        return sorted(n.op_type for n in proto.graph.node), sorted(t.data_type for t in proto.graph.initializer)
+
+    assert quantized(probe) == quantized(exported)
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
+        (
+            {"policy": "latency", "latency_precision": "int4"},
+            "latency precision 'int4' is not known; use one of: fp32, int8",
+        ),
+        (
+            {"latency_precision": "int8"},
+            "a latency precision needs policy 'latency' (CLI: --policy latency --latency-precision int8)",
+        ),
         (
             {"policy": "latency", "latency_engine": "tvm"},
             "latency engine 'tvm' is not known; use one of: onnxruntime, openvino",

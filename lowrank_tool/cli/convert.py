@@ -9,7 +9,15 @@ import typer
 from rich.markup import escape
 
 from ..artifact import check_path
-from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, MEMORY_FORMATS, POLICIES, RUNTIME_ENGINES
+from ..choices import (
+    DEFAULT_ROUND_TO,
+    FORMAT_CHOICES,
+    INITS,
+    LATENCY_PRECISIONS,
+    MEMORY_FORMATS,
+    POLICIES,
+    RUNTIME_ENGINES,
+)
 from ..convert.options import ConvertOptions, RankSpec, option_help
 from ..errors import LowRankError
 from ..model_names import refuse_unknown
@@ -27,6 +35,7 @@ Format = choices("Format", FORMAT_CHOICES)
 Init = choices("Init", INITS)
 Policy = choices("Policy", POLICIES)
 Engine = choices("Engine", RUNTIME_ENGINES)
+LatencyPrecision = choices("LatencyPrecision", LATENCY_PRECISIONS)
 MemoryFormat = choices("MemoryFormat", MEMORY_FORMATS)
 
 
@@ -49,6 +58,9 @@ def convert(
     threads: Annotated[int | None, typer.Option(help=option_help("latency_threads"))] = None,
     batch: Annotated[int, typer.Option(help=option_help("latency_batch"))] = 1,
     engine: Annotated[Engine, typer.Option(help=option_help("latency_engine"))] = Engine.onnxruntime,
+    latency_precision: Annotated[
+        LatencyPrecision, typer.Option(help=option_help("latency_precision"))
+    ] = LatencyPrecision.fp32,
     weights: Annotated[Path | None, typer.Option(help=option_help("weights"))] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help=option_help("format"))] = Format.auto,
     target_params: Annotated[float | None, typer.Option(help=option_help("target_params"))] = None,
@@ -115,6 +127,7 @@ def convert(
         latency_threads=threads,
         latency_batch=batch,
         latency_engine=engine.value,
+        latency_precision=latency_precision.value,
         memory_format=memory_format.value,
     )
     from ..convert.api import convert as do_convert, summary
@@ -122,7 +135,7 @@ def convert(
 
     if policy.value == "latency" and not json:
         err_console.print(
-            f"measuring layer forms in {engine.value} on this machine (cached per machine; the first run takes longer)"
+            f"measuring layer forms in {engine.value} ({latency_precision.value}) on this machine (cached per machine; the first run takes longer)"
         )
     from rich.progress import (
         BarColumn,

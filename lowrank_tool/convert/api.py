@@ -324,7 +324,8 @@ def convert(
         progress: called as ``progress(done, total, layer_name)`` after each layer is swapped.
         **kwargs: any :class:`ConvertOptions` field — ``format``, ``target_params``, ``target_macs``,
             ``round_to``, ``exclude``, ``layer_rank``, ``allow_growth``, ``dense``, ``policy``,
-            ``target_speedup``, ``latency_threads``, ``latency_batch``, ``latency_engine``, ``input_size``, ``num_classes``,
+            ``target_speedup``, ``latency_threads``, ``latency_batch``, ``latency_engine``, ``latency_precision``,
+            ``input_size``, ``num_classes``,
             ``model_kwargs``, ``weights``, ``init``, ``memory_format`` — each documented there (``option_help(name)``).
 
     Returns:

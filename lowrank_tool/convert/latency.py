@@ -5,8 +5,9 @@ two extra activations, and channel counts that are not a multiple of the CPU's v
 fast (NCHWc) convolution kernels of ONNX Runtime. So for every layer the plan would factorise, this
 policy exports candidate forms *alone* — the dense conv, the format at the requested ranks, and those
 ranks rounded up to hardware-friendly multiples — runs each in the engine the model will be deployed
-with (``latency_engine``: ONNX Runtime by default, or OpenVINO) with the layer's real input shape and
-thread count, and keeps the fastest that meets the request:
+with (``latency_engine``: ONNX Runtime by default, or OpenVINO) in the precision it will run in
+(``latency_precision``: fp32, or int8 quantized as ``lowrank export --int8`` quantizes) with the layer's real
+input shape and thread count, and keeps the fastest that meets the request:
 
 * ``rank=R``: among forms with at least R's ranks (dense counts: full rank), the fastest. A layer stays
   dense when factorising it does not pay.
@@ -20,7 +21,7 @@ thread count, and keeps the fastest that meets the request:
 
 Measurements are cached per machine (CPU model, core count, ONNX Runtime and torch versions) in
 ``~/.cache/lowrank_tool/latency-<key>.json`` (``LOWRANK_CACHE_DIR`` overrides the directory), keyed by
-the engine (and its version), the layer's geometry, ranks, input shape, batch and threads. The plan records the measured times
+the engine (and its version), the precision, the layer's geometry, ranks, input shape, batch and threads. The plan records the measured times
 (``latency_ms``, ``dense_latency_ms``) and the policy's prediction.
 """
 
@@ -123,8 +124,9 @@ def measure_form(
     runs: int = 20,
     warmup: int = 5,
     engine: str = "onnxruntime",
+    precision: str = "fp32",
 ) -> float:
-    """Median latency (ms) in ``engine`` of one layer form on ``input_shape`` (batch, C, *spatial)."""
+    """Median latency (ms) in ``engine`` of one layer form on ``input_shape`` (batch, C, *spatial), in ``precision``."""
     return time_module(
         _module(g, fmt, ranks).eval(),
         input_shape,
@@ -133,6 +135,7 @@ def measure_form(
         runs=runs,
         warmup=warmup,
         engine=engine,
+        precision=precision,
     )
 
 
@@ -190,7 +193,7 @@ def apply_latency_policy(
     """
     target_speedup, batch = options.target_speedup, options.latency_batch
     threads = options.latency_threads or (os.cpu_count() or 1)
-    engine = options.latency_engine
+    engine, precision = options.latency_engine, options.latency_precision
     get_engine(engine)  # not installed: one line naming the extra, before anything is measured
     engine_key = engine if engine == "onnxruntime" else f"{engine}-{_engine_version(engine)}"
     cache = cache or LatencyCache()
@@ -205,6 +208,7 @@ def apply_latency_policy(
         shape = (batch, g.in_channels, *entry.input_size)
         key = json.dumps(
             ([] if engine == "onnxruntime" else [engine_key])  # ONNX Runtime's keys predate the engine choice
+            + ([] if precision == "fp32" else [precision])  # and fp32 keys predate the precision choice
             + [
                 fmt,
                 list(ranks or []),
@@ -222,7 +226,7 @@ def apply_latency_policy(
         )
         value = cache.get(key)
         if value is None:
-            value = measure_form(g, fmt, ranks, shape, threads=threads, engine=engine)
+            value = measure_form(g, fmt, ranks, shape, threads=threads, engine=engine, precision=precision)
             cache.put(key, value)
         return value
 
@@ -252,7 +256,7 @@ def apply_latency_policy(
         for name, opts in candidates.items():
             chosen[name] = min(opts, key=lambda o: o.ms)
     else:
-        dense_total = _model_ms(model, plan, batch, threads, engine)
+        dense_total = _model_ms(model, plan, batch, threads, engine, precision)
         layers_dense = sum(opts[0].ms for opts in candidates.values())
         rest = max(dense_total - layers_dense, 0.0)
         chosen = {name: opts[0] for name, opts in candidates.items()}
@@ -263,7 +267,7 @@ def apply_latency_policy(
         for _ in range(MAX_ROUNDS):
             current = _lower_until(candidates, chosen, current, goal)
             # Layers timed alone do not add up exactly to the model (fusion, caches): check the whole model.
-            measured = _model_ms(_with_forms(model, plan, chosen), plan, batch, threads, engine)
+            measured = _model_ms(_with_forms(model, plan, chosen), plan, batch, threads, engine, precision)
             if dense_total / measured >= aim:
                 break
             goal *= dense_total / (measured * aim)  # ask the per-layer model for the missing fraction
@@ -303,6 +307,7 @@ def apply_latency_policy(
             "target_speedup": target_speedup,
             "latency_threads": threads,
             "latency_engine": engine,
+            "latency_precision": precision,
             "latency_batch": batch,
             "latency_cache": str(cache.path),
             "latency_cache_hits": cache.hits,
@@ -341,10 +346,17 @@ def _with_forms(model: nn.Module, plan: ConversionPlan, chosen: dict[str, _Optio
     return out
 
 
-def _model_ms(model: nn.Module, plan: ConversionPlan, batch: int, threads: int, engine: str) -> float:
-    """Latency of a whole model in ``engine`` (the dense baseline, or a candidate low-rank model)."""
+def _model_ms(model: nn.Module, plan: ConversionPlan, batch: int, threads: int, engine: str, precision: str) -> float:
+    """Latency of a whole model in ``engine`` and ``precision`` (the dense baseline, or a candidate low-rank model)."""
     return time_module(
-        model, (batch, *plan.input_size), device="cpu", threads=threads, runs=30, warmup=5, engine=engine
+        model,
+        (batch, *plan.input_size),
+        device="cpu",
+        threads=threads,
+        runs=30,
+        warmup=5,
+        engine=engine,
+        precision=precision,
     )
 
 

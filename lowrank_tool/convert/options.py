@@ -15,7 +15,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..choices import DEFAULT_ROUND_TO, FORMAT_CHOICES, INITS, MEMORY_FORMATS, POLICIES, RUNTIME_ENGINES, Init
+from ..choices import (
+    DEFAULT_ROUND_TO,
+    FORMAT_CHOICES,
+    INITS,
+    LATENCY_PRECISIONS,
+    MEMORY_FORMATS,
+    POLICIES,
+    RUNTIME_ENGINES,
+    Init,
+)
 from ..errors import LowRankError
 from ..input_size import parse_input_size
 from .select import parse_layer_rank
@@ -160,6 +169,11 @@ class ConvertOptions:
         "onnxruntime",
         "With policy latency: the engine the measurements run in, the one you deploy with: onnxruntime or openvino.",
     )
+    latency_precision: str = _opt(
+        "fp32",
+        "With policy latency: the precision the forms are timed in, the one you deploy in: fp32, or int8 (quantized as "
+        "`lowrank export --int8` quantizes).",
+    )
     input_size: str | Sequence[int] | None = _opt(
         None, "Per-sample input CxHxW (CxTxHxW for video); default from the model family."
     )
@@ -231,6 +245,14 @@ class ConvertOptions:
             )
         if self.latency_engine != "onnxruntime" and self.policy != "latency":
             raise LowRankError("a latency engine needs policy 'latency' (CLI: --policy latency --engine NAME)")
+        if self.latency_precision not in LATENCY_PRECISIONS:
+            raise LowRankError(
+                f"latency precision {self.latency_precision!r} is not known; use one of: {', '.join(LATENCY_PRECISIONS)}"
+            )
+        if self.latency_precision != "fp32" and self.policy != "latency":
+            raise LowRankError(
+                "a latency precision needs policy 'latency' (CLI: --policy latency --latency-precision int8)"
+            )
         for name in ("latency_threads", "latency_batch"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

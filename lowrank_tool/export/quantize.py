@@ -26,8 +26,6 @@ machine then shows the saturation as a large error.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -42,6 +40,7 @@ from torch.utils.data import DataLoader, Subset
 from ..data import DataSpec, build_datasets
 from ..errors import LowRankError, first_line
 from ..runtime import make_session
+from ..runtime.int8 import quantize_qdq
 from .options import WEIGHT_BITS, check_weight_bits
 
 __all__ = ["QuantizeReport", "quantize_file", "onnx_top1", "calibration_batches", "WEIGHT_BITS", "check_weight_bits"]
@@ -119,16 +118,6 @@ def _rebatch(batches: list[np.ndarray], size: int) -> list[np.ndarray]:
     return [images[i : i + size] for i in range(0, len(images), size)]
 
 
-class _Reader:
-    """ONNX Runtime's CalibrationDataReader protocol over a list of batches."""
-
-    def __init__(self, name: str, batches: list[np.ndarray]) -> None:
-        self._feeds = iter([{name: b} for b in batches])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)
-
-
 def onnx_top1(
     path: str | os.PathLike[str], dataset: Any, *, batch_size: int = 64, limit: int | None = None, device: str = "auto"
 ) -> tuple[float, int]:
@@ -183,13 +172,6 @@ def quantize_file(
     """
     check_weight_bits(weight_bits)
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src, dst = Path(src), Path(dst)
     val = None
@@ -208,29 +190,12 @@ def quantize_file(
     if fixed is not None:
         batches = _rebatch(batches, fixed)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".int8-") as work:
-        pre = Path(work) / "pre.onnx"
         out = Path(work) / "int8.onnx"
-        sink = io.StringIO()
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            try:
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            except Exception:
-                pre = src
-            try:
-                quantize_static(
-                    str(pre),
-                    str(out),
-                    _Reader(input_name, batches),
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8,  # U8S8: see the module docstring
-                    weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    reduce_range=weight_bits == 7,  # no saturation on x86 without VNNI (module docstring)
-                    calibrate_method=CalibrationMethod.MinMax,
-                )
-            except Exception as exc:
-                first = first_line(exc, with_type=False, limit=240)
-                raise LowRankError(f"int8 quantization failed ({first}); export fp32 or fp16 instead") from None
+        try:
+            quantize_qdq(src, out, iter([{input_name: b} for b in batches]), weight_bits=weight_bits)
+        except Exception as exc:
+            first = first_line(exc, with_type=False, limit=240)
+            raise LowRankError(f"int8 quantization failed ({first}); export fp32 or fp16 instead") from None
         proto = onnx.load(str(out))
         del proto.metadata_props[:]
         for key, value in (metadata or {}).items():

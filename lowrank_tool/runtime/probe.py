@@ -4,7 +4,8 @@ Both measured decisions of the toolkit stand on it: the latency policy of the co
 layer is fastest, and how fast a whole candidate model is) and ``merge="auto"`` of the exporter (is a
 factor chain faster merged back into one conv). The module is exported with the TorchScript exporter
 in eval mode, with one random input of the given shape, and timed with :func:`~.timing.measure` in the
-engine asked for (ONNX Runtime by default, or OpenVINO: the runtime the model will be deployed with).
+engine asked for (ONNX Runtime by default, or OpenVINO: the runtime the model will be deployed with), in
+fp32 or, quantized as the exporter quantizes, in int8.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from .engines import get_engine
+from .int8 import int8_bytes
 from .timing import measure
 
 __all__ = ["onnx_bytes", "time_module"]
@@ -53,8 +55,18 @@ def time_module(
     runs: int = 20,
     warmup: int = 5,
     engine: str = "onnxruntime",
+    precision: str = "fp32",
 ) -> float:
-    """Median latency (ms) of ``module`` in ``engine`` on a random input of ``input_shape`` (batch, C, *spatial)."""
-    runner = get_engine(engine).load(onnx_bytes(module, input_shape), device=device, threads=threads)
+    """Median latency (ms) of ``module`` in ``engine`` on a random input of ``input_shape`` (batch, C, *spatial).
+
+    ``precision="int8"`` times the module's int8 form: quantized as ``lowrank export --int8`` quantizes
+    (:func:`~.int8.int8_bytes`, calibrated on random inputs).
+    """
+    model = onnx_bytes(module, input_shape)
+    if precision == "int8":
+        model = int8_bytes(model, input_shape)
+    elif precision != "fp32":
+        raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
+    runner = get_engine(engine).load(model, device=device, threads=threads)
     feed = {"x": torch.randn(input_shape).numpy()}
     return measure(functools.partial(runner.run, feed), runs=runs, warmup=warmup).median_ms
