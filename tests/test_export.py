@@ -313,6 +313,24 @@ def test_merge_auto_decides_by_measured_latency():
     assert remaining == {d.name for d in decisions if not d.merged}
 
 
+def test_an_int8_export_decides_its_merges_on_int8_timings(tmp_path, monkeypatch):
+    import lowrank_tool.export.merge as merge_module
+
+    timed = []
+
+    def fake_time_module(module, shape, *, precision="fp32", **kwargs):
+        timed.append(precision)
+        return 1.0 if isinstance(module, LowRankConv) else 2.0  # factorised always wins: nothing merged
+
+    monkeypatch.setattr(merge_module, "time_module", fake_time_module)
+    model = lr.convert("resnet20", rank=0.5, input_size="3x16x16")
+    export_onnx(model, tmp_path / "i8.onnx", merge="auto", precision="int8", calib_data=[torch.randn(8, 3, 16, 16)])
+    assert timed and set(timed) == {"int8"}
+    timed.clear()
+    export_onnx(model, tmp_path / "f32.onnx", merge="auto", verify=False)
+    assert timed and set(timed) == {"fp32"}
+
+
 def test_merge_auto_without_input_sizes_keeps_factors():
     plan_less = lr.convert("resnet18", rank=0.3, input_size="3x32x32")
     delattr(plan_less, "_lowrank_plan")

@@ -11,6 +11,7 @@ threads, and keeps whichever is faster. Identical layers (same geometry, ranks a
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -51,6 +52,7 @@ def merge_factors(
     device: str = "cpu",
     runs: int = 30,
     warmup: int = 5,
+    precision: str = "fp32",
     progress: Callable[[int, int, str], None] | None = None,
 ) -> list[MergeDecision]:
     """Replace low-rank layers of ``model`` (in place) by the dense convs they compute.
@@ -65,6 +67,8 @@ def merge_factors(
         threads: ONNX Runtime intra-op threads for the timings (``auto``).
         device: ONNX Runtime device for the timings (``auto``).
         runs, warmup: timed and untimed calls per candidate (``auto``).
+        precision: what ``auto`` times, the precision the file will run in: ``fp32``, or ``int8`` (both forms
+            quantized as the exporter quantizes).
         progress: called as ``progress(done, total, layer_name)``.
 
     Returns:
@@ -99,10 +103,10 @@ def merge_factors(
                 if key not in cache:
                     factorised = copy.deepcopy(layer).float().eval()
                     dense = factorised.to_dense()
-                    cache[key] = (
-                        time_module(factorised, shape, device=device, threads=threads, runs=runs, warmup=warmup),
-                        time_module(dense, shape, device=device, threads=threads, runs=runs, warmup=warmup),
+                    timed = functools.partial(
+                        time_module, device=device, threads=threads, runs=runs, warmup=warmup, precision=precision
                     )
+                    cache[key] = (timed(factorised, shape), timed(dense, shape))
                 fact_ms, dense_ms = cache[key]
                 merged = dense_ms < fact_ms
                 if merged:

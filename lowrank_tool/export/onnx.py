@@ -407,7 +407,10 @@ def export_onnx(
     if merge != "none":
         note(f"merging factor chains ({merge})")
         fixed = 1 if batch == "dynamic" else int(batch)
-        decisions = merge_factors(work, merge, plan=plan, batch=fixed, threads=threads, device=device)
+        timed_in = "int8" if precision == "int8" else "fp32"  # (fp16 is a GPU setting: timed as fp32 on the CPU)
+        decisions = merge_factors(
+            work, merge, plan=plan, batch=fixed, threads=threads, device=device, precision=timed_in
+        )
     merged = [d.name for d in decisions if d.merged]
     work, args_typed, names = _typed_graph_io(work, args, task, precision, batch)
 
