@@ -9,6 +9,7 @@ It is printed as the summary table, saved as ``plan.json`` beside the weights, a
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -96,6 +97,7 @@ class LayerPlan:
             raise ValueError(f"{where}: ranks {entry.ranks!r} is not a list of positive integers")
         if entry.converted and entry.ranks is None:
             raise ValueError(f"{where}: format {entry.format!r} without ranks")
+        _check_fields(entry, where)
         return entry
 
 
@@ -198,6 +200,18 @@ class ConversionPlan:
             raise LowRankError(
                 f"{source}: input_size {size!r} is not 3 or 4 positive integers (C, H, W or C, T, H, W); re-create it with `lowrank convert -o DIR`"
             )
+        if not isinstance(data.get("notes", []), list) or not all(isinstance(n, str) for n in data.get("notes", [])):
+            raise LowRankError(f"{source}: notes must be a list of strings; re-create it with `lowrank convert -o DIR`")
+        for key in ("other_params", "other_macs"):
+            if not _is_int(data.get(key, 0)) or data.get(key, 0) < 0:
+                raise LowRankError(
+                    f"{source}: {key} {data.get(key)!r} is not a non-negative integer; re-create it with `lowrank convert -o DIR`"
+                )
+        toolkit_version = data.get("toolkit_version", "?")
+        if not isinstance(toolkit_version, str) or len(toolkit_version) > 64:
+            raise LowRankError(
+                f"{source}: toolkit_version is not a version string; re-create it with `lowrank convert -o DIR`"
+            )
         try:
             return cls(
                 base_model=dict(data["base_model"]),
@@ -208,7 +222,7 @@ class ConversionPlan:
                 other_params=int(data.get("other_params", 0)),
                 other_macs=int(data.get("other_macs", 0)),
                 schema_version=version,
-                toolkit_version=str(data.get("toolkit_version", "?")),
+                toolkit_version=toolkit_version,
                 notes=list(data.get("notes", [])),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -228,12 +242,13 @@ class ConversionPlan:
         if not path.is_file():
             raise LowRankError(f"{path} does not exist; point to a directory written by `lowrank convert -o DIR`")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LowRankError(
-                f"{path} is not valid JSON ({exc.__class__.__name__}); it is corrupt, re-create it with `lowrank convert -o DIR`"
-            ) from None
-        return cls.from_dict(data, source=str(path))
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            text = "\x00"  # not UTF-8: reported as not JSON below
+        return cls.from_dict(
+            parse_json(text, f"{path} is not valid JSON", "it is corrupt, re-create it with `lowrank convert -o DIR`"),
+            source=str(path),
+        )
 
 
 def plan_of(model: Any) -> ConversionPlan | None:
@@ -257,3 +272,60 @@ def attach_plan(model: Any, plan: ConversionPlan) -> Any:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_json(text: str, what: str, fix: str) -> Any:
+    """``json.loads`` of a file's text; anything it cannot read is one :class:`LowRankError` "``what`` (why); ``fix``".
+
+    Besides malformed JSON that is nesting deeper than Python's recursion limit and an integer longer than
+    Python converts (4300 digits): both would otherwise escape as a ``RecursionError`` / ``ValueError``.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        why = "nested too deeply"
+    except ValueError as exc:  # JSONDecodeError is one; so is an integer of too many digits
+        why = exc.__class__.__name__ if isinstance(exc, json.JSONDecodeError) else "a number too long to read"
+    raise LowRankError(f"{what} ({why}); {fix}")
+
+
+#: What each optional or typed field of a layer record may hold (beyond the integer fields checked above).
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _check_fields(entry: LayerPlan, where: str) -> None:
+    """The rest of a layer record's types: a plan file is data, and each of these is used as its type says."""
+
+    def bad(key: str, allowed: str) -> ValueError:
+        return ValueError(f"{where}: {key} {getattr(entry, key)!r} is not {allowed}")
+
+    if not isinstance(entry.name, str):
+        raise bad("name", "a string")
+    if entry.kind not in ("Conv1d", "Conv2d", "Conv3d"):
+        raise bad("kind", "Conv1d, Conv2d or Conv3d")
+    padding = entry.padding
+    if not (
+        padding in ("same", "valid") or (isinstance(padding, list) and all(_is_int(v) and v >= 0 for v in padding))
+    ):
+        raise bad("padding", "'same', 'valid' or a list of non-negative integers")
+    if entry.padding_mode not in _PADDING_MODES:
+        raise bad("padding_mode", "one of " + ", ".join(_PADDING_MODES))
+    for key in ("bias", "dynamic_same"):
+        if not isinstance(getattr(entry, key), bool):
+            raise bad(key, "true or false")
+    for key in ("params_before", "params_after", "macs_before", "macs_after"):
+        if not _is_int(getattr(entry, key)) or getattr(entry, key) < 0:
+            raise bad(key, "a non-negative integer")
+    for key in ("format", "rank_spec", "reason", "conv_class"):
+        if getattr(entry, key) is not None and not isinstance(getattr(entry, key), str):
+            raise bad(key, "a string")
+    for key in ("error", "latency_ms", "dense_latency_ms"):
+        value = getattr(entry, key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            raise bad(key, "a finite number")
+    for key in ("input_size", "output_size"):
+        value = getattr(entry, key)
+        if value is not None and (not isinstance(value, list) or not all(_is_int(v) and v >= 1 for v in value)):
+            raise bad(key, "a list of positive integers")

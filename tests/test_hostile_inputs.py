@@ -45,6 +45,19 @@ _PLAN_EDITS = {
     "model_factory": lambda d: d["base_model"].update(source="import", name="os:system"),
     "model_download": lambda d: d["base_model"]["kwargs"].update(weights="DEFAULT"),
     "layer_renamed": lambda d: _first_converted(d).update(name="nosuch.layer"),
+    "format_int": lambda d: _first_converted(d).update(format=5),
+    "padding_int": lambda d: _first_converted(d).update(padding=5),
+    "padding_mode_bogus": lambda d: _first_converted(d).update(padding_mode="bogus"),
+    "kind_linear": lambda d: _first_converted(d).update(kind="Linear"),
+    "bias_str": lambda d: _first_converted(d).update(bias="yes"),
+    "params_neg": lambda d: _first_converted(d).update(params_before=-1),
+    "macs_str": lambda d: _first_converted(d).update(macs_after="x"),
+    "error_str": lambda d: _first_converted(d).update(error="bad"),
+    "notes_int": lambda d: d.update(notes=["x", 5]),
+    "other_inf": lambda d: d.update(other_params=float("inf")),
+    "version_long": lambda d: d.update(toolkit_version="9" * 100_000),
+    # accepted (display-only values), but shown as text, never as markup
+    "markup": lambda d: (d["trace"].update(path="[/bold]"), d["policy"].update(rank="[/dim]", round_to="8")),
 }
 
 
@@ -86,7 +99,14 @@ def world(tmp_path_factory):
         data = json.loads((w / name / "plan.json").read_text())
         edit(data)
         (w / name / "plan.json").write_text(json.dumps(data))
-    for name, content in {"plan_notjson": "{not json", "plan_binary": "\x00\xff\xfe", "plan_list": "[]"}.items():
+    raw_plans = {
+        "plan_notjson": "{not json",
+        "plan_binary": "\x00\xff\xfe",
+        "plan_list": "[]",
+        "plan_deep": "[" * 100_000 + "]" * 100_000,
+        "plan_bigint": '{"kind": "lowrank_tool.plan", "schema_version": 1' + "0" * 5000 + "}",
+    }
+    for name, content in raw_plans.items():
         shutil.copytree(art, w / name)
         (w / name / "plan.json").write_text(content, errors="surrogateescape")
     shutil.copytree(art, w / "no_weights")
@@ -113,6 +133,8 @@ def world(tmp_path_factory):
     proto = onnx.load(str(w / "m.onnx"))
     next(p for p in proto.metadata_props if p.key == "lowrank_tool.plan").value = "{not json"
     onnx.save(proto, str(w / "badmeta.onnx"))
+    next(p for p in proto.metadata_props if p.key == "lowrank_tool.plan").value = "[" * 50_000 + "]" * 50_000
+    onnx.save(proto, str(w / "deepmeta.onnx"))
     return w
 
 
@@ -278,6 +300,27 @@ ROWS = [
     ("inspect-kwargs-bogus", "inspect {w}/bad_kwargs", 2, "unexpected keyword argument 'bogus'", []),
     ("inspect-kwargs-list", "inspect {w}/list_kwargs", 2, "must be a JSON object", []),
     ("inspect-ranks-abc", "inspect {w}/ranks_abc", 2, "ranks 'abc' is not a list of positive integers", []),
+    (
+        "convert-num-classes-huge",
+        "convert resnet20 --input-size 3x16x16 --num-classes 100000000000",
+        2,
+        "out of memory (an allocation of 23,841.9 GiB failed); use a smaller --batch",
+        [],
+    ),
+    ("inspect-plan-deep", "inspect {w}/plan_deep", 2, "is not valid JSON (nested too deeply)", []),
+    ("inspect-plan-bigint", "inspect {w}/plan_bigint", 2, "is not valid JSON (a number too long to read)", []),
+    ("inspect-format-int", "inspect {w}/format_int", 2, "format 5 is not a string", []),
+    ("inspect-padding-int", "inspect {w}/padding_int", 2, "padding 5 is not 'same', 'valid' or a list", []),
+    ("inspect-padding-mode", "inspect {w}/padding_mode_bogus", 2, "padding_mode 'bogus' is not one of zeros", []),
+    ("export-padding-mode", "export {w}/padding_mode_bogus --onnx {w}/pm.onnx", 2, "padding_mode 'bogus'", ["pm.onnx"]),
+    ("inspect-kind-linear", "inspect {w}/kind_linear", 2, "kind 'Linear' is not Conv1d, Conv2d or Conv3d", []),
+    ("inspect-bias-str", "inspect {w}/bias_str", 2, "bias 'yes' is not true or false", []),
+    ("inspect-params-neg", "inspect {w}/params_neg", 2, "params_before -1 is not a non-negative integer", []),
+    ("inspect-macs-str", "inspect {w}/macs_str", 2, "macs_after 'x' is not a non-negative integer", []),
+    ("inspect-error-str", "inspect {w}/error_str", 2, "error 'bad' is not a finite number", []),
+    ("inspect-notes-int", "inspect {w}/notes_int", 2, "notes must be a list of strings", []),
+    ("inspect-other-inf", "inspect {w}/other_inf", 2, "other_params inf is not a non-negative integer", []),
+    ("inspect-version-long", "inspect {w}/version_long", 2, "toolkit_version is not a version string", []),
     ("inspect-ranks-huge", "inspect {w}/ranks_huge", 2, "ranks [100000, 100000], but that layer takes", []),
     ("inspect-ranks-short", "inspect {w}/ranks_short", 2, "takes 2 rank(s)", []),
     ("inspect-ranks-zero", "inspect {w}/ranks_zero", 2, "is not a list of positive integers", []),
@@ -390,6 +433,7 @@ ROWS = [
         [],
     ),
     ("bench-plan-not-json", "bench {w}/badmeta.onnx --runs 1 --warmup 0", 2, "is not JSON", []),
+    ("bench-plan-deep", "bench {w}/deepmeta.onnx --runs 1 --warmup 0", 2, "is not JSON (nested too deeply)", []),
     # -- names and paths the file system cannot take ---------------------------------------------------------
     (
         "convert-name-too-long",
@@ -571,6 +615,31 @@ def test_hostile_input(world, cli, case, argv, code, fragment, absent):
         assert not (world / rel).exists(), f"{case}: {rel} was left behind"
     leftovers = [p.name for p in world.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
     assert not leftovers, f"{case}: temporary files left: {leftovers}"
+
+
+def test_lowrank_alone_prints_the_help_and_no_empty_error(cli):
+    code, out, err = cli()
+    assert code == 2 and "Usage: lowrank" in out + err and "error:" not in err
+
+
+def test_ctrl_c_during_the_demo_exits_130_without_a_traceback(cli, monkeypatch, tmp_path):
+    import lowrank_tool.analysis.compare as compare
+    from lowrank_tool.train.trainer import TrainingInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted("stopped by signal 2 at epoch 1, step 14")
+
+    monkeypatch.setattr(compare, "compare_dense_and_lowrank", interrupted)
+    code, out, err = cli("demo", "--epochs", "1", "-o", str(tmp_path / "demo"))
+    assert code == 130 and "Traceback" not in err + out and not (tmp_path / "demo").exists()
+
+
+def test_text_from_a_plan_is_shown_as_text_not_markup(world, cli):
+    code, out, err = cli("inspect", str(world / "markup"))
+    assert code == 0 and "Traceback" not in err
+    flat = " ".join(out.split())
+    assert "traced with [/bold]" in flat and "rank [/dim] = fraction" in flat
+    assert "rounded up to multiples" not in flat  # round_to "8" is not a number: no rounding claimed
 
 
 def test_the_console_script_gives_the_same_line(world):

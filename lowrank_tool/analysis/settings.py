@@ -175,7 +175,10 @@ def analysis_target(
     if path.suffix.lower() == ".onnx":
         return AnalysisTarget("onnx", check_onnx_file(path), spec)
     if not is_path:
-        refuse_unknown(target)
+        try:
+            refuse_unknown(target)
+        except LowRankError as exc:  # the same words as once the model is looked up (analysis/sources.py)
+            raise LowRankError(f"{exc}; no artifact directory or .onnx file named {target!r} exists either") from None
         return AnalysisTarget("name", path, spec)
     if path.exists() and not path.is_dir():
         raise LowRankError(

@@ -9,6 +9,7 @@ module level, so help and ``--version`` answer at once. ``tests/test_cli_startup
 from __future__ import annotations
 
 import importlib
+import re
 import signal
 import sys
 import threading
@@ -130,6 +131,8 @@ def main() -> None:
     except typer.Abort:
         sys.exit(130)
     except typer.TyperException as exc:  # click's usage errors: an unknown option, a value not among the choices
+        if not exc.format_message().strip():  # `lowrank` alone: the help was printed, nothing else to say
+            sys.exit(int(getattr(exc, "exit_code", 2)))
         fail(_usage_line(exc), code=int(getattr(exc, "exit_code", 2)))
     except LowRankError as exc:
         fail(_last_line(str(exc)))
@@ -140,10 +143,29 @@ def main() -> None:
         fail(f"{exc.strerror or first_line(exc)}{where}; check the path and its permissions")
     except KeyboardInterrupt:
         sys.exit(130)
+    except (MemoryError, RuntimeError) as exc:  # torch's allocator says "can't allocate memory" in a RuntimeError
+        if not (isinstance(exc, MemoryError) or _out_of_memory(str(exc))):
+            raise
+        fail(f"out of memory ({_allocation(exc)}); use a smaller --batch, --input-size, --image-size or --num-classes")
     finally:
         warnings.showwarning = previous
         if main_thread:
             signal.signal(signal.SIGTERM, previous_term)
+
+
+def _out_of_memory(message: str) -> bool:
+    """Whether a RuntimeError is an allocation that failed (torch's CPU and CUDA allocators)."""
+    return any(
+        words in message for words in ("can't allocate memory", "not enough memory", "out of memory", "Out of memory")
+    )
+
+
+def _allocation(exc: BaseException) -> str:
+    """What could not be allocated, in a few words."""
+    asked = re.search(r"allocate (\d+) bytes", str(exc))
+    if asked:
+        return f"an allocation of {int(asked.group(1)) / 2**30:,.1f} GiB failed"
+    return first_line(exc, with_type=False, limit=120) or type(exc).__name__
 
 
 def _last_line(message: str) -> str:

@@ -8,6 +8,7 @@ PyTorch) and times them in ONNX Runtime, back to back.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,17 +51,22 @@ def demo(
                 highlight=False,
             )
 
-    rows = compare_dense_and_lowrank(
-        model,
-        rank,
-        epochs=epochs,
-        image_size=image_size,
-        seed=seed,
-        output=output,
-        progress=chatty,
-        on_start=on_start,
-        on_epoch=on_epoch,
-    )
+    from ..train.trainer import TrainingInterrupted
+
+    try:
+        rows = compare_dense_and_lowrank(
+            model,
+            rank,
+            epochs=epochs,
+            image_size=image_size,
+            seed=seed,
+            output=output,
+            progress=chatty,
+            on_start=on_start,
+            on_epoch=on_epoch,
+        )
+    except TrainingInterrupted:  # Ctrl-C / SIGTERM: the demo's output directory is already removed
+        sys.exit(130)
     if json:
         print_json({"model": model, "data": "digits", "epochs": epochs, "image_size": image_size, "results": rows})
         return

@@ -33,7 +33,7 @@ def inspect(
     print_plan(plan, title=str(directory))
     size = (directory / WEIGHTS_FILE).stat().st_size
     console.print(
-        f"loaded {plan.base_model.get('name') or plan.base_model.get('class')}: {human(params)} parameters, "
+        f"loaded {str(plan.base_model.get('name') or plan.base_model.get('class'))[:120]}: {human(params)} parameters, "
         f"{WEIGHTS_FILE} {human(size, 'B')}, plan schema v{plan.schema_version} (lowrank-tool {plan.toolkit_version})",
         markup=False,
     )

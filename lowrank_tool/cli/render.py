@@ -13,6 +13,18 @@ if TYPE_CHECKING:
     from ..conversion_plan import ConversionPlan
 
 
+def clip(value: object, limit: int = 200) -> str:
+    """A value read from a file, as text safe to print: markup escaped, at most ``limit`` characters (rich wraps
+    one long unbroken word in time that grows with the square of its length)."""
+    text = str(value)
+    return escape(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _round_to(plan: ConversionPlan) -> int:
+    value = plan.policy.get("round_to", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+
 def rank_meaning(plan: ConversionPlan) -> str:
     policy = plan.policy
     rank = policy.get("rank")
@@ -22,11 +34,11 @@ def rank_meaning(plan: ConversionPlan) -> str:
     elif isinstance(rank, int):
         return f"rank {rank} = absolute rank in every factorised mode (capped at the mode's channels)"
     else:
-        head, r = f"rank {rank} = fraction of channels kept in each factorised mode", f"{rank}"
+        head, r = f"rank {clip(rank, 40)} = fraction of channels kept in each factorised mode", clip(rank, 40)
     return (
         f"{head}: tucker2 r_in=⌈{r}·C_in⌉, r_out=⌈{r}·C_out⌉; svd r=⌈{r}·min(C_out, C_in·k)⌉; "
         f"cp R=⌈{r}·min(C_in, C_out)⌉"
-        + (f"; rounded up to multiples of {policy['round_to']}" if policy.get("round_to", 1) > 1 else "")
+        + (f"; rounded up to multiples of {_round_to(plan)}" if _round_to(plan) > 1 else "")
     )
 
 
@@ -38,7 +50,7 @@ def rounding_note(plan: ConversionPlan) -> str | None:
     from ..convert.options import RankSpec
     from ..convert.rank import ranks_for
 
-    rank, round_to = plan.policy.get("rank"), plan.policy.get("round_to", 1)
+    rank, round_to = plan.policy.get("rank"), _round_to(plan)
     if not isinstance(rank, float) or round_to <= 1:
         return None
     raised = []
@@ -82,7 +94,7 @@ def plan_table(plan: ConversionPlan, title: str | None = None) -> Table:
             ",".join(map(str, layer.ranks)) if layer.ranks else "-",
             f"{human(layer.params_before)}→{human(layer.params_after)}",
             f"{human(layer.macs_before)}→{human(layer.macs_after)}",
-            escape(layer.reason or (f"err {layer.error:.2e}" if layer.error is not None else "")),
+            clip(layer.reason or (f"err {layer.error:.2e}" if layer.error is not None else "")),
             style=style,
         )
     t = plan.totals()
@@ -109,7 +121,7 @@ def print_plan(plan: ConversionPlan, title: str | None = None) -> None:
         f"[bold]params[/bold] {human(t['params_before'])} → {human(t['params_after'])} ({100 * t['params_ratio']:.1f}% kept, "
         f"{t['compression']:.2f}x)   [bold]MACs[/bold] {human(t['macs_before'])} → {human(t['macs_after'])} "
         f"({100 * t['macs_ratio']:.1f}% kept, {t['mac_reduction']:.2f}x)   per sample at {'x'.join(map(str, plan.input_size))}, "
-        f"traced with {plan.trace.get('path')}"
+        f"traced with {clip(plan.trace.get('path'), 40)}"
     )
     console.print(f"[dim]{rank_meaning(plan)}; MACs count conv and linear layers[/dim]")
     note = rounding_note(plan)
@@ -117,7 +129,7 @@ def print_plan(plan: ConversionPlan, title: str | None = None) -> None:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
     if plan.trace.get("path") == "hooks":
         console.print(
-            f"[dim]torch.fx could not trace the whole model ({escape(str(plan.trace.get('fx_error')))}); shapes came from forward hooks[/dim]"
+            f"[dim]torch.fx could not trace the whole model ({clip(plan.trace.get('fx_error'), 500)}); shapes came from forward hooks[/dim]"
         )
     for note in plan.notes:
-        console.print(f"[yellow]note:[/yellow] {escape(note)}")
+        console.print(f"[yellow]note:[/yellow] {clip(note, 1000)}")

@@ -46,7 +46,7 @@ from ..choices import (
     MIN_OPSET,
     PRECISIONS,
 )
-from ..conversion_plan import ConversionPlan, plan_of
+from ..conversion_plan import ConversionPlan, parse_json, plan_of
 from ..convert.api import parse_input_size
 from ..errors import LowRankError, first_line
 from ..models import example_input
@@ -300,12 +300,11 @@ def plan_from_onnx(path: str | os.PathLike[str]) -> ConversionPlan | None:
     text = read_metadata(path).get("plan")
     if not text:
         return None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        raise LowRankError(
-            f"{path}: the embedded plan (metadata {META_PREFIX}plan) is not JSON; re-export the model with `lowrank export`"
-        ) from None
+    data = parse_json(
+        text,
+        f"{path}: the embedded plan (metadata {META_PREFIX}plan) is not JSON",
+        "re-export the model with `lowrank export`",
+    )
     return ConversionPlan.from_dict(data, source=f"{path} metadata")
 
 
