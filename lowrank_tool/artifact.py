@@ -40,6 +40,7 @@ __all__ = [
     "SUMMARY_FILE",
     "atomic_file",
     "atomic_write_text",
+    "follow_umask",
     "write_error",
     "check_path",
     "check_artifact",
@@ -86,9 +87,9 @@ def write_error(path: Path, exc: BaseException) -> LowRankError:
         why = "No space left on device"  # torch.save and safetensors report a full disk in their own words
     else:
         why = f"write failed: {first_line(exc, with_type=False)}"
-    return LowRankError(
-        f"cannot write {path} ({why}); free some space or choose another directory — nothing was written"
-    )
+    space = why == "No space left on device" or "quota" in why.lower() or "too large" in why.lower()
+    fix = "free some space or choose another directory" if space else "choose another directory"
+    return LowRankError(f"cannot write {path} ({why}); {fix} — nothing was written")
 
 
 #: File-name and path limits of Linux and macOS file systems, in bytes.
@@ -217,6 +218,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give a file written by a library (safetensors writes 0600) the mode the user's umask says."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ Light (the standard library only), so that every command can check ``--input-siz
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Sequence
 
@@ -25,6 +26,12 @@ def parse_input_size(value: str | Sequence[int] | None) -> tuple[int, ...] | Non
             )
         dims = tuple(int(d) for d in text.split("x"))
     else:
+        if not isinstance(value, Sequence) or not all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in value
+        ):
+            raise LowRankError(
+                f"input size {value!r} must be 'CxHxW' or a list of 3 or 4 integers, e.g. 3x224x224 or [3, 224, 224]"
+            )
         dims = tuple(int(d) for d in value)
         if len(dims) not in (3, 4):
             raise LowRankError(f"input size {tuple(value)} must have 3 (C, H, W) or 4 (C, T, H, W) dimensions")

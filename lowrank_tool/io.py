@@ -17,7 +17,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ._version import __version__
-from .artifact import PLAN_FILE, WEIGHTS_FILE, atomic_directory, check_artifact, native_path
+from .artifact import PLAN_FILE, WEIGHTS_FILE, atomic_directory, check_artifact, follow_umask, native_path
 from .conversion_plan import ConversionPlan, attach_plan, plan_of
 from .convert.api import summary
 from .convert.apply import apply_plan
@@ -46,6 +46,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         plan.save(tmp / PLAN_FILE)
         save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "lowrank_tool": __version__})
+        follow_umask(tmp / WEIGHTS_FILE)
     return Path(directory)
 
 

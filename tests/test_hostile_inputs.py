@@ -94,6 +94,23 @@ def world(tmp_path_factory):
     (w / "list.yaml").write_text("- 1\n- 2\n")
     (w / "bad.yaml").write_text("model: [unclosed\n")
     (w / "unknown_key.yaml").write_text("model: resnet20\nepochs: 1\nbogus: 3\n")
+    bad_recipes = {
+        "convert_int": "convert: 5\n",
+        "convert_list": "convert: [1, 2]\n",
+        "key_int": "1: 2\n",
+        "dense_no": "dense: 'no'\n",
+        "output_int": "output: 5\n",
+        "exclude_int": "convert:\n  exclude: 5\n",
+        "input_int": "convert:\n  input_size: 5\n",
+        "input_words": "convert:\n  input_size: [3, a, 16]\n",
+        "layer_rank_int": "convert:\n  layer_rank: 5\n",
+        "milestones_int": "milestones: 5\n",
+        "grad_clip_inf": "grad_clip: .inf\n",
+        "deep": "convert: " + "[" * 5000 + "]" * 5000 + "\n",
+    }
+    for name, body in bad_recipes.items():
+        (w / f"r_{name}.yaml").write_text(f"model: resnet20\nepochs: 1\ndata: digits\n{body}")
+    (w / "r_latin1.yaml").write_bytes(b"\xff\xfemodel: resnet20\n")
     for name, edit in _PLAN_EDITS.items():
         shutil.copytree(art, w / name)
         data = json.loads((w / name / "plan.json").read_text())
@@ -109,6 +126,7 @@ def world(tmp_path_factory):
     for name, content in raw_plans.items():
         shutil.copytree(art, w / name)
         (w / name / "plan.json").write_text(content, errors="surrogateescape")
+    shutil.copytree(art, w / "art_self")  # a copy that the rows writing over their own input would destroy
     shutil.copytree(art, w / "no_weights")
     (w / "no_weights" / "model.safetensors").unlink()
     shutil.copytree(art, w / "bad_weights")
@@ -307,6 +325,42 @@ ROWS = [
         "out of memory (an allocation of 23,841.9 GiB failed); use a smaller --batch",
         [],
     ),
+    ("bench-threads-huge", "bench {w}/art --threads 99999", 2, "threads 99999 is more than 4x this machine's", []),
+    (
+        "export-threads-huge",
+        "export {w}/art --onnx {w}/t.onnx --merge auto --threads 99999",
+        2,
+        "threads 99999 is more than 4x",
+        ["t.onnx"],
+    ),
+    (
+        "convert-threads-huge",
+        "convert resnet20 --policy latency --threads 99999",
+        2,
+        "latency_threads 99999 is more than 4x",
+        [],
+    ),
+    (
+        "export-onto-its-own-plan",
+        "export {w}/art_self --onnx {w}/art_self/plan.json --force",
+        2,
+        "is a file of the artifact being exported",
+        [],
+    ),
+    (
+        "export-onto-its-own-weights",
+        "export {w}/art_self --onnx {w}/art_self/../art_self/model.safetensors --force",
+        2,
+        "is a file of the artifact being exported",
+        [],
+    ),
+    (
+        "convert-weights-inside-output",
+        "convert resnet20 --input-size 3x16x16 --weights {w}/art_self --init decompose -o {w}/art_self --force",
+        2,
+        "is inside the output directory",
+        [],
+    ),
     ("inspect-plan-deep", "inspect {w}/plan_deep", 2, "is not valid JSON (nested too deeply)", []),
     ("inspect-plan-bigint", "inspect {w}/plan_bigint", 2, "is not valid JSON (a number too long to read)", []),
     ("inspect-format-int", "inspect {w}/format_int", 2, "format 5 is not a string", []),
@@ -466,6 +520,93 @@ ROWS = [
     ),
     ("inspect-name-too-long", "inspect {w}/" + "n" * 300, 2, "File name too long", []),
     # -- train ---------------------------------------------------------------------------------------------------
+    (
+        "recipe-convert-int",
+        "train --recipe {w}/r_convert_int.yaml -o {w}/rrun",
+        2,
+        "convert must be a mapping of conversion options",
+        ["rrun"],
+    ),
+    (
+        "recipe-convert-list",
+        "train --recipe {w}/r_convert_list.yaml -o {w}/rrun",
+        2,
+        "convert must be a mapping",
+        ["rrun"],
+    ),
+    ("recipe-key-int", "train --recipe {w}/r_key_int.yaml -o {w}/rrun", 2, "key 1 is not a name", ["rrun"]),
+    (
+        "recipe-dense-no",
+        "train --recipe {w}/r_dense_no.yaml -o {w}/rrun",
+        2,
+        "dense 'no' must be true or false",
+        ["rrun"],
+    ),
+    (
+        "recipe-output-int",
+        "train --recipe {w}/r_output_int.yaml -o {w}/rrun",
+        2,
+        "output 5 must be a directory path",
+        ["rrun"],
+    ),
+    (
+        "recipe-exclude-int",
+        "train --recipe {w}/r_exclude_int.yaml -o {w}/rrun",
+        2,
+        "exclude 5 must be a layer name or a list",
+        ["rrun"],
+    ),
+    (
+        "recipe-input-int",
+        "train --recipe {w}/r_input_int.yaml -o {w}/rrun",
+        2,
+        "input size 5 must be 'CxHxW' or a list of 3 or 4 integers",
+        ["rrun"],
+    ),
+    (
+        "recipe-input-words",
+        "train --recipe {w}/r_input_words.yaml -o {w}/rrun",
+        2,
+        "input size [3, 'a', 16] must be 'CxHxW'",
+        ["rrun"],
+    ),
+    (
+        "recipe-layer-rank-int",
+        "train --recipe {w}/r_layer_rank_int.yaml -o {w}/rrun",
+        2,
+        "layer_rank 5 must be a list of NAME=RANK items",
+        ["rrun"],
+    ),
+    (
+        "recipe-milestones-int",
+        "train --recipe {w}/r_milestones_int.yaml -o {w}/rrun",
+        2,
+        "milestones 5 must be a list of epochs",
+        ["rrun"],
+    ),
+    (
+        "recipe-grad-clip-inf",
+        "train --recipe {w}/r_grad_clip_inf.yaml -o {w}/rrun",
+        2,
+        "grad_clip inf must be a finite positive number",
+        ["rrun"],
+    ),
+    ("recipe-deep", "train --recipe {w}/r_deep.yaml -o {w}/rrun", 2, "is nested too deeply", ["rrun"]),
+    ("recipe-latin1", "train --recipe {w}/r_latin1.yaml -o {w}/rrun", 2, "is not UTF-8 text", ["rrun"]),
+    (
+        "train-lr-huge",
+        "train {w}/art --data synthetic --lr 1e300",
+        2,
+        "lr 1e+300 must be a finite number from 0 to 1e+06",
+        ["art/metrics.jsonl"],
+    ),
+    (
+        "train-seed-huge",
+        "train {w}/art --data synthetic --seed 99999999999",
+        2,
+        "seed 99999999999 must be an integer from 0 to 4294967295",
+        ["art/metrics.jsonl"],
+    ),
     ("train-no-target", "train", 2, "give an artifact directory", []),
     ("train-missing-dir", "train {w}/nosuchdir --data synthetic", 2, "is not a directory", ["nosuchdir"]),
     ("train-data-unknown", "train {w}/art --data nosuch", 2, "unknown dataset 'nosuch'", ["art/metrics.jsonl"]),
@@ -498,14 +639,14 @@ ROWS = [
         "train-lr-neg",
         "train {w}/art --data synthetic --lr -1",
         2,
-        "must be a finite number >= 0",
+        "lr -1.0 must be a finite number from 0 to 1e+06",
         ["art/metrics.jsonl"],
     ),
     (
         "train-lr-nan",
         "train {w}/art --data synthetic --lr nan",
         2,
-        "must be a finite number >= 0",
+        "lr nan must be a finite number from 0 to 1e+06",
         ["art/metrics.jsonl"],
     ),
     ("train-batch-0", "train {w}/art --data synthetic --batch-size 0", 2, "batch_size 0", ["art/metrics.jsonl"]),
@@ -617,6 +758,15 @@ def test_hostile_input(world, cli, case, argv, code, fragment, absent):
     assert not leftovers, f"{case}: temporary files left: {leftovers}"
 
 
+def test_an_output_that_is_the_input_leaves_the_input_whole(world, cli, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(world / "art", art)
+    before = {name: (art / name).read_bytes() for name in ("plan.json", "model.safetensors")}
+    assert cli("export", art, "--onnx", art / "plan.json", "--force")[0] == 2
+    assert cli("convert", "resnet20", "--weights", art, "--init", "decompose", "-o", art, "--force")[0] == 2
+    assert {name: (art / name).read_bytes() for name in before} == before
+
+
 def test_lowrank_alone_prints_the_help_and_no_empty_error(cli):
     code, out, err = cli()
     assert code == 2 and "Usage: lowrank" in out + err and "error:" not in err
@@ -648,3 +798,37 @@ def test_the_console_script_gives_the_same_line(world):
         [sys.executable, "-m", "lowrank_tool", "inspect", str(world / "ranks_huge")], capture_output=True, text=True
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "that layer takes" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [(["--data", "bogus"], "bogus"), (["--device", "cuda"], "cuda"), (["--seed", "-1"], "seed")],
+    ids=["data", "device", "seed"],
+)
+def test_a_recipe_run_that_cannot_start_leaves_no_converted_artifact(cli, tmp_path, extra, fragment):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: resnet20\nconvert:\n  rank: 0.5\n  input_size: 3x16x16\nepochs: 1\ndata: digits\n")
+    code, out, err = cli("train", "--recipe", recipe, "-o", tmp_path / "run", "-q", *extra)
+    assert code == 2 and fragment in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    # and the same command, fixed, is not told that the directory already exists
+    assert "already exists" not in cli("train", "--recipe", recipe, "-o", tmp_path / "run", "--epochs", "0")[2]
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        ({"version": "abc"}, "version 'abc' is not an integer"),
+        ({"version": None}, "version 'None' is not an integer"),
+        ({"config": [1]}, "config '[1]' is not a mapping"),
+        ({"epoch": "x"}, "epoch 'x' is not an integer"),
+    ],
+    ids=["version-str", "version-none", "config-list", "epoch-str"],
+)
+def test_a_train_state_with_fields_of_the_wrong_type_is_refused_in_one_line(world, cli, tmp_path, edit, fragment):
+    art = tmp_path / "art"
+    shutil.copytree(world / "art", art)
+    torch.save({"version": 1, "model": {}, "epoch": 1, "config": {}} | edit, art / "train_state.pt")
+    code, out, err = cli("train", art, "--resume", "--data", "synthetic")
+    assert code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and fragment in err, err

@@ -1,6 +1,7 @@
 """Artifacts: plan.json + model.safetensors round trip, and every way a directory can be wrong."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -145,3 +146,17 @@ def test_save_creates_missing_parents_and_cleans_up_on_failure(artifact, tmp_pat
 def test_half_precision_model_converts():
     model = lr.convert(TinyNet().to(torch.bfloat16), rank=0.5, input_size=(3, 16, 16))
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_the_weights_file_gets_the_same_mode_as_the_plan(tmp_path):
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        lr.save(lr.convert("resnet20", rank=0.5, input_size="3x16x16"), tmp_path / "art")
+    finally:
+        os.umask(previous)
+    modes = {
+        name: stat.S_IMODE((tmp_path / "art" / name).stat().st_mode) for name in ("plan.json", "model.safetensors")
+    }
+    assert modes == {"plan.json": 0o644, "model.safetensors": 0o644}  # safetensors alone wrote 0600

@@ -85,6 +85,35 @@ def test_measurements_are_cached_per_machine(monkeypatch, tmp_path):
     assert len(list((tmp_path / "cache").glob("latency-*.json"))) == 2
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"[1, 2]", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000, b'{"k": "fast"}', b"not json"],
+    ids=["list", "not-utf8", "deep", "string-values", "text"],
+)
+def test_a_corrupt_cache_is_measured_again(monkeypatch, tmp_path, content):
+    measure, calls = fake_measure()
+    monkeypatch.setattr(latency, "measure_form", measure)
+    cache = latency.LatencyCache()
+    cache.path.parent.mkdir(parents=True, exist_ok=True)
+    cache.path.write_bytes(content)
+    plan = lr.plan("resnet20", rank=0.5, input_size="3x32x32", policy="latency")
+    assert plan.policy["latency_measured"] == len(calls) > 0
+
+
+def test_a_cached_time_that_is_not_a_positive_finite_number_is_measured_again(monkeypatch, tmp_path):
+    measure, calls = fake_measure()
+    monkeypatch.setattr(latency, "measure_form", measure)
+    lr.plan("resnet20", rank=0.5, input_size="3x32x32", policy="latency")
+    n = len(calls)
+    path = latency.LatencyCache().path
+    data = json.loads(path.read_text())
+    keys = sorted(data)
+    data[keys[0]], data[keys[1]], data[keys[2]] = float("nan"), -1.0, True
+    path.write_text(json.dumps(data))
+    again = lr.plan("resnet20", rank=0.5, input_size="3x32x32", policy="latency")
+    assert again.policy["latency_measured"] == 3 and len(calls) == n + 3
+
+
 def test_cpu_is_told_apart_by_its_instruction_set_not_only_its_name():
     avx2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t: avx512f\n"
     avx512 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma avx512f avx512bw avx512_vnni\n"

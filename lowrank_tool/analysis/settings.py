@@ -22,7 +22,7 @@ from ..errors import LowRankError
 from ..export.options import check_onnx_file
 from ..input_size import parse_input_size
 from ..model_names import refuse_unknown
-from ..runtime.engines import check_engine
+from ..runtime.engines import check_engine, check_threads
 from ..train.config import TrainConfig
 
 __all__ = ["BenchSettings", "bench_settings", "DEFAULT_REPEATS", "demo_configs", "AnalysisTarget", "analysis_target"]
@@ -64,6 +64,8 @@ def bench_settings(
     """
     batch_list = _parse_list(batches, "batch")
     thread_list = _parse_list(threads, "threads") if threads is not None else [os.cpu_count() or 1]
+    for n in thread_list:
+        check_threads(n)
     unknown = [e for e in engines if e not in ENGINES]
     if unknown or not engines:
         raise LowRankError(

@@ -14,7 +14,7 @@ import torch
 from ..conversion_plan import attach_plan
 from ..convert.api import plan
 from ..convert.options import RankSpec
-from ..errors import LowRankError
+from ..errors import LowRankError, first_line
 from ..export.onnx import load_onnx, plan_from_onnx
 from ..io import load
 from ..models import build_model, default_input_size, get_entry
@@ -91,13 +91,24 @@ def _onnx_spectra(path: Path, spec: RankSpec | None) -> tuple[list[LayerSpectrum
     for index, node in enumerate(n for n in proto.graph.node if n.op_type == "Conv"):
         if next((a.i for a in node.attribute if a.name == "group"), 1) != 1:
             continue
+        if len(node.input) < 2:
+            raise LowRankError(
+                f"{path}: Conv node {node.name or index!r} has no weight input; the file is not a valid ONNX model, "
+                "re-export it with `lowrank export`"
+            )
         init = inits.get(node.input[1])
         if init is None:
             computed += 1
             continue
         if len(init.dims) not in (4, 5):  # Conv1d: not a 2-D/3-D kernel
             continue
-        weight = torch.from_numpy(numpy_helper.to_array(init).astype("float64"))
+        try:
+            weight = torch.from_numpy(numpy_helper.to_array(init).astype("float64"))
+        except (ValueError, TypeError) as exc:  # dims that do not match the data, a weight stored as strings
+            raise LowRankError(
+                f"{path}: the weight {init.name[:80]!r} cannot be read ({first_line(exc, with_type=False, limit=120)}); "
+                "re-export the model with `lowrank export`"
+            ) from None
         name = _module_path(node.name) or (
             init.name.removesuffix(".weight") if not init.name.startswith("onnx::") else node.name or f"Conv_{index}"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable
 from enum import Enum
@@ -74,8 +75,23 @@ def human(n: float, unit: str = "") -> str:
 
 
 def print_json(data: object) -> None:
+    """``data`` as strict JSON on stdout: a NaN or infinity (an unmeasured value) is written as null."""
+    sys.stdout.write(json_text(data, indent=2) + "\n")
 
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+def json_text(data: object, indent: int | None = None) -> str:
+    """``data`` as strict JSON text: a NaN or infinity (an unmeasured value) is written as null."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def choices(name: str, values: Iterable[str]) -> type[Enum]:

@@ -100,6 +100,11 @@ def convert(
         rank = f"energy:{energy}"
     if rank is not None:  # a bad value is named first, before what it would need
         RankSpec.parse(rank, what="--energy" if energy is not None else "--rank")
+    if weights is not None and output is not None and _inside(weights, output):
+        raise LowRankError(
+            f"--weights {weights} is inside the output directory {output}, which the conversion replaces; "
+            "write the converted model to another -o DIR"
+        )
     if weights is not None and init.value != "decompose":
         raise LowRankError(
             "--weights are only used to decompose trained weights; add --init decompose (random init would discard them)"
@@ -176,3 +181,9 @@ def convert(
     if output is not None:
         out = escape(str(output))
         console.print(f"wrote [bold]{out}/plan.json[/bold] and [bold]{out}/model.safetensors[/bold]")
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether ``path`` is ``directory`` or lies in it (both resolved: links and ``..`` followed)."""
+    path, directory = path.resolve(), directory.resolve()
+    return path == directory or directory in path.parents

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..artifact import check_artifact
+from ..artifact import PLAN_FILE, WEIGHTS_FILE, check_artifact
 from ..choices import (
     DEFAULT_OPSET,
     EXPORTERS,
@@ -121,7 +121,7 @@ def export(
     lowrank export r50 --onnx r50.onnx --verify-with openvino
     """
     # arguments and paths are checked before torch is imported, so that a mistake is refused at once
-    from ..runtime.engines import parse_engines  # numpy, not torch
+    from ..runtime.engines import check_threads, parse_engines  # numpy, not torch
 
     if fp16 and int8:
         raise LowRankError("--fp16 and --int8 exclude each other; choose one precision")
@@ -139,9 +139,15 @@ def export(
     parse_input_size(input_size)
     if verify:
         parse_engines(verify_with)  # an unknown or missing engine is refused before the export starts
+    if threads is not None:
+        check_threads(threads)
     if check_output_path(onnx).exists() and not force:
         raise LowRankError(f"{onnx} already exists; choose another --onnx file or pass --force to replace it")
     check_artifact(directory)
+    if onnx.resolve() in {(directory / name).resolve() for name in (PLAN_FILE, WEIGHTS_FILE)}:
+        raise LowRankError(
+            f"{onnx} is a file of the artifact being exported; choose an --onnx path outside {directory}'s plan and weights"
+        )
     from ..data import DataSpec  # its dataset records need torch
     from ..export.onnx import export_onnx
     from ..io import load

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +16,7 @@ from rich.markup import escape
 
 from ..choices import AMP_MODES, DEEPTWIST_LOWERINGS, DEVICES, MEMORY_FORMATS, OPTIMIZERS, ORTH_KINDS, SCHEDULES
 from ..errors import LowRankError
-from ._common import TRUST_CODE_HELP, choices, console, err_console, fail, human
+from ._common import TRUST_CODE_HELP, choices, console, err_console, fail, human, json_text
 
 Optim = choices("Optim", OPTIMIZERS)
 Schedule = choices("Schedule", SCHEDULES)
@@ -233,73 +236,75 @@ def train(
     from ..train.run import train_artifact
     from ..train.trainer import TrainingDiverged, TrainingInterrupted
 
-    if convert_recipe:
-        _convert_recipe(rec, directory, force=force, under_torchrun=under_torchrun, trust_code=trust_code)
-    if resume:
-        base.update(load_train_state(directory / STATE_FILE)["config"])
-        config = TrainConfig.from_dict({**base, **given}, source="lowrank train")
+    with contextlib.ExitStack() as cleanup:
+        if convert_recipe:
+            created = not directory.exists()
+            _convert_recipe(rec, directory, force=force, under_torchrun=under_torchrun, trust_code=trust_code)
+            if created:  # a run that cannot start (bad --data, --device, --seed ...) leaves nothing behind
+                cleanup.enter_context(_removed_unless_started(directory))
+        if resume:
+            base.update(load_train_state(directory / STATE_FILE)["config"])
+            config = TrainConfig.from_dict({**base, **given}, source="lowrank train")
 
-    if nproc > 1 and not under_torchrun:
-        argv = ["train", str(directory), *_flags(given)]
-        argv += (["--recipe", str(recipe)] if recipe is not None else []) + (["--resume"] if resume else [])
-        argv += (
-            (["--force"] if force and recipe is None else [])
-            + (["--quiet"] if quiet else [])
-            + (["--json"] if json else [])
-        )
-        argv += ["--trust-code"] if trust_code else []
-        sys.exit(_launch(nproc, argv))
+        if nproc > 1 and not under_torchrun:
+            argv = ["train", str(directory), *_flags(given)]
+            argv += (["--recipe", str(recipe)] if recipe is not None else []) + (["--resume"] if resume else [])
+            argv += (
+                (["--force"] if force and recipe is None else [])
+                + (["--quiet"] if quiet else [])
+                + (["--json"] if json else [])
+            )
+            argv += ["--trust-code"] if trust_code else []
+            sys.exit(_launch(nproc, argv))
 
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+        rank0 = int(os.environ.get("RANK", "0")) == 0
 
-    def on_epoch(record: dict[str, Any]) -> None:
+        def on_epoch(record: dict[str, Any]) -> None:
+            if json:
+                print_json_line(record)
+            elif not quiet:
+                top5 = f"  top5 {record['val_top5']:5.1f}%" if record["val_top5"] == record["val_top5"] else ""
+                orth_txt = f"  orth {record['orth_penalty']:.3g}" if config.method == "elrt" else ""
+                console.print(
+                    f"epoch {record['epoch'] + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+                    f"val top1 {record['val_top1']:5.1f}%{top5}{orth_txt}  lr {record['lr']:.3g}  "
+                    f"{record['epoch_seconds']:.1f}s  {record['images_per_s']:,.0f} img/s",
+                    highlight=False,
+                )
+
+        try:
+            _, summary = train_artifact(
+                directory, config, resume=resume, progress=not (quiet or json), on_epoch=on_epoch, trust_code=trust_code
+            )
+        except TrainingInterrupted as exc:
+            if rank0:
+                err_console.print(
+                    f"interrupted: {exc}; state saved in {directory}; continue with `lowrank train {directory} --resume`",
+                    markup=False,
+                )
+            sys.exit(130)
+        except TrainingDiverged as exc:
+            if rank0:
+                fail(str(exc), code=1)
+            sys.exit(1)
+        if not rank0:
+            return
         if json:
-            print_json_line(record)
-        elif not quiet:
-            top5 = f"  top5 {record['val_top5']:5.1f}%" if record["val_top5"] == record["val_top5"] else ""
-            orth_txt = f"  orth {record['orth_penalty']:.3g}" if config.method == "elrt" else ""
+            print_json_line(summary)
+        else:
             console.print(
-                f"epoch {record['epoch'] + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
-                f"val top1 {record['val_top1']:5.1f}%{top5}{orth_txt}  lr {record['lr']:.3g}  "
-                f"{record['epoch_seconds']:.1f}s  {record['images_per_s']:,.0f} img/s",
+                "[bold]done[/bold] "
+                + escape(
+                    f"{summary['model']} ({summary['method']}) on {summary['data']}: best top1 {summary['best_top1']:.2f}% "
+                    f"(epoch {summary['best_epoch'] + 1}), last {summary['last_top1']:.2f}%, {human(summary['params'])} params, "
+                    f"{human(summary['macs'])} MACs, {summary['wall_seconds']:.1f}s; results in {directory}"
+                ),
                 highlight=False,
             )
 
-    try:
-        _, summary = train_artifact(
-            directory, config, resume=resume, progress=not (quiet or json), on_epoch=on_epoch, trust_code=trust_code
-        )
-    except TrainingInterrupted as exc:
-        if rank0:
-            err_console.print(
-                f"interrupted: {exc}; state saved in {directory}; continue with `lowrank train {directory} --resume`",
-                markup=False,
-            )
-        sys.exit(130)
-    except TrainingDiverged as exc:
-        if rank0:
-            fail(str(exc), code=1)
-        sys.exit(1)
-    if not rank0:
-        return
-    if json:
-        print_json_line(summary)
-    else:
-        console.print(
-            "[bold]done[/bold] "
-            + escape(
-                f"{summary['model']} ({summary['method']}) on {summary['data']}: best top1 {summary['best_top1']:.2f}% "
-                f"(epoch {summary['best_epoch'] + 1}), last {summary['last_top1']:.2f}%, {human(summary['params'])} params, "
-                f"{human(summary['macs'])} MACs, {summary['wall_seconds']:.1f}s; results in {directory}"
-            ),
-            highlight=False,
-        )
-
 
 def print_json_line(data: dict[str, Any]) -> None:
-    import json as _json
-
-    sys.stdout.write(_json.dumps(data) + "\n")
+    sys.stdout.write(json_text(data) + "\n")
     sys.stdout.flush()
 
 
@@ -347,3 +352,16 @@ def _convert_recipe(rec: Any, directory: Path, *, force: bool, under_torchrun: b
         )
     model = convert(rec.model, num_classes=rec.num_classes, dense=rec.dense, **rec.convert)
     save(model, directory, overwrite=force)
+
+
+@contextlib.contextmanager
+def _removed_unless_started(directory: Path) -> Iterator[None]:
+    """Remove the artifact this command converted if the run fails before its first training state is saved."""
+    from ..artifact import STATE_FILE
+
+    try:
+        yield
+    except BaseException:
+        if not (directory / STATE_FILE).exists():
+            shutil.rmtree(directory, ignore_errors=True)
+        raise

@@ -83,10 +83,7 @@ class LatencyCache:
         if path is None:
             path = cache_dir() / f"latency-{_machine_key()}.json"
         self.path = Path(path)
-        try:
-            self.data: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        except (OSError, json.JSONDecodeError):
-            self.data = {}  # a corrupt cache is only a cache: measure again
+        self.data: dict[str, float] = _read_timings(self.path)
         self.hits = self.misses = 0
 
     def get(self, key: str) -> float | None:
@@ -106,6 +103,21 @@ class LatencyCache:
             atomic_write_text(self.path, json.dumps(self.data, indent=0, sort_keys=True))
         except OSError:
             pass  # read-only home: the measurements are simply not kept
+
+
+def _read_timings(path: Path) -> dict[str, float]:
+    """The cache's timings; a corrupt cache is only a cache: whatever is not a positive finite time is measured again."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8 or JSON, nested past the recursion limit
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        key: float(value)
+        for key, value in data.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    }
 
 
 def _module(g: ConvGeometry, fmt: str, ranks: tuple[int, ...] | None) -> nn.Module:

@@ -27,6 +27,7 @@ from ..choices import (
 )
 from ..errors import LowRankError
 from ..input_size import parse_input_size
+from ..runtime.engines import check_threads
 from .select import parse_layer_rank
 
 __all__ = ["RankSpec", "ConvertOptions", "option_help"]
@@ -257,6 +258,8 @@ class ConvertOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise LowRankError(f"{name} {value!r} must be a positive integer")
+        if self.latency_threads is not None:
+            check_threads(self.latency_threads, "latency_threads")
         if self.format not in FORMAT_CHOICES:
             raise LowRankError(f"unknown format {self.format!r}; expected one of {', '.join(FORMAT_CHOICES)}")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
@@ -273,6 +276,10 @@ class ConvertOptions:
             )
         if isinstance(self.exclude, str):
             self.exclude = [self.exclude]
+        if not isinstance(self.exclude, Sequence) or not all(isinstance(x, str) for x in self.exclude):
+            raise LowRankError(
+                f"exclude {self.exclude!r} must be a layer name or a list of names / 're:REGEX' patterns"
+            )
         self.exclude = list(self.exclude)
         layer_rank: dict[str, Any] = parse_layer_rank(self.layer_rank)
         self.layer_rank = layer_rank

@@ -55,6 +55,8 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         raise LowRankError(f"{path} is a directory; give a file name such as {path / 'model.onnx'}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
+        if parent.exists():
+            raise LowRankError(f"cannot write {path}: {parent} is a file, not a directory; choose another path")
         raise LowRankError(f"cannot write {path}: directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise LowRankError(f"cannot write {path}: directory {parent} is not writable; choose another path")

@@ -27,6 +27,7 @@ import torch
 
 from ..choices import DEVICES, RUNTIME_DEVICES
 from ..errors import LowRankError, LowRankWarning, first_line
+from .engines import check_threads
 
 __all__ = ["DEVICES", "RUNTIME_DEVICES", "providers_for", "make_session", "provider_name"]
 
@@ -132,8 +133,8 @@ def make_session(
     opts = ort.SessionOptions()
     opts.log_severity_level = _ERROR
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise LowRankError(f"threads must be a positive integer, got {threads!r}")
+    if threads is not None:
+        check_threads(threads)
     providers = providers_for(device)  # checked before the process's pool is made: a refusal changes nothing
     if shared_pool or _shared_pool_threads is not None:
         _use_shared_pool(ort, threads)

@@ -15,6 +15,7 @@ read back with ``torch.load(weights_only=True)``: tensors and plain containers o
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,9 @@ def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> di
             f"{path} does not exist; --resume needs a run that saved a train state (train it once without --resume)"
         )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a file it is about to refuse
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         first = first_line(exc, with_type=False, limit=160)
         raise LowRankError(
@@ -86,7 +89,18 @@ def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> di
         ) from None
     if not isinstance(state, dict) or "version" not in state or "model" not in state:
         raise LowRankError(f"{path} is not a lowrank_tool train state; delete it and train without --resume")
-    if int(state["version"]) > STATE_VERSION:
+    for key, kind, what in (
+        ("version", int, "an integer"),
+        ("epoch", int, "an integer"),
+        ("step_in_epoch", int, "an integer"),
+        ("config", dict, "a mapping"),
+    ):
+        value = state.get(key)
+        if key in state and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise LowRankError(
+                f"{path}: {key} {str(value)[:40]!r} is not {what}; the train state is corrupt, delete it and train without --resume"
+            )
+    if state["version"] > STATE_VERSION:
         raise LowRankError(
             f"{path} has train-state version {state['version']}, newer than this lowrank-tool reads; upgrade with `pip install -U lowrank-tool`"
         )

@@ -29,6 +29,11 @@ from ..methods.registry import list_methods
 __all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "DEVICES", "MEMORY_FORMATS"]
 
 
+#: The largest value a numeric training setting (lr, momentum, weight decay ...) may take: each is used as a
+#: float32 tensor value, and 1e300 (a typo) ended in an overflow traceback mid-run.
+MAX_HYPERPARAMETER = 1e6
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one training run.
@@ -145,14 +150,27 @@ class TrainConfig:
         ):
             value = getattr(self, name)
             need(
-                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
-                f"{name} {value!r} must be a finite number >= 0",
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and 0 <= value <= MAX_HYPERPARAMETER,
+                f"{name} {value!r} must be a finite number from 0 to {MAX_HYPERPARAMETER:g}",
             )
+        need(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**32,
+            f"seed {self.seed!r} must be an integer from 0 to {2**32 - 1}",
+        )
         need(self.lr > 0, f"lr {self.lr} must be > 0, e.g. 0.1 for SGD or 1e-3 for AdamW")
         need(self.label_smoothing < 1, f"label_smoothing {self.label_smoothing} must be in [0, 1)")
         need(
-            self.grad_clip is None or (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0),
-            f"grad_clip {self.grad_clip!r} must be a positive number or omitted",
+            self.grad_clip is None
+            or (
+                isinstance(self.grad_clip, (int, float))
+                and not isinstance(self.grad_clip, bool)
+                and math.isfinite(self.grad_clip)
+                and self.grad_clip > 0
+            ),
+            f"grad_clip {self.grad_clip!r} must be a finite positive number or omitted",
         )
         for name, allowed in (
             ("optimizer", OPTIMIZERS),
@@ -164,6 +182,10 @@ class TrainConfig:
             value = getattr(self, name)
             need(value in allowed, f"{name} {value!r} is not known; expected one of {', '.join(allowed)}")
         need(self.warmup_epochs <= self.epochs, f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
+        need(
+            isinstance(self.milestones, (list, tuple)),
+            f"milestones {self.milestones!r} must be a list of epochs, e.g. [30, 60]",
+        )
         need(
             all(isinstance(m, int) and 0 < m <= self.epochs for m in self.milestones),
             f"milestones {self.milestones} must be epochs in 1..{self.epochs}",

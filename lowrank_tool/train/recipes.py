@@ -71,24 +71,38 @@ def load_recipe(path: str | Path) -> Recipe:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise LowRankError(f"recipe {path} is not valid YAML ({first_line(exc, with_type=False)})") from None
+    except UnicodeDecodeError:
+        raise LowRankError(f"recipe {path} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except RecursionError:
+        raise LowRankError(f"recipe {path} is nested too deeply to be a recipe; see recipes/ for examples") from None
     if not isinstance(data, dict) or "model" not in data:
         raise LowRankError(f"recipe {path} must be a mapping with at least a 'model' key (e.g. model: resnet20)")
     known = list(_TOP_KEYS) + TrainConfig.keys()
     for key in data:
+        if not isinstance(key, str):
+            raise LowRankError(f"recipe {path}: key {key!r} is not a name; allowed: {', '.join(known)}")
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise LowRankError(f"recipe {path}: unknown key {key!r}{hint}; allowed: {', '.join(known)}")
-    convert = dict(data.get("convert") or {})
+    convert = data.get("convert") or {}
+    if not isinstance(convert, dict):
+        raise LowRankError(
+            f"recipe {path}: convert must be a mapping of conversion options (e.g. convert: {{rank: 0.3}}), got {convert!r}"
+        )
+    if data.get("output") is not None and not isinstance(data["output"], str):
+        raise LowRankError(f"recipe {path}: output {data['output']!r} must be a directory path (a string)")
+    if not isinstance(data.get("dense", False), bool):
+        raise LowRankError(f"recipe {path}: dense {data['dense']!r} must be true or false")
     for key in convert:
         if key not in CONVERT_KEYS:
             raise LowRankError(f"recipe {path}: unknown convert key {key!r}; allowed: {', '.join(CONVERT_KEYS)}")
     recipe = Recipe(
         model=str(data["model"]),
         num_classes=data.get("num_classes"),
-        convert=convert,
+        convert=dict(convert),
         output=data.get("output"),
-        dense=bool(data.get("dense", False)),
+        dense=data.get("dense", False),
         train={k: v for k, v in data.items() if k in TrainConfig.keys()},
         source=f"recipe {path}",
     )
