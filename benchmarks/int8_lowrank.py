@@ -176,13 +176,13 @@ def _time_four(files: dict[str, Path], engine: str, batch: int, args: argparse.N
 def _conversion(args: argparse.Namespace) -> dict[str, Any]:
     """The low-rank model's conversion options beyond the rank."""
     out: dict[str, Any] = {} if args.round_to is None else {"round_to": args.round_to}
-    if args.policy == "latency":
+    if getattr(args, "policy", "rank") == "latency":  # (openvino_profile.py reuses this without the option)
         out |= {"policy": "latency", "latency_precision": args.latency_precision, "latency_threads": args.threads}
     return out
 
 
 def _policy(args: argparse.Namespace) -> str:
-    return "rank" if args.policy == "rank" else f"latency ({args.latency_precision})"
+    return "rank" if getattr(args, "policy", "rank") == "rank" else f"latency ({args.latency_precision})"
 
 
 def _accuracy(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:

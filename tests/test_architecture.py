@@ -24,7 +24,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("lowrank_tool._version", "lowrank_tool.errors", "lowrank_tool.choices", "lowrank_tool._lazy")),
     (
         "helpers",
-        ("lowrank_tool.artifact", "lowrank_tool.linalg", "lowrank_tool.input_size", "lowrank_tool.model_names"),
+        (
+            "lowrank_tool.artifact",
+            "lowrank_tool.linalg",
+            "lowrank_tool.input_size",
+            "lowrank_tool.model_names",
+            "lowrank_tool.threads",
+        ),
     ),
     ("layers", ("lowrank_tool.layers",)),
     ("the plan", ("lowrank_tool.conversion_plan",)),
@@ -252,6 +258,6 @@ def test_convert_help_comes_from_the_options():
     }
     params = {p.name: p for p in load_command("convert").params}
     shown = [name for name in fields if name != "model_kwargs"]
-    assert len(shown) == 19
+    assert len(shown) == 20
     for name in shown:
         assert params[cli_name.get(name, name)].help == option_help(name), name

@@ -54,7 +54,7 @@ def test_every_option_has_help_and_the_docstring_points_there():
     import dataclasses
 
     fields = [f for f in dataclasses.fields(lr.ConvertOptions) if f.init]
-    assert len(fields) == 20
+    assert len(fields) == 21
     assert all(len(lr.option_help(f.name)) > 20 for f in fields)
     with pytest.raises(KeyError):
         lr.option_help("rank_spec")  # derived, not an option

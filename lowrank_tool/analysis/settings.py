@@ -22,7 +22,8 @@ from ..errors import LowRankError
 from ..export.options import check_onnx_file
 from ..input_size import parse_input_size
 from ..model_names import refuse_unknown
-from ..runtime.engines import check_engine, check_threads
+from ..runtime.engines import check_engine
+from ..threads import check_threads
 from ..train.config import TrainConfig
 
 __all__ = ["BenchSettings", "bench_settings", "DEFAULT_REPEATS", "demo_configs", "AnalysisTarget", "analysis_target"]

@@ -121,7 +121,8 @@ def export(
     lowrank export r50 --onnx r50.onnx --verify-with openvino
     """
     # arguments and paths are checked before torch is imported, so that a mistake is refused at once
-    from ..runtime.engines import check_threads, parse_engines  # numpy, not torch
+    from ..runtime.engines import parse_engines  # numpy, not torch
+    from ..threads import check_threads
 
     if fp16 and int8:
         raise LowRankError("--fp16 and --int8 exclude each other; choose one precision")

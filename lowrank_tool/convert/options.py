@@ -27,7 +27,7 @@ from ..choices import (
 )
 from ..errors import LowRankError
 from ..input_size import parse_input_size
-from ..runtime.engines import check_threads
+from ..threads import check_threads
 from .select import parse_layer_rank
 
 __all__ = ["RankSpec", "ConvertOptions", "option_help"]

@@ -27,7 +27,7 @@ import torch
 
 from ..choices import DEVICES, RUNTIME_DEVICES
 from ..errors import LowRankError, LowRankWarning, first_line
-from .engines import check_threads
+from ..threads import check_threads
 
 __all__ = ["DEVICES", "RUNTIME_DEVICES", "providers_for", "make_session", "provider_name"]
 

@@ -31,7 +31,7 @@ __all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "DEVICES", "ME
 
 #: The largest value a numeric training setting (lr, momentum, weight decay ...) may take: each is used as a
 #: float32 tensor value, and 1e300 (a typo) ended in an overflow traceback mid-run.
-MAX_HYPERPARAMETER = 1e6
+MAX_HYPERPARAMETER = 1e30
 
 
 @dataclass
