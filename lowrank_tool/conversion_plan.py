@@ -182,7 +182,7 @@ class ConversionPlan:
                 f'{source} is not a lowrank_tool plan (no "kind": "{_KIND}"); point to a directory written by `lowrank convert -o DIR`'
             )
         version = data.get("schema_version")
-        if not isinstance(version, int):
+        if not _is_int(version):
             raise LowRankError(
                 f"{source} has no integer schema_version; it is corrupt, re-create it with `lowrank convert -o DIR`"
             )
