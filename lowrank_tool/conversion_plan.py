@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._version import __version__
 from .artifact import atomic_write_text
@@ -270,7 +270,7 @@ def attach_plan(model: Any, plan: ConversionPlan) -> Any:
     return model
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
