@@ -124,12 +124,12 @@ def check_artifact(directory: str | os.PathLike[str]) -> Path:
         raise LowRankError(f"{directory} is not a directory; point to a directory written by `lowrank convert -o DIR`")
     plan = directory / PLAN_FILE
     if not plan.is_file():
-        raise LowRankError(f"{plan} does not exist; point to a directory written by `lowrank convert -o DIR`")
+        what = "is not a file" if plan.exists() else "does not exist"
+        raise LowRankError(f"{plan} {what}; point to a directory written by `lowrank convert -o DIR`")
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
-        raise LowRankError(
-            f"{weights} does not exist; the artifact is incomplete, re-create it with `lowrank convert -o DIR`"
-        )
+        what = "is not a file" if weights.exists() else "does not exist"
+        raise LowRankError(f"{weights} {what}; the artifact is incomplete, re-create it with `lowrank convert -o DIR`")
     return directory
 
 

@@ -132,6 +132,9 @@ def world(tmp_path_factory):
     (w / "no_weights" / "model.safetensors").unlink()
     shutil.copytree(art, w / "bad_weights")
     (w / "bad_weights" / "model.safetensors").write_bytes(b"not safetensors")
+    shutil.copytree(art, w / "weights_dir")
+    (w / "weights_dir" / "model.safetensors").unlink()
+    (w / "weights_dir" / "model.safetensors").mkdir()
     shutil.copytree(art, w / "no_plan")
     (w / "no_plan" / "plan.json").unlink()
     (w / "file_not_dir").write_text("x")
@@ -154,6 +157,9 @@ def world(tmp_path_factory):
     onnx.save(proto, str(w / "badmeta.onnx"))
     next(p for p in proto.metadata_props if p.key == "lowrank_tool.plan").value = "[" * 50_000 + "]" * 50_000
     onnx.save(proto, str(w / "deepmeta.onnx"))
+    proto = onnx.load(str(w / "m.onnx"))
+    next(p for p in proto.metadata_props if p.key == "lowrank_tool.input_size").value = "abc"
+    onnx.save(proto, str(w / "badsize.onnx"))
     return w
 
 
@@ -363,6 +369,8 @@ ROWS = [
         "is inside the output directory",
         [],
     ),
+    ("inspect-weights-dir", "inspect {w}/weights_dir", 2, "model.safetensors is not a file", []),
+    ("bench-metadata-size", "bench {w}/badsize.onnx --runs 1 --warmup 0", 2, "badsize.onnx's metadata gives", []),
     ("inspect-plan-deep", "inspect {w}/plan_deep", 2, "is not valid JSON (nested too deeply)", []),
     ("inspect-plan-bigint", "inspect {w}/plan_bigint", 2, "is not valid JSON (a number too long to read)", []),
     ("inspect-format-int", "inspect {w}/format_int", 2, "format 5 is not a string", []),

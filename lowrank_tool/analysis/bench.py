@@ -340,6 +340,13 @@ def bench(
                 report_notes.append(f"{target.name} is {file_precision}; the dense model and PyTorch eager run in fp32")
             if input_size is None and meta.get("input_size"):
                 input_size = meta["input_size"]
+                try:
+                    parse_input_size(input_size)
+                except LowRankError:
+                    raise LowRankError(
+                        f"{target.name}'s metadata gives the input size {str(input_size)[:40]!r}, which is malformed; "
+                        "pass --input-size CxHxW or re-export the file with `lowrank export`"
+                    ) from None
         size = parse_input_size(input_size) or (tuple(plan.input_size) if plan is not None else None)
         if size is None:
             raise LowRankError(f"no input size known for {target}; pass --input-size CxHxW")
