@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .errors import LowRankError
 
@@ -26,13 +26,12 @@ def parse_input_size(value: str | Sequence[int] | None) -> tuple[int, ...] | Non
             )
         dims = tuple(int(d) for d in text.split("x"))
     else:
-        if not isinstance(value, Sequence) or not all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in value
-        ):
+        items = list(value) if isinstance(value, Iterable) and not isinstance(value, (bytes, Mapping)) else None
+        if items is None or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in items):
             raise LowRankError(
                 f"input size {value!r} must be 'CxHxW' or a list of 3 or 4 integers, e.g. 3x224x224 or [3, 224, 224]"
             )
-        dims = tuple(int(d) for d in value)
+        dims = tuple(int(d) for d in items)
         if len(dims) not in (3, 4):
             raise LowRankError(f"input size {tuple(value)} must have 3 (C, H, W) or 4 (C, T, H, W) dimensions")
     if any(d < 1 for d in dims):

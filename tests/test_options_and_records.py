@@ -105,3 +105,14 @@ def test_old_data_module_path_still_imports_with_a_deprecation_warning():
         old = importlib.import_module("lowrank_tool.train.data")
     assert old.build_loaders is importlib.import_module("lowrank_tool.data").build_loaders
     assert any(issubclass(w.category, DeprecationWarning) and "lowrank_tool.data" in str(w.message) for w in caught)
+
+
+def test_an_input_size_is_a_string_or_integers_and_nothing_else():
+    import numpy as np
+
+    from lowrank_tool.input_size import parse_input_size
+
+    assert parse_input_size(np.array([3, 32, 32])) == parse_input_size(torch.Size([3, 32, 32])) == (3, 32, 32)
+    for bad in (5, [3, "a", 16], [3.0, 32, 32], {"c": 3}, [True, 32, 32]):
+        with pytest.raises(LowRankError, match="must be 'CxHxW' or a list of 3 or 4 integers"):
+            parse_input_size(bad)
