@@ -67,10 +67,13 @@ def names_file() -> Path:
 
 def remember(names: Iterable[str]) -> None:
     """Write the full list of names (quietly does nothing where the cache cannot be written)."""
+    listed = sorted(set(names))
+    if _remembered() == listed:
+        return  # every command looks the names up once: write only what changed
     try:
         path = names_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(sorted(set(names))))
+        atomic_write_text(path, json.dumps(listed))
     except (OSError, LowRankError):
         pass  # read-only home, a full disk, a cache path that is a file: the list is only a shortcut
 

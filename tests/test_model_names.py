@@ -106,6 +106,16 @@ def test_a_list_that_is_a_directory_is_ignored_and_an_unwritable_cache_is_skippe
     assert (tmp_path / "file").read_text() == "x"
 
 
+def test_the_same_list_is_not_written_again(cache):
+    model_names.remember(["resnet50", "resnet20"])
+    path = model_names.names_file()
+    os.utime(path, ns=(1, 1))
+    model_names.remember(["resnet20", "resnet50"])
+    assert path.stat().st_mtime_ns == 1
+    model_names.remember(["resnet20", "resnet50", "vgg16"])
+    assert path.stat().st_mtime_ns != 1 and "vgg16" in path.read_text()
+
+
 def test_timm_names_and_factories_are_never_checked_against_the_list(cache):
     model_names.remember(["resnet50"])
     for name in ("timm/resnet18", "mypkg.nets:make_net", ""):
