@@ -278,7 +278,7 @@ class ConvertOptions:
             self.exclude = [self.exclude]
         if not isinstance(self.exclude, Sequence) or not all(isinstance(x, str) for x in self.exclude):
             raise LowRankError(
-                f"exclude {self.exclude!r} must be a layer name or a list of names / 're:REGEX' patterns"
+                f"exclude {repr(self.exclude)[:80]} must be a layer name or a list of names / 're:REGEX' patterns"
             )
         self.exclude = list(self.exclude)
         layer_rank: dict[str, Any] = parse_layer_rank(self.layer_rank)

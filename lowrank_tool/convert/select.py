@@ -61,11 +61,11 @@ def parse_layer_rank(items: Iterable[str] | Mapping[str, object] | None) -> dict
         return {}
     if isinstance(items, Mapping):
         if not all(isinstance(k, str) for k in items):
-            raise LowRankError(f"layer_rank {dict(items)!r} must map layer names (strings) to ranks")
+            raise LowRankError(f"layer_rank {repr(dict(items))[:80]} must map layer names (strings) to ranks")
         return dict(items)
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise LowRankError(
-            f"layer_rank {items!r} must be a list of NAME=RANK items or a mapping, e.g. ['layer1.0.conv2=0.5']"
+            f"layer_rank {repr(items)[:80]} must be a list of NAME=RANK items or a mapping, e.g. ['layer1.0.conv2=0.5']"
         )
     out: dict[str, object] = {}
     for item in items:

@@ -80,7 +80,7 @@ def load_recipe(path: str | Path) -> Recipe:
     known = list(_TOP_KEYS) + TrainConfig.keys()
     for key in data:
         if not isinstance(key, str):
-            raise LowRankError(f"recipe {path}: key {key!r} is not a name; allowed: {', '.join(known)}")
+            raise LowRankError(f"recipe {path}: key {repr(key)[:80]} is not a name; allowed: {', '.join(known)}")
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -88,12 +88,12 @@ def load_recipe(path: str | Path) -> Recipe:
     convert = data.get("convert") or {}
     if not isinstance(convert, dict):
         raise LowRankError(
-            f"recipe {path}: convert must be a mapping of conversion options (e.g. convert: {{rank: 0.3}}), got {convert!r}"
+            f"recipe {path}: convert must be a mapping of conversion options (e.g. convert: {{rank: 0.3}}), got {repr(convert)[:80]}"
         )
     if data.get("output") is not None and not isinstance(data["output"], str):
-        raise LowRankError(f"recipe {path}: output {data['output']!r} must be a directory path (a string)")
+        raise LowRankError(f"recipe {path}: output {repr(data['output'])[:80]} must be a directory path (a string)")
     if not isinstance(data.get("dense", False), bool):
-        raise LowRankError(f"recipe {path}: dense {data['dense']!r} must be true or false")
+        raise LowRankError(f"recipe {path}: dense {repr(data['dense'])[:80]} must be true or false")
     for key in convert:
         if key not in CONVERT_KEYS:
             raise LowRankError(f"recipe {path}: unknown convert key {key!r}; allowed: {', '.join(CONVERT_KEYS)}")
