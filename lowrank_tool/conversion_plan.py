@@ -84,19 +84,6 @@ class LayerPlan:
         names = {f.name for f in fields(cls)}
         entry = cls(**{k: v for k, v in data.items() if k in names})
         where = f"layer {entry.name!r}"
-        for key in ("in_channels", "out_channels", "groups", "calls"):
-            if not _is_int(getattr(entry, key)) or getattr(entry, key) < 0:
-                raise ValueError(f"{where}: {key} {getattr(entry, key)!r} is not a non-negative integer")
-        for key in ("kernel_size", "stride", "dilation"):
-            value = getattr(entry, key)
-            if not isinstance(value, list) or not value or not all(_is_int(v) and v >= 1 for v in value):
-                raise ValueError(f"{where}: {key} {value!r} is not a list of positive integers")
-        if entry.ranks is not None and (
-            not isinstance(entry.ranks, list) or not entry.ranks or not all(_is_int(r) and r >= 1 for r in entry.ranks)
-        ):
-            raise ValueError(f"{where}: ranks {entry.ranks!r} is not a list of positive integers")
-        if entry.converted and entry.ranks is None:
-            raise ValueError(f"{where}: format {entry.format!r} without ranks")
         _check_fields(entry, where)
         return entry
 
@@ -294,10 +281,26 @@ _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def _check_fields(entry: LayerPlan, where: str) -> None:
-    """The rest of a layer record's types: a plan file is data, and each of these is used as its type says."""
+    """Every field of a layer record, by type: a plan file is data, and each field is used as its type says."""
 
     def bad(key: str, allowed: str) -> ValueError:
         return ValueError(f"{where}: {key} {getattr(entry, key)!r} is not {allowed}")
+
+    counts = ("in_channels", "out_channels", "groups", "calls")
+    for key in (*counts, "params_before", "params_after", "macs_before", "macs_after"):
+        if not _is_int(getattr(entry, key)) or getattr(entry, key) < 0:
+            raise bad(key, "a non-negative integer")
+    for key in ("kernel_size", "stride", "dilation"):
+        value = getattr(entry, key)
+        if not isinstance(value, list) or not value or not all(_is_int(v) and v >= 1 for v in value):
+            raise bad(key, "a list of positive integers")
+    ranks = entry.ranks
+    if ranks is not None and (
+        not isinstance(ranks, list) or not ranks or not all(_is_int(r) and r >= 1 for r in ranks)
+    ):
+        raise bad("ranks", "a list of positive integers")
+    if entry.converted and ranks is None:
+        raise ValueError(f"{where}: format {entry.format!r} without ranks")
 
     if not isinstance(entry.name, str):
         raise bad("name", "a string")
@@ -313,9 +316,6 @@ def _check_fields(entry: LayerPlan, where: str) -> None:
     for key in ("bias", "dynamic_same"):
         if not isinstance(getattr(entry, key), bool):
             raise bad(key, "true or false")
-    for key in ("params_before", "params_after", "macs_before", "macs_after"):
-        if not _is_int(getattr(entry, key)) or getattr(entry, key) < 0:
-            raise bad(key, "a non-negative integer")
     for key in ("format", "rank_spec", "reason", "conv_class"):
         if getattr(entry, key) is not None and not isinstance(getattr(entry, key), str):
             raise bad(key, "a string")
