@@ -551,3 +551,11 @@ def test_a_broken_file_on_a_failing_gpu_is_named_as_the_file(gpu_that_fails, tmp
         LowRankError, match=r"ONNX Runtime cannot load .*bad\.onnx .*re-export it with `lowrank export`"
     ):
         make_session(bad, device="auto")
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_every_engine_refuses_a_thread_count_far_above_the_cpus(engine):
+    from lowrank_tool.threads import max_threads
+
+    with pytest.raises(LowRankError, match=f"threads {max_threads() + 1} is more than 4x this machine's"):
+        get_engine(engine).load(_onnx(TinyNet(), (1, 3, 8, 8)), device="cpu", threads=max_threads() + 1)

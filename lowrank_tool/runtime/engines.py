@@ -24,6 +24,7 @@ import numpy as np
 
 from ..choices import RUNTIME_ENGINES
 from ..errors import LowRankError
+from ..threads import check_threads
 
 __all__ = [
     "TensorSpec",
@@ -114,6 +115,8 @@ def check_load_options(threads: int | None, batch: int | None) -> None:
     for what, value in (("threads", threads), ("batch", batch)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise LowRankError(f"{what} must be an integer >= 1, got {value!r}")
+    if threads is not None:
+        check_threads(threads)  # and not far above the CPUs, whichever engine asks
 
 
 def _check_name(name: str) -> None:
