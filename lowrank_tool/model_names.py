@@ -68,19 +68,19 @@ def names_file() -> Path:
 def remember(names: Iterable[str]) -> None:
     """Write the full list of names (quietly does nothing where the cache cannot be written)."""
     listed = sorted(set(names))
-    if _remembered() == listed:
+    path = names_file()
+    if _remembered(path) == listed:
         return  # every command looks the names up once: write only what changed
     try:
-        path = names_file()
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(listed))
     except (OSError, LowRankError):
         pass  # read-only home, a full disk, a cache path that is a file: the list is only a shortcut
 
 
-def _remembered() -> list[str] | None:
+def _remembered(path: Path) -> list[str] | None:
     try:
-        data = json.loads(names_file().read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8 / JSON, or nested past Python's limit
         return None
     if not isinstance(data, list) or not data or not all(isinstance(n, str) for n in data):
@@ -99,6 +99,6 @@ def refuse_unknown(name: str) -> None:
     """Refuse ``name`` at once if the remembered list exists and lacks it; otherwise leave it to the full lookup."""
     if not name or name.startswith(TIMM_PREFIX) or is_factory(name):
         return
-    known = _remembered()
+    known = _remembered(names_file())
     if known is not None and name not in known:
         raise unknown_model(name, known)
