@@ -289,3 +289,12 @@ def test_energy_and_erank_requests_give_ranks_from_the_spectrum():
     )
     e = LayerSpectrum.from_weight("conv", w, rank="erank")
     assert e.ranks[1] == math.ceil(effective_rank(singular_values(w, "out")))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_kernel_has_no_spectrum_one_line(bad):
+    weight = torch.randn(8, 4, 3, 3)
+    weight[1, 2, 0, 0] = bad
+    with pytest.raises(lr.LowRankError, match=r"the weights of 'layer1.conv' hold 1 NaN/inf value\(s\)") as err:
+        LayerSpectrum.from_weight("layer1.conv", weight, rank=0.5)
+    assert "\n" not in str(err.value)

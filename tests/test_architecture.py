@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "lowrank_tool.input_size",
             "lowrank_tool.model_names",
             "lowrank_tool.threads",
+            "lowrank_tool.state_file",
         ),
     ),
     ("layers", ("lowrank_tool.layers",)),

@@ -148,7 +148,19 @@ def _full_rank_matches(model: nn.Module, size: int, name: str):
         ref, got = _logits(model(x)), _logits(converted(x))
     assert rel_max_error(ref, got) <= 1e-4, (name, rel_max_error(ref, got))
     assert all(layer.converted or layer.reason for layer in plan.layers)
+    # each parameter counted once, before and after (shared modules and tied weights included)
+    assert plan.totals()["params_before"] == sum(p.numel() for p in model.parameters()), name
+    assert plan.totals()["params_after"] == sum(p.numel() for p in converted.parameters()), name
     return converted, plan
+
+
+def _reloads_exactly(converted: nn.Module, fresh: nn.Module, size: int, directory) -> None:
+    """save → load on a freshly built dense model gives the converted model's outputs bit for bit."""
+    lr.save(converted, directory)
+    loaded = lr.load(directory, model=fresh).eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(_logits(loaded(x)), _logits(converted(x)))
 
 
 def _params(names, heavy=()):
@@ -162,9 +174,11 @@ def test_the_sweep_is_wide():
 
 @pytest.mark.foreign
 @pytest.mark.parametrize("name", _params(TIMM, HEAVY))
-def test_timm_full_rank_decomposition_equals_dense(name):
+def test_timm_full_rank_decomposition_equals_dense(name, tmp_path):
     model, size = _timm(name)
     converted, plan = _full_rank_matches(model, size, name)
+    if plan.converted_layers:
+        _reloads_exactly(converted, _timm(name)[0], size, tmp_path / "art")
     assert bool(plan.converted_layers) == (name not in NOTHING_TO_CONVERT), [layer.reason for layer in plan.layers]
     standardised = [layer for layer in plan.layers if "StdConv2d" in (layer.conv_class or "")]
     assert bool(standardised) == (name in STANDARDISED)

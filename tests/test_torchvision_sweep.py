@@ -95,4 +95,6 @@ def test_model_converts_and_runs(entry):
         assert not plan.converted_layers and any("nothing was converted" in n for n in plan.notes), plan.notes
     else:
         assert plan.converted_layers, plan.notes
+        # each parameter counted once (a shared module or a tied weight is one)
+        assert plan.totals()["params_before"] == sum(p.numel() for p in model.parameters())
         assert plan.totals()["params_after"] == sum(p.numel() for p in converted.parameters())

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..conversion_plan import plan_of
 from ..convert.rank import RankSpec, choose_format, ranks_for
+from ..errors import LowRankError
 from ..layers.base import ConvGeometry, LowRankConv
 from ..linalg import (  # re-exported: they were first defined here
     MODES,
@@ -103,6 +104,12 @@ class LayerSpectrum:
             [4, 8]
         """
         weight = weight.detach()
+        if weight.is_floating_point() and not bool(torch.isfinite(weight).all()):
+            bad = int((~torch.isfinite(weight)).sum())
+            raise LowRankError(
+                f"the weights of {name!r} hold {bad} NaN/inf value(s): they have no spectrum; the model is corrupt or "
+                "from a diverged run — analyse a good checkpoint"
+            )
         if ranks is None and rank is not None:
             spec = RankSpec.parse(rank)
             if spec.kind != "dense":

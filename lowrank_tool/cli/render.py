@@ -10,7 +10,17 @@ from rich.table import Table
 from ._common import console, human
 
 if TYPE_CHECKING:
-    from ..conversion_plan import ConversionPlan
+    from ..conversion_plan import ConversionPlan, LayerPlan
+
+
+def _note(layer: LayerPlan) -> str:
+    """The table's note: why the layer stayed dense, its other names when shared, its decomposition error."""
+    parts = [layer.reason] if layer.reason else []
+    if layer.aliases:
+        parts.append("shared: also " + ", ".join(layer.aliases))
+    if not layer.reason and layer.error is not None:
+        parts.append(f"err {layer.error:.2e}")
+    return "; ".join(parts)
 
 
 def clip(value: object, limit: int = 200) -> str:
@@ -94,7 +104,7 @@ def plan_table(plan: ConversionPlan, title: str | None = None) -> Table:
             ",".join(map(str, layer.ranks)) if layer.ranks else "-",
             f"{human(layer.params_before)}→{human(layer.params_after)}",
             f"{human(layer.macs_before)}→{human(layer.macs_after)}",
-            clip(layer.reason or (f"err {layer.error:.2e}" if layer.error is not None else "")),
+            clip(_note(layer)),
             style=style,
         )
     t = plan.totals()

@@ -24,10 +24,11 @@ from ..models import (
     get_entry,
     parse_input_size,
 )
-from .apply import apply_plan
+from .apply import apply_plan, set_submodule
 from .latency import apply_latency_policy
 from .options import ConvertOptions
 from .planner import build_plan
+from .sharing import module_names
 from .support import qualified_name
 from .trace import ForwardFailure, capture, check_forward
 from .weights import load_weights
@@ -320,7 +321,8 @@ def convert(
         options: a :class:`ConvertOptions`; keyword arguments override its fields.
         example_input: a ready input for the forward pass (instead of ``input_size``), for custom models
             with unusual signatures.
-        inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is untouched.
+        inplace: modify ``model`` itself (a conversion that fails puts it back as it was); by default a deep
+            copy is converted and ``model`` is untouched.
         progress: called as ``progress(done, total, layer_name)`` after each layer is swapped.
         **kwargs: any :class:`ConvertOptions` field — ``format``, ``target_params``, ``target_macs``,
             ``round_to``, ``exclude``, ``layer_rank``, ``allow_growth``, ``dense``, ``policy``,
@@ -350,27 +352,50 @@ def convert(
         # (2.5 GB on regnet_y_128gf). The low-rank layers are built from the user's convs, untouched.
         memo: dict[int, Any] = {id(source.get_submodule(e.name)): nn.Identity() for e in p.converted_layers}
         module = copy.deepcopy(source, memo)
-    apply_plan(module, p, init=init, source=source, progress=progress)
-    device = next((t.device for t in module.parameters()), torch.device("cpu"))
-    wanted = resolve_memory_format(opts.memory_format, module, device)
-    if opts.memory_format == "auto" and wanted == torch.contiguous_format:
-        layout = memory_format_name(module)  # nothing to gain: the model stays in the layout it came in
-    else:
-        layout = layout_name(wanted)
-        apply_memory_format(module, wanted)
-    if p.converted_layers:
-        try:
+    undo = _undo_record(module, p) if module is model else None  # inplace: a failure puts the model back
+    try:
+        apply_plan(module, p, init=init, source=source, progress=progress)
+        device = next((t.device for t in module.parameters()), torch.device("cpu"))
+        wanted = resolve_memory_format(opts.memory_format, module, device)
+        if opts.memory_format == "auto" and wanted == torch.contiguous_format:
+            layout = memory_format_name(module)  # nothing to gain: the model stays in the layout it came in
+        else:
+            layout = layout_name(wanted)
+            apply_memory_format(module, wanted)
+        if p.converted_layers:
             layout = _check_runs_in(
                 module, planned, layout, opts.memory_format, hint=model if isinstance(model, str) else "MODEL"
             )
-        except LowRankError:
-            if inplace and isinstance(model, nn.Module):
-                raise LowRankError(
-                    "the converted model does not run and inplace=True changed your model; rebuild it before retrying"
-                ) from None
-            raise
+    except BaseException:
+        if undo is not None:
+            undo()
+        raise
     p.policy["memory_format"] = layout
     return attach_plan(module, p)
+
+
+def _undo_record(model: nn.Module, plan: ConversionPlan) -> Callable[[], None]:
+    """What puts ``model`` back as it is now after an in-place conversion failed: the convs under every name
+    the plan converts, and each parameter's and buffer's tensor (a layout change replaces them)."""
+    names = module_names(model)
+    convs = {
+        name: conv
+        for entry in plan.converted_layers
+        for conv in [model.get_submodule(entry.name)]
+        for name in names[id(conv)]
+    }
+    params = [(param, param.data) for param in model.parameters()]
+    buffers = [(m, key, buf) for m in model.modules() for key, buf in m._buffers.items()]
+
+    def undo() -> None:
+        for name, conv in convs.items():
+            set_submodule(model, name, conv)
+        for param, data in params:
+            param.data = data
+        for m, key, buf in buffers:
+            m._buffers[key] = buf
+
+    return undo
 
 
 def _check_runs_in(module: nn.Module, planned: _Planned, layout: str, asked: str, hint: str) -> str:

@@ -12,17 +12,19 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from ..choices import FORMAT_CHOICES
 from ..conversion_plan import ConversionPlan, LayerPlan
-from ..errors import LowRankError
+from ..errors import LowRankError, first_line
 from ..layers import get_format
-from ..layers.base import ConvGeometry, Init
+from ..layers.base import ConvGeometry, Init, LowRankConv
 from .options import RankSpec
 from .rank import ranks_for
+from .sharing import module_names
 from .support import conv_support
 
-__all__ = ["apply_plan", "set_submodule", "get_submodule"]
+__all__ = ["apply_plan", "set_submodule", "replace_module", "get_submodule", "check_finite_weight"]
 
 
 def get_submodule(model: nn.Module, name: str) -> nn.Module:
@@ -38,6 +40,13 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the module at ``name``, under every name that module has (sharing is kept)."""
+    old = model.get_submodule(name)
+    for alias in module_names(model)[id(old)]:
+        set_submodule(model, alias, new)
 
 
 def _check_matches(module: nn.Module, entry: LayerPlan) -> ConvGeometry:
@@ -92,19 +101,47 @@ def apply_plan(
     """Replace every converted layer of ``plan`` in ``model`` (modified in place and returned).
 
     ``source`` is the model whose dense convs are read (default: ``model`` itself); ``convert`` passes
-    the user's model here and a copy that skipped those convs as ``model``. With ``init="decompose"``
-    each plan entry gets the relative Frobenius error of its approximation. ``progress(done, total,
-    name)`` is called after each layer.
+    the user's model here and a copy that skipped those convs as ``model``. A conv reachable under several
+    names becomes one low-rank layer set under every name; a frozen conv's factors are frozen. With
+    ``init="decompose"`` each plan entry gets the relative Frobenius error of its approximation.
+    ``progress(done, total, name)`` is called after each layer is built.
+
+    Every layer is built before the first one is swapped in: a layer that cannot be built raises a
+    :class:`LowRankError` and leaves ``model`` as it was.
     """
     source = model if source is None else source
+    names = module_names(source)
     todo = plan.converted_layers
+    built: list[tuple[list[str], LowRankConv]] = []
     for done, entry in enumerate(todo, 1):
         module = get_submodule(source, entry.name)
         geometry = _check_matches(module, entry)
         assert isinstance(module, (nn.Conv2d, nn.Conv3d))  # _check_matches raised otherwise
+        every = names[id(module)]
+        _check_aliases(entry, every)
         cls = get_format(entry.format, len(entry.kernel_size))
         _check_ranks(entry, geometry)
-        layer = cls.from_dense(module, tuple(entry.ranks or ()), init=init, geometry=geometry)
+        if init != "none":
+            check_finite_weight(module, entry.name)
+        try:
+            layer = cls.from_dense(module, tuple(entry.ranks or ()), init=init, geometry=geometry)
+        except (RuntimeError, ValueError, ArithmeticError) as exc:  # torch.linalg / tensorly failing on this kernel
+            if isinstance(exc, LowRankError):
+                raise
+            raise LowRankError(
+                f"cannot build the {entry.format} layer for {entry.name!r} with init={init!r} "
+                f"({first_line(exc, with_type=False)}); use another format or init='random', or keep it dense with exclude=[...]"
+            ) from None
+        if (
+            init != "none"
+            and not module.weight.is_meta
+            and not all(bool(torch.isfinite(p).all()) for p in layer.parameters())
+        ):
+            raise LowRankError(
+                f"the low-rank layer for {entry.name!r} is not finite: its weights (largest |w| "
+                f"{float(module.weight.detach().abs().max()):.3g}) are beyond what {module.weight.dtype} factors can hold; "
+                "rescale the model's weights or keep the layer dense with exclude=[...]"
+            )
         if init == "decompose":
             ref = module.weight.detach().double()
             err = torch.linalg.vector_norm(layer.dense_weight().double() - ref) / torch.linalg.vector_norm(
@@ -112,7 +149,49 @@ def apply_plan(
             ).clamp_min(1e-30)
             entry.error = float(err)
         layer.train(module.training)
-        set_submodule(model, entry.name, layer)
+        _keep_frozen(layer, module)
+        built.append((every, layer))
         if progress is not None:
             progress(done, len(todo), entry.name)
+    for every, layer in built:
+        for name in every:
+            set_submodule(model, name, layer)
     return model
+
+
+def check_finite_weight(module: _ConvNd, name: str) -> None:
+    """A conv whose weights hold NaN or inf has nothing to factorise: one line naming it."""
+    weight = module.weight
+    if weight.is_meta or bool(torch.isfinite(weight).all()):
+        return
+    bad = int((~torch.isfinite(weight)).sum())
+    raise LowRankError(
+        f"the weights of {name!r} hold {bad} NaN/inf value(s); a low-rank layer cannot be made from them — "
+        "fix or re-initialise the model's weights, or keep the layer dense with exclude=[...]"
+    )
+
+
+def _check_aliases(entry: LayerPlan, names: list[str]) -> None:
+    """A plan made on a model that shares a conv must be replayed on a model that shares it the same way."""
+    if entry.aliases is None:  # plans made before aliases were recorded, and unshared layers
+        if len(names) > 1:
+            raise LowRankError(
+                f"the plan converts {entry.name!r} alone, but in this model the same conv is also {', '.join(names[1:])}; "
+                "re-create the plan with this model"
+            )
+        return
+    if list(entry.aliases) != names[1:]:
+        raise LowRankError(
+            f"the plan does not match the model at {entry.name!r}: the plan shares it as {entry.aliases}, the model as "
+            f"{names[1:]}; build the model with the same name and arguments the plan was made from"
+        )
+
+
+def _keep_frozen(layer: nn.Module, dense: _ConvNd) -> None:
+    """A frozen conv's low-rank layer is frozen too (its bias follows the dense bias)."""
+    weight, bias = dense.weight, dense.bias
+    for pname, param in layer.named_parameters():
+        if bias is not None and pname.endswith("bias"):
+            param.requires_grad_(bias.requires_grad)
+        else:
+            param.requires_grad_(weight.requires_grad)

@@ -49,7 +49,7 @@ from ..layers.base import ConvGeometry, conv_class
 from ..model_names import cache_dir
 from ..runtime import get_engine, time_module
 from ..runtime.machine import cpu_description
-from .apply import set_submodule
+from .apply import replace_module
 from .options import ConvertOptions, RankSpec
 from .rank import SpatialSizes, choose_format, layer_cost, ranks_for
 from .select import FqnMatcher
@@ -354,7 +354,7 @@ def _with_forms(model: nn.Module, plan: ConversionPlan, chosen: dict[str, _Optio
     for name, option in chosen.items():
         if option.format != "dense":
             g = plan.layer(name).geometry()
-            set_submodule(out, name, get_format(option.format, g.ndim).from_geometry(g, option.ranks or ()))
+            replace_module(out, name, get_format(option.format, g.ndim).from_geometry(g, option.ranks or ()))
     return out
 
 

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from ..conversion_plan import ConversionPlan, LayerPlan
 from ..errors import LowRankError
 from ..layers import LowRankConv
 from ..layers.base import ConvGeometry
+from .apply import check_finite_weight
 from .options import ConvertOptions, RankSpec
 from .rank import (
     SpatialSizes,
@@ -30,8 +32,9 @@ from .rank import (
     solve_ratio,
 )
 from .select import FqnMatcher
+from .sharing import module_names, tied_elsewhere
 from .support import conv_support, qualified_name
-from .trace import CONV_TYPES, Capture
+from .trace import ALL_CONVS, CONV_TYPES, OTHER_CONVS, Capture
 
 __all__ = ["build_plan", "STEM_MAX_CHANNELS"]
 
@@ -42,26 +45,34 @@ STEM_MAX_CHANNELS = 4
 @dataclass(eq=False)
 class _Candidate:
     name: str
-    module: nn.Conv2d | nn.Conv3d
+    module: _ConvNd
     geometry: ConvGeometry | None  # None for grouped convs
     sizes: SpatialSizes | None
     input_size: list[int] | None
     output_size: list[int] | None
     calls: int
     dense: tuple[int, int]
+    aliases: list[str]  # the other names the same module is reachable under (a shared module)
     spec: RankSpec | None = None  # None: follows the global rank / budget
     spec_source: str = ""
     reason: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name, *self.aliases]
 
 
 def _candidates(model: nn.Module, capture: Capture) -> list[_Candidate]:
     inner: list[str] = []
     out: list[_Candidate] = []
+    names = module_names(model)
+    tied = tied_elsewhere(model)
+    counted: set[int] = set()  # parameters already counted by an earlier candidate (tied weights count once)
     for name, module in model.named_modules():
         if isinstance(module, LowRankConv):
             inner.append(name + ".")
             continue
-        if not isinstance(module, CONV_TYPES) or any(name.startswith(p) for p in inner):
+        if not isinstance(module, ALL_CONVS) or any(name.startswith(p) for p in inner):
             continue
         groups = module.groups
         shapes = capture.shapes.get(name)
@@ -88,18 +99,40 @@ def _candidates(model: nn.Module, capture: Capture) -> list[_Candidate]:
             module.padding_mode,
             module.bias is not None,
         )
-        dense = dense_cost(plain, sizes or SpatialSizes(0, 0, 0), groups)
+        params, macs = dense_cost(plain, sizes or SpatialSizes(0, 0, 0), groups)
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):  # every input position meets the whole kernel
+            macs = (
+                (sizes.inp if sizes else 0) * module.in_channels * (module.out_channels // groups) * plain.kernel_numel
+            )
+        own = [p for p in (module.weight, module.bias) if isinstance(p, nn.Parameter)]
+        params -= sum(p.numel() for p in own if id(p) in counted)
+        counted.update(id(p) for p in own)
         support = conv_support(module) if groups == 1 else None
         geometry = support if isinstance(support, ConvGeometry) else None
-        cand = _Candidate(name, module, geometry, sizes, in_hw, out_hw, calls, dense)
-        if groups != 1:
+        aliases = names[id(module)][1:]
+        cand = _Candidate(name, module, geometry, sizes, in_hw, out_hw, calls, (params, macs), aliases)
+        if isinstance(module, OTHER_CONVS):
+            cand.reason = f"{_base_kind(module)}: no low-rank form (Conv2d and Conv3d are converted)"
+        elif groups != 1:
             cand.reason = f"grouped conv (groups={groups})"
         elif isinstance(support, str):
             cand.reason = support
+        elif id(module) in tied:
+            shared = tied[id(module)]
+            cand.reason = (
+                f"parameters tied to {shared[0]}"
+                + (f" and {len(shared) - 1} more" if len(shared) > 1 else "")
+                + " (factorising would untie them)"
+            )
         elif sizes is None:
             cand.reason = "not reached by the forward pass"
         out.append(cand)
     return out
+
+
+def _base_kind(module: nn.Module) -> str:
+    """The torch conv class a module is (``Conv2d`` for a subclass of it): the plan's ``kind``."""
+    return next(k.__name__ for k in (*CONV_TYPES, *OTHER_CONVS) if isinstance(module, k))
 
 
 def _stems(cands: list[_Candidate], capture: Capture, image_shape: Sequence[int] | None) -> set[str]:
@@ -128,6 +161,8 @@ def _decide(
     if spec.kind == "dense":
         return "dense", None, c.dense, None
     fmt, note = choose_format(fmt_request, c.geometry)
+    if spec.needs_weights:  # energy / erank read the spectrum: NaN would end in a LinAlgError
+        check_finite_weight(c.module, c.name)
     ranks = ranks_for(fmt, c.geometry, spec, round_to, weight=c.module.weight.detach() if spec.needs_weights else None)
     cost = layer_cost(fmt, c.geometry, ranks, c.sizes)
     if not allow_growth and (cost[0] >= c.dense[0] or cost[1] >= c.dense[1]):
@@ -165,8 +200,12 @@ def build_plan(
     exclude = FqnMatcher(dict.fromkeys(options.exclude, True), "--exclude")
     overrides = FqnMatcher(options.layer_specs, "--layer-rank")
     for c in cands:
-        hit_ex, _ = exclude.lookup(c.name)
-        hit_lr, spec = overrides.lookup(c.name)
+        # a shared module is one layer: a pattern may name it under any of its names (each name is looked
+        # up, so every pattern that names one counts as used)
+        excluded = [exclude.lookup(n)[0] for n in c.names]
+        hit_ex = any(excluded)
+        ranked = [overrides.lookup(n) for n in c.names]
+        hit_lr, spec = next((found for found in ranked if found[0]), (False, None))
         if c.reason is not None:
             continue
         if hit_ex:
@@ -190,7 +229,7 @@ def build_plan(
     free = [c for c in active if c.spec is None]
     pinned = [c for c in active if c.spec is not None]
 
-    total_params = sum(p.numel() for p in model.parameters())
+    total_params = sum(p.numel() for p in model.parameters())  # each parameter once, however many names reach it
     other_params = total_params - sum(c.dense[0] for c in cands)
     other_macs = sum(
         s.linear_macs(m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and (s := capture.shapes.get(n))
@@ -241,7 +280,7 @@ def build_plan(
         layers.append(
             LayerPlan(
                 name=c.name,
-                kind="Conv3d" if isinstance(m, nn.Conv3d) else "Conv2d",
+                kind=_base_kind(m),
                 in_channels=m.in_channels,
                 out_channels=m.out_channels,
                 kernel_size=list(m.kernel_size),
@@ -262,8 +301,9 @@ def build_plan(
                 ranks=list(ranks) if ranks else None,
                 rank_spec=source,
                 reason=note,
-                conv_class=None if type(m) in CONV_TYPES else qualified_name(type(m)),
+                conv_class=None if type(m) in (*CONV_TYPES, *OTHER_CONVS) else qualified_name(type(m)),
                 dynamic_same=bool(c.geometry is not None and c.geometry.dynamic_same),
+                aliases=list(c.aliases) or None,
             )
         )
 

@@ -23,14 +23,27 @@ from typing import Any, Literal
 import torch
 from torch import fx, nn
 from torch.func import functional_call
+from torch.nn.modules.conv import _ConvNd
 
 from ..errors import first_line
 from ..layers import LowRankConv
 
-__all__ = ["Capture", "CallShapes", "capture", "check_forward", "ForwardFailure", "CONV_TYPES"]
+__all__ = [
+    "Capture",
+    "CallShapes",
+    "capture",
+    "check_forward",
+    "ForwardFailure",
+    "CONV_TYPES",
+    "OTHER_CONVS",
+    "ALL_CONVS",
+]
 
 CONV_TYPES: tuple[type[nn.Conv2d], type[nn.Conv3d]] = (nn.Conv2d, nn.Conv3d)
-_RECORDED: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
+#: Convolutions with no low-rank form here: listed in the plan (dense, with the reason) and counted.
+OTHER_CONVS: tuple[type[_ConvNd], ...] = (nn.Conv1d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+ALL_CONVS: tuple[type[_ConvNd], ...] = (*CONV_TYPES, *OTHER_CONVS)
+_RECORDED: tuple[type[nn.Module], ...] = (*CONV_TYPES, *OTHER_CONVS, nn.Linear)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..choices import MERGE_MODES
 from ..conversion_plan import ConversionPlan, plan_of
-from ..convert.apply import set_submodule
+from ..convert.apply import replace_module
 from ..errors import LowRankError
 from ..layers.base import LowRankConv
 from ..runtime import time_module
@@ -91,7 +91,7 @@ def merge_factors(
         if mode == "none":
             decisions.append(MergeDecision(name, False, "merge none"))
         elif mode == "all":
-            set_submodule(model, name, layer.to_dense())
+            replace_module(model, name, layer.to_dense())
             decisions.append(MergeDecision(name, True, "merge all"))
         else:
             entry = _plan_entry(plan, name)
@@ -110,7 +110,7 @@ def merge_factors(
                 fact_ms, dense_ms = cache[key]
                 merged = dense_ms < fact_ms
                 if merged:
-                    set_submodule(model, name, layer.to_dense())
+                    replace_module(model, name, layer.to_dense())
                 reason = f"dense {dense_ms:.3f} ms vs factorised {fact_ms:.3f} ms"
                 decisions.append(MergeDecision(name, merged, reason, fact_ms, dense_ms))
         if progress is not None:

@@ -342,7 +342,7 @@ class LowRankConv(nn.Module):
         layer = cls(geometry, ranks, device="meta", dtype=conv.weight.dtype).to_empty(device=conv.weight.device)
         # A meta conv has no values to measure: the layer keeps PyTorch's default-init variance.
         if not on_meta and conv.weight.numel() > 1:
-            layer._init_var = float(conv.weight.detach().float().var())
+            layer._init_var = float(conv.weight.detach().double().var())  # float32 overflows past 1e19
         if on_meta:
             return layer
         with torch.no_grad():

@@ -95,6 +95,10 @@ class CPConv2d(LowRankConv):
 
     def _init_decompose(self, weight: Tensor) -> None:
         (r,) = self.ranks
+        if not bool(weight.any()):  # CP-ALS cannot start from a zero kernel; zero is its exact decomposition
+            self._init_random(1.0)
+            self.out_proj.weight.zero_()
+            return
         weights, (b, a, v, h) = _tensorly.cp(weight, rank=r)
         self.in_proj.weight.copy_(a.T.reshape(self.in_proj.weight.shape))
         self.vertical.weight.copy_(v.T.reshape(self.vertical.weight.shape))

@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from ..conversion_plan import ConversionPlan, attach_plan, plan_of
-from ..convert.apply import apply_plan, set_submodule
+from ..convert.apply import apply_plan, replace_module
 from ..errors import LowRankError
 from ..layers import LowRankConv
 from .base import Method
@@ -76,7 +76,7 @@ class DenseTraining(Method):
         for name, _, _ in targets:
             module = model.get_submodule(name)
             if isinstance(module, LowRankConv):
-                set_submodule(model, name, module.to_dense())
+                replace_module(model, name, module.to_dense())
 
     def check_targets(self, targets: list[tuple[str, str, list[int]]]) -> None:
         """Refuse plans the method cannot honour (override)."""

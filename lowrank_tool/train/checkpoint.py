@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_model
 from torch import nn
 
 from ..artifact import atomic_file
 from ..errors import LowRankError, first_line
+from ..state_file import save_state
 
 __all__ = ["save_train_state", "load_train_state", "rng_state", "set_rng_state", "atomic_save_weights"]
 
@@ -35,7 +35,7 @@ STATE_VERSION = 1
 def atomic_save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
 
     with atomic_file(path) as tmp:
-        save_model(model, str(tmp), metadata=metadata or {"format": "pt"})
+        save_state(model, tmp, metadata=metadata or {"format": "pt"})
 
 
 def rng_state() -> dict[str, Any]:
