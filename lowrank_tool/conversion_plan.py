@@ -15,18 +15,31 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from torch import nn
+
 from ._version import __version__
 from .artifact import atomic_write_text
 from .errors import LowRankError
 from .layers.base import ConvGeometry
 
-__all__ = ["LayerPlan", "ConversionPlan", "SCHEMA_VERSION", "PLAN_ATTR", "plan_of", "attach_plan"]
+__all__ = [
+    "LayerPlan",
+    "ConversionPlan",
+    "SCHEMA_VERSION",
+    "PLAN_ATTR",
+    "MAX_PLAN_BYTES",
+    "plan_of",
+    "unwrap_model",
+    "attach_plan",
+]
 
 #: Bumped on any incompatible change of the JSON layout; older plans keep loading.
 SCHEMA_VERSION = 1
 _KIND = "lowrank_tool.plan"
 #: Attribute under which a converted model carries its plan (read it with :func:`plan_of`).
 PLAN_ATTR = "_lowrank_plan"
+#: The largest plan.json read (a plan takes about 1 kB a layer: 64 MiB is some 60,000 layers).
+MAX_PLAN_BYTES = 64 << 20
 
 
 @dataclass
@@ -34,7 +47,7 @@ class LayerPlan:
     """One candidate convolution."""
 
     name: str
-    kind: str  # "Conv2d" | "Conv3d"
+    kind: str  # "Conv2d" | "Conv3d" (converted or not); "Conv1d" | "ConvTranspose1d/2d/3d" (kept dense)
     in_channels: int
     out_channels: int
     kernel_size: list[int]
@@ -60,6 +73,7 @@ class LayerPlan:
     dense_latency_ms: float | None = None  # ... and of the dense conv, same input, threads and batch
     conv_class: str | None = None  # qualified class name when it is not torch's own Conv2d/Conv3d
     dynamic_same: bool = False  # TF-style "same" padding from each input's size (timm's Conv2dSame)
+    aliases: list[str] | None = None  # other names of the same module (a shared conv: one layer, every name)
 
     @property
     def converted(self) -> bool:
@@ -228,8 +242,15 @@ class ConversionPlan:
         path = Path(path)
         if not path.is_file():
             raise LowRankError(f"{path} does not exist; point to a directory written by `lowrank convert -o DIR`")
+        with path.open("rb") as fh:  # at most the cap: a huge (or endless) file is refused unread
+            raw = fh.read(MAX_PLAN_BYTES + 1)
+        if len(raw) > MAX_PLAN_BYTES:
+            raise LowRankError(
+                f"{path} is larger than {MAX_PLAN_BYTES >> 20} MiB, far more than any plan takes; it is not a plan "
+                "written by lowrank_tool — re-create it with `lowrank convert -o DIR`"
+            )
         try:
-            text = path.read_text(encoding="utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             text = "\x00"  # not UTF-8: reported as not JSON below
         return cls.from_dict(
@@ -238,14 +259,42 @@ class ConversionPlan:
         )
 
 
+def unwrap_model(model: Any) -> Any:
+    """The model inside the wrappers that training adds: ``nn.DataParallel`` / ``DistributedDataParallel``
+    (``.module``) and ``torch.compile`` (``._orig_mod``), however deeply nested; any other object as it is.
+
+    Example:
+        >>> unwrap_model(torch.nn.DataParallel(net)) is net  # doctest: +SKIP
+        True
+    """
+    for _ in range(16):  # wrappers of wrappers; a cycle cannot make this loop forever
+        inner = _wrapped(model)
+        if inner is None:
+            return model
+        model = inner
+    return model
+
+
+def _wrapped(model: Any) -> Any:
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return model.module
+    inner = getattr(model, "_orig_mod", None) if type(model).__name__ == "OptimizedModule" else None
+    return inner if isinstance(inner, nn.Module) else None
+
+
 def plan_of(model: Any) -> ConversionPlan | None:
     """The conversion plan a model carries (set by ``convert``, ``load`` or :func:`attach_plan`), or ``None``.
+
+    A model wrapped for training (``nn.DataParallel``, ``DistributedDataParallel``, ``torch.compile``) answers
+    with the plan of the model inside (:func:`unwrap_model`).
 
     Example:
         >>> plan_of(torch.nn.Linear(2, 2)) is None  # doctest: +SKIP
         True
     """
     plan = getattr(model, PLAN_ATTR, None)
+    if not isinstance(plan, ConversionPlan) and unwrap_model(model) is not model:
+        plan = getattr(unwrap_model(model), PLAN_ATTR, None)
     return plan if isinstance(plan, ConversionPlan) else None
 
 
@@ -280,6 +329,10 @@ def parse_json(text: str, what: str, fix: str) -> Any:
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
+#: The layer kinds a plan lists: the converted ones (Conv2d, Conv3d) and those kept dense by their kind.
+_KINDS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+
+
 def _check_fields(entry: LayerPlan, where: str) -> None:
     """Every field of a layer record, by type: a plan file is data, and each field is used as its type says."""
 
@@ -304,8 +357,10 @@ def _check_fields(entry: LayerPlan, where: str) -> None:
 
     if not isinstance(entry.name, str):
         raise bad("name", "a string")
-    if entry.kind not in ("Conv1d", "Conv2d", "Conv3d"):
-        raise bad("kind", "Conv1d, Conv2d or Conv3d")
+    if entry.kind not in _KINDS:
+        raise bad("kind", ", ".join(_KINDS))
+    if entry.converted and entry.kind not in ("Conv2d", "Conv3d"):
+        raise ValueError(f"{where}: a {entry.kind} cannot be converted (format {entry.format!r})")
     padding = entry.padding
     if not (
         padding in ("same", "valid") or (isinstance(padding, list) and all(_is_int(v) and v >= 0 for v in padding))
@@ -329,3 +384,6 @@ def _check_fields(entry: LayerPlan, where: str) -> None:
         value = getattr(entry, key)
         if value is not None and (not isinstance(value, list) or not all(_is_int(v) and v >= 1 for v in value)):
             raise bad(key, "a list of positive integers")
+    aliases = entry.aliases
+    if aliases is not None and (not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases)):
+        raise bad("aliases", "a list of layer names")

@@ -24,9 +24,21 @@ from ._version import __version__
 from .artifact import atomic_write_text
 from .errors import LowRankError
 
-__all__ = ["TIMM_PREFIX", "cache_dir", "is_factory", "names_file", "refuse_unknown", "remember", "unknown_model"]
+__all__ = [
+    "TIMM_PREFIX",
+    "TYPED_FACTORIES",
+    "cache_dir",
+    "is_factory",
+    "names_file",
+    "refuse_unknown",
+    "remember",
+    "unknown_model",
+]
 
 TIMM_PREFIX = "timm/"
+#: The ``package.module:factory`` specs typed on this process's command line (the CLI records them): only
+#: their modules are also looked for in the working directory, as ``python -m lowrank_tool`` finds them.
+TYPED_FACTORIES: set[str] = set()
 #: The modules whose edits change the toolkit's own model names (part of the list's key).
 _DEFINING = ("models.py", "zoo")
 

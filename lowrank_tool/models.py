@@ -19,6 +19,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -30,7 +32,7 @@ from torch import nn
 from .choices import SOURCES, TASK_NAMES
 from .errors import LowRankError, first_line
 from .input_size import parse_input_size
-from .model_names import TIMM_PREFIX, is_factory, remember, unknown_model
+from .model_names import TIMM_PREFIX, TYPED_FACTORIES, is_factory, remember, unknown_model
 from .zoo.cifar import CIFAR_MODELS
 
 __all__ = [
@@ -181,15 +183,63 @@ def _import_factory(spec: str) -> ModelEntry:
         raise LowRankError(
             f"{spec!r}: timm's models are spelled timm/NAME, e.g. timm/resnet50 (list them with `lowrank models --source timm`)"
         )
+    module = _import_module(spec, module_name)
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+        factory = getattr(module, attr)
+    except AttributeError:
         raise LowRankError(
-            f"cannot import {spec!r} ({exc}); write 'package.module:factory' with the package importable (on PYTHONPATH)"
+            f"cannot import {spec!r} (module {module_name!r} has no attribute {attr!r}); write 'package.module:factory' "
+            "with a name the module defines"
         ) from None
     if not callable(factory):
         raise LowRankError(f"{spec!r} is not callable; point to a class or function that returns an nn.Module")
     return ModelEntry(spec, "classification", "import", factory)
+
+
+def _in_working_directory(module_name: str) -> bool:
+    """Whether the top package of ``module_name`` is a package or module in the working directory that is
+    not on the import path (the console script, unlike ``python -m``, does not put the directory there)."""
+    top = module_name.split(".")[0]
+    cwd = os.getcwd()
+    on_path = {os.path.abspath(p or os.curdir) for p in sys.path if isinstance(p, str)}
+    return cwd not in on_path and (
+        os.path.isdir(os.path.join(cwd, top)) or os.path.isfile(os.path.join(cwd, f"{top}.py"))
+    )
+
+
+def _import_module(spec: str, module_name: str) -> Any:
+    """Import the module of a factory spec; every failure is one line naming the spec and the exception.
+
+    A module in the working directory is found for a spec the user typed on the command line
+    (:data:`~lowrank_tool.model_names.TYPED_FACTORIES`), never for one read from a file.
+    """
+    here = _in_working_directory(module_name)
+    typed = here and spec in TYPED_FACTORIES
+    if typed:
+        sys.path.append(os.getcwd())  # last: an installed package of the same name still wins
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None)
+        if missing and not (module_name == missing or module_name.startswith(missing + ".")):
+            raise LowRankError(  # the module was found; something it imports was not
+                f"importing {module_name!r} for the model factory {spec!r} raised {first_line(exc)}; install the "
+                "missing package or fix the module"
+            ) from exc
+        hint = (
+            f"{module_name.split('.')[0]!r} is in the working directory, which is not on the import path here: run "
+            "with PYTHONPATH=. (or `python -m lowrank_tool`), or add the directory to sys.path"
+            if here and not typed
+            else "write 'package.module:factory' with the package importable (on PYTHONPATH)"
+        )
+        raise LowRankError(f"cannot import {spec!r} ({first_line(exc)}); {hint}") from None
+    except Exception as exc:  # the module's own code failed while it was imported
+        raise LowRankError(
+            f"importing {module_name!r} for the model factory {spec!r} raised {first_line(exc)}; fix the module"
+        ) from exc
+    finally:
+        if typed:
+            sys.path.remove(os.getcwd())
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -270,22 +320,37 @@ def build_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.
                 f"cannot build {name!r} with arguments {given}: {first_line(exc, with_type=False)}"
             ) from None
     assert entry.builder is not None
-    # a registered builder (zoo, timm) says "bad argument" in several ways; a user's own factory's errors
-    # other than an unknown keyword are theirs to see in full
-    refusals = _BAD_ARGUMENT if entry.source != "import" else (TypeError,)
-    try:
-        model = entry.builder(**kwargs)
-    except OSError as exc:
-        if entry.source == "import":
-            raise
-        _fetch_failed(name, kwargs, exc)
-    except refusals as exc:
-        raise LowRankError(
-            f"cannot build {name!r} with arguments {kwargs}: {first_line(exc, with_type=False)}"
-        ) from None
+    if entry.source == "import":
+        model = _call_factory(name, entry.builder, kwargs)
+    else:
+        try:
+            model = entry.builder(**kwargs)
+        except OSError as exc:
+            _fetch_failed(name, kwargs, exc)
+        except _BAD_ARGUMENT as exc:  # a registered builder (zoo, timm) says "bad argument" in several ways
+            raise LowRankError(
+                f"cannot build {name!r} with arguments {kwargs}: {first_line(exc, with_type=False)}"
+            ) from None
     if not isinstance(model, nn.Module):
         raise LowRankError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _call_factory(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """Call a user's ``module:factory``: an exception it raises is one line naming the factory and the exception
+    (its traceback stays on the error's ``__cause__``)."""
+    try:
+        return factory(**kwargs)
+    except Exception as exc:
+        takes = _named_parameters(factory, var_keyword=True)
+        unknown = [key for key in kwargs if not takes(key)]
+        if isinstance(exc, TypeError) and unknown:
+            raise LowRankError(
+                f"cannot build {name!r} with arguments {kwargs}: it takes no argument {unknown[0]!r}; drop it, "
+                "or give the factory that parameter"
+            ) from None
+        called = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+        raise LowRankError(f"the model factory {called} raised {first_line(exc)}; fix the factory") from exc
 
 
 #: How to go on when a plan or ONNX metadata names a factory (the refusal names both ways).

@@ -377,7 +377,13 @@ ROWS = [
     ("inspect-padding-int", "inspect {w}/padding_int", 2, "padding 5 is not 'same', 'valid' or a list", []),
     ("inspect-padding-mode", "inspect {w}/padding_mode_bogus", 2, "padding_mode 'bogus' is not one of zeros", []),
     ("export-padding-mode", "export {w}/padding_mode_bogus --onnx {w}/pm.onnx", 2, "padding_mode 'bogus'", ["pm.onnx"]),
-    ("inspect-kind-linear", "inspect {w}/kind_linear", 2, "kind 'Linear' is not Conv1d, Conv2d or Conv3d", []),
+    (
+        "inspect-kind-linear",
+        "inspect {w}/kind_linear",
+        2,
+        "kind 'Linear' is not Conv1d, Conv2d, Conv3d, ConvTranspose1d",
+        [],
+    ),
     ("inspect-bias-str", "inspect {w}/bias_str", 2, "bias 'yes' is not true or false", []),
     ("inspect-params-neg", "inspect {w}/params_neg", 2, "params_before -1 is not a non-negative integer", []),
     ("inspect-macs-str", "inspect {w}/macs_str", 2, "macs_after 'x' is not a non-negative integer", []),
@@ -722,7 +728,7 @@ ROWS = [
         "train-resume-pickled-state",
         "train {w}/pickled_state --data synthetic --resume",
         2,
-        "is corrupt or not a lowrank_tool train state (Weights only load failed",
+        "is corrupt or not a lowrank_tool train state (Trying to load unsupported GLOBAL posix.system",
         ["pickled_state/metrics.jsonl", "PWNED"],
     ),
     (

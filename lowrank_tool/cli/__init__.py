@@ -21,7 +21,8 @@ import typer.core
 
 from .._version import __version__
 from ..errors import LowRankError, LowRankWarning, VerificationError, first_line
-from ._common import fail, note
+from ..model_names import TYPED_FACTORIES, is_factory
+from ._common import DEBUG_HELP, debug_enabled, fail, note, set_debug
 
 #: Command → its one-line help (the first line of the command function's docstring), in help order.
 COMMANDS = {
@@ -92,8 +93,10 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Low-rank CNNs: convert torchvision models (or yours) to ELRT Tucker-2 layers, train from scratch, export to ONNX."""
+    set_debug(debug)
 
 
 #: The ``lowrank`` command group (a click group; ``typer.testing``'s runner takes :data:`typer_app`).
@@ -124,6 +127,8 @@ def main() -> None:
     main_thread = threading.current_thread() is threading.main_thread()
     # SIGTERM unwinds like Ctrl-C: temporary files and directories are removed on the way out
     previous_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    typed = _typed_factories(sys.argv[1:])
+    TYPED_FACTORIES.update(typed)
     try:
         code = app.main(prog_name="lowrank", standalone_mode=False)
         if isinstance(code, int) and code:
@@ -135,7 +140,13 @@ def main() -> None:
             sys.exit(int(getattr(exc, "exit_code", 2)))
         fail(_usage_line(exc), code=int(getattr(exc, "exit_code", 2)))
     except LowRankError as exc:
-        fail(_last_line(str(exc)))
+        # an error that wraps one from the user's code (a model factory) keeps it as its cause
+        hint = (
+            f" (`lowrank --debug {_command()} ...` shows its traceback)"
+            if exc.__cause__ and not debug_enabled()
+            else ""
+        )
+        fail(_last_line(str(exc)) + hint)
     except VerificationError as exc:
         fail(str(exc), code=1)
     except OSError as exc:  # the last safety net: a path the OS refuses, a permission, a vanished file
@@ -149,8 +160,25 @@ def main() -> None:
         fail(f"out of memory ({_allocation(exc)}); use a smaller --batch, --input-size, --image-size or --num-classes")
     finally:
         warnings.showwarning = previous
+        TYPED_FACTORIES.difference_update(typed)
+        set_debug(False)
         if main_thread:
             signal.signal(signal.SIGTERM, previous_term)
+
+
+def _typed_factories(argv: list[str]) -> set[str]:
+    """The ``package.module:factory`` specs on the command line: the user's own code, typed by the user."""
+    out = set()
+    for arg in argv:
+        module, sep, attr = arg.partition(":")
+        if sep and is_factory(arg) and attr.isidentifier() and all(p.isidentifier() for p in module.split(".")):
+            out.add(arg)
+    return out
+
+
+def _command() -> str:
+    """The command being run (``convert``), for a hint that repeats it."""
+    return next((arg for arg in sys.argv[1:] if arg in COMMANDS), "COMMAND")
 
 
 def _out_of_memory(message: str) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+import traceback
 from collections.abc import Iterable
 from enum import Enum
 from typing import Any, NoReturn
@@ -12,7 +14,7 @@ from typing import Any, NoReturn
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import LowRankError
+from ..errors import DEBUG_ENV, LowRankError
 
 #: Human output; soft_wrap keeps an error message on one physical line however narrow the terminal.
 console = Console()
@@ -55,7 +57,26 @@ def parse_model_args(items: Iterable[str] | None) -> dict[str, Any]:
     return out
 
 
+#: ``lowrank --debug`` (or ``LOWRANK_DEBUG=1``): show the traceback behind an error line.
+_DEBUG = {"on": False}
+
+DEBUG_HELP = f"Show the full traceback behind an error (for a bug report); the same as {DEBUG_ENV}=1."
+
+
+def set_debug(on: bool) -> None:
+    _DEBUG["on"] = bool(on)
+
+
+def debug_enabled() -> bool:
+    """Whether errors show their traceback: ``lowrank --debug`` or ``LOWRANK_DEBUG`` set to anything but 0."""
+    return _DEBUG["on"] or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print ``error: MESSAGE`` on stderr and exit with ``code``; in debug mode, called while an exception is
+    handled, its traceback first."""
+    if debug_enabled() and sys.exc_info()[1] is not None:
+        traceback.print_exc(file=sys.stderr)
     # The message carries user values (paths, patterns): printed as text, never read as rich markup.
     err_console.print(f"[bold red]error:[/bold red] {escape(message)}")
     sys.exit(code)

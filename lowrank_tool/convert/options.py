@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,7 +31,40 @@ from ..input_size import parse_input_size
 from ..threads import check_threads
 from .select import parse_layer_rank
 
-__all__ = ["RankSpec", "ConvertOptions", "option_help"]
+__all__ = ["RankSpec", "ConvertOptions", "option_help", "python_number"]
+
+
+def python_number(value: Any) -> Any:
+    """A NumPy (or other ``numbers``-registered) scalar as the Python ``int`` / ``float`` it stands for; any other
+    value as it is. A float32 keeps the number as written: ``np.float32(0.3)`` → ``0.3``, not 0.30000001192...
+
+    Example:
+        >>> python_number(np.float32(0.3)), python_number(np.int64(16))  # doctest: +SKIP
+        (0.3, 16)
+    """
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        try:
+            return float(str(value))  # the shortest repr of its own precision
+        except ValueError:
+            return float(value)
+    return value
+
+
+#: The options that are numbers: NumPy scalars are taken as the Python numbers they stand for.
+_NUMBER_FIELDS = (
+    "rank",
+    "target_params",
+    "target_macs",
+    "round_to",
+    "target_speedup",
+    "latency_threads",
+    "latency_batch",
+    "num_classes",
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +83,7 @@ class RankSpec:
         """Accept ``0.3`` / ``"0.3"`` (ratio), ``16`` / ``"16"`` (absolute), ``"dense"``, ``"energy:0.9"`` or ``"erank"``."""
         if isinstance(value, RankSpec):
             return value
+        value = python_number(value)
         if isinstance(value, str):
             text = value.strip().lower()
             if text == "dense":
@@ -201,6 +236,8 @@ class ConvertOptions:
     layer_specs: dict[str, RankSpec] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        for name in _NUMBER_FIELDS:
+            setattr(self, name, python_number(getattr(self, name)))
         budgets = [b for b in ("target_params", "target_macs") if getattr(self, b) is not None]
         if len(budgets) > 1:
             raise LowRankError("give at most one of target_params and target_macs (--target-params / --target-macs)")

@@ -4,8 +4,9 @@ Accepted sources, none of which unpickles code:
 
 * a ``.safetensors`` file;
 * a PyTorch checkpoint (``.pt``, ``.pth``, ``.bin``, ...) read with ``torch.load(weights_only=True)``:
-  a state dict, or a dict holding one under ``state_dict``, ``model`` or ``model_state_dict`` (the usual
-  training-script layouts); a ``module.`` prefix left by DataParallel/DDP is removed;
+  a state dict, or a dict holding one under ``state_dict``, ``model_state_dict``, ``model``, ``net``, ... (the
+  usual training-script layouts; else the only dict of tensors in it); a ``module.`` prefix left by
+  DataParallel/DDP and an ``_orig_mod.`` left by ``torch.compile`` are removed;
 * an artifact directory of a dense model (``lowrank convert MODEL --dense -o DIR`` then
   ``lowrank train DIR --method dense``): its ``model.safetensors``, checked against its plan.
 """
@@ -28,7 +29,9 @@ from ..errors import LowRankError, first_line
 
 __all__ = ["read_state_dict", "load_weights"]
 
-_NESTED_KEYS = ("state_dict", "model", "model_state_dict")
+#: Where training scripts put the model's state dict in a checkpoint (``{"net": ..., "epoch": ...}``).
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "ema")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def _from_directory(directory: Path) -> dict[str, torch.Tensor]:
@@ -51,7 +54,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         try:
             with native_path(path) as name:
-                return load_file(name)
+                return _strip_prefixes(load_file(name))
         except (SafetensorError, OSError) as exc:
             raise LowRankError(
                 f"{path} is not a readable safetensors file ({exc}); re-save the weights with safetensors.torch.save_file"
@@ -69,18 +72,44 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             f"{path} cannot be read as a weights-only PyTorch checkpoint ({first}); save a state dict "
             "(torch.save(model.state_dict(), path)) or a .safetensors file"
         ) from None
-    if isinstance(data, dict):
-        for key in _NESTED_KEYS:
-            if isinstance(data.get(key), dict):
-                data = data[key]
-                break
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+    state = _find_state_dict(data)
+    if state is None:
+        keys = ", ".join(repr(k) for k in list(data)[:6]) if isinstance(data, dict) else ""
+        holds = f"a dict without one (keys {keys})" if keys else type(data).__name__
         raise LowRankError(
-            f"{path} holds no state dict (name → tensor); save one with torch.save(model.state_dict(), path)"
+            f"{path} holds no state dict (name → tensor), but {holds}; save one with "
+            "torch.save(model.state_dict(), path), or a training checkpoint with it under 'state_dict' or 'model'"
         )
-    if data and all(k.startswith("module.") for k in data):
-        data = {k[len("module.") :]: v for k, v in data.items()}
-    return data
+    return _strip_prefixes(state)
+
+
+def _is_state_dict(data: Any) -> bool:
+    return isinstance(data, dict) and bool(data) and all(isinstance(v, torch.Tensor) for v in data.values())
+
+
+def _find_state_dict(data: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict in what a checkpoint file holds: the dict itself, or the one a training script nested
+    under a usual key (``state_dict``, ``model``, ``net``, ...), or else the only dict of tensors in it."""
+    if _is_state_dict(data):
+        return dict(data)
+    if not isinstance(data, dict):
+        return None
+    for key in _NESTED_KEYS:
+        if _is_state_dict(data.get(key)):
+            return dict(data[key])
+    nested = [value for value in data.values() if _is_state_dict(value)]
+    return dict(nested[0]) if len(nested) == 1 else None
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Names as the bare model has them: without the ``module.`` of DataParallel/DDP and the ``_orig_mod.`` of
+    ``torch.compile``, when every name carries it."""
+    for _ in range(4):  # a compiled DDP model: module._orig_mod.
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:

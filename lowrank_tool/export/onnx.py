@@ -46,7 +46,7 @@ from ..choices import (
     MIN_OPSET,
     PRECISIONS,
 )
-from ..conversion_plan import ConversionPlan, parse_json, plan_of
+from ..conversion_plan import ConversionPlan, parse_json, plan_of, unwrap_model
 from ..convert.api import parse_input_size
 from ..errors import LowRankError, first_line
 from ..models import example_input
@@ -355,7 +355,8 @@ def export_onnx(
     """Export a model (converted or not) to an inference-ready ONNX file, and check it against PyTorch.
 
     Args:
-        model: the model; a converted one carries its plan into the file's metadata.
+        model: the model; a converted one carries its plan into the file's metadata. A model wrapped in
+            ``nn.DataParallel``, ``DistributedDataParallel`` or ``torch.compile`` exports the model inside.
         path: the ``.onnx`` file to write (replaced atomically if it exists).
         example_input: an input to trace with; default: random, from ``input_size`` (or the plan's).
         input_size: per-sample size ``"3x224x224"`` (default: the size the model was converted at).
@@ -392,6 +393,7 @@ def export_onnx(
         True
     """
     path, batch = _check_request(model, path, batch, opset, precision, merge, exporter, calib_data, tolerance)
+    model = unwrap_model(model)  # nn.DataParallel / DDP / torch.compile: the model inside is exported
     check_weight_bits(int8_weight_bits)
     engines = parse_engines(verify_with) if verify else []
     note = progress or (lambda message: None)
@@ -411,6 +413,7 @@ def export_onnx(
             work, merge, plan=plan, batch=fixed, threads=threads, device=device, precision=timed_in
         )
     merged = [d.name for d in decisions if d.merged]
+    _explicit_padding(work)
     work, args_typed, names = _typed_graph_io(work, args, task, precision, batch)
 
     with atomic_file(path) as tmp:
@@ -538,6 +541,31 @@ def _trace_input(
     if task == "detection" and batch not in ("dynamic", 1):
         raise LowRankError(f"detection models export one image per call; use batch 'dynamic' or 1, not {batch}")
     return size, _as_args(example_input)
+
+
+def _explicit_padding(model: nn.Module) -> None:
+    """Give every zero-padded conv with ``padding='same'`` or ``'valid'`` its pads as numbers (in place, on the
+    copy that is exported).
+
+    The exporters write ``'same'`` as ONNX's ``auto_pad=SAME_UPPER``, which ONNX Runtime refuses with a dilation
+    and other runtimes may read differently; explicit pads mean the same everywhere. An odd total (an even kernel
+    extent) pads one more after than before, as PyTorch does: that becomes a zero ``Pad`` in front of the conv.
+    (Other padding modes already pad explicitly, with ``F.pad``.)
+    """
+    for conv in model.modules():
+        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed or not isinstance(conv.padding, str):
+            continue
+        if conv.padding_mode != "zeros":
+            continue
+        nd = len(conv.kernel_size)
+        # PyTorch's own split of 'same' (before, after per dim, last dim first; zeros for 'valid')
+        pads = list(conv._reversed_padding_repeated_twice)
+        before, after = pads[0::2], pads[1::2]
+        if before == after:
+            conv.padding = tuple(reversed(before))
+        else:  # the module pads with F.pad before the conv in any mode but "zeros": "constant" pads zeros
+            conv.padding_mode = "constant"  # type: ignore[assignment]
+            conv.padding = (0,) * nd
 
 
 def _typed_graph_io(

@@ -222,7 +222,16 @@ def verify_onnx(
     for spec, tensor in zip(specs, inputs, strict=False):
         array = tensor.numpy()
         feed[spec.name] = array.astype(spec.dtype) if spec.dtype.kind == "f" else array
-    got = [o.astype(np.float32) if o.dtype == np.float16 else o for o in runner.run(feed)]
+    try:
+        outs = runner.run(feed)
+    except LowRankError:
+        raise
+    except Exception as exc:  # the engine loaded the file but cannot compute it (an operator's attribute it refuses)
+        raise VerificationError(
+            f"{label} does not run in {engine} ({first_line(exc, limit=240)}); report the model, or try another "
+            "opset or exporter"
+        ) from None
+    got = [o.astype(np.float32) if o.dtype == np.float16 else o for o in outs]
     names = runner.output_names
     notes: list[str] = []
     if len(got) != len(ref):
