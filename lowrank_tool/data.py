@@ -36,6 +36,13 @@ synthetic               none
 With ``image_size`` other than the native size, the torchvision datasets are resized first and the
 crop padding scales with the size.
 
+In the loaders :func:`build_loaders` makes, a training sample's augmentation is a function of (``seed``,
+epoch, sample index): each sample is transformed under torch's generator seeded from those three, and the
+global generator is left as it was. So the augmented data do not depend on the number of DataLoader
+workers, on what else drew random numbers, or on where an epoch started: a run resumed in the middle of an
+epoch sees exactly the batches an uninterrupted run sees, and the batches already done are skipped by the
+sampler (:meth:`EpochSampler.skip_next`) without being loaded.
+
 Example:
     >>> train_loader, val_loader, info = build_loaders("digits", batch_size=64)
     >>> info.num_classes, info.in_channels, info.image_size, info.grey
@@ -47,10 +54,11 @@ from __future__ import annotations
 import difflib
 import functools
 import gzip
+import itertools
 import math
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +69,7 @@ import torch.distributed as tdist
 import torch.nn.functional as F
 import torchvision.datasets as D
 import torchvision.transforms as T
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .errors import LowRankError, first_line
@@ -73,6 +81,8 @@ __all__ = [
     "DataSpec",
     "DataInfo",
     "SyntheticDataset",
+    "EpochSampler",
+    "sample_seed",
     "build_datasets",
     "build_loaders",
 ]
@@ -650,6 +660,140 @@ def _check_counts(name: str, root: Path, split: str, dataset: Dataset) -> None:
     )
 
 
+# -- the training order and augmentation as functions of (seed, epoch) ----------------------------------
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation in one epoch: distinct triples give unrelated 63-bit seeds."""
+    h = 0
+    for value in (seed, epoch, index):
+        h = _splitmix64(h ^ (value & _MASK64))
+    return h >> 1
+
+
+class _SeededAugmentation(Dataset):
+    """A training set whose random augmentation of a sample is a function of (seed, epoch, sample index).
+
+    Indexed with ``(epoch, index)`` (what :class:`_EpochLoader` passes), it runs the wrapped data set's
+    ``[index]`` under torch's CPU generator seeded with :func:`sample_seed` and then restores the generator,
+    so neither the worker a sample is loaded in nor the samples loaded before it change its augmentation,
+    and the caller's random state is untouched. A plain ``index`` draws from the global generator, as the
+    wrapped data set does. Other attributes (``transform``, ``targets``, ``classes``...) are the wrapped one's.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+    def __getattr__(self, name: str) -> Any:
+        inner = self.__dict__.get("dataset")  # (not yet set while a worker unpickles it)
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+
+class _Epochs:
+    """Epoch bookkeeping shared by the training samplers: each pass is the next epoch unless ``set_epoch``
+    named it, and ``skip_next`` drops the first samples of the next pass only."""
+
+    epoch: int
+
+    def _start_pass(self) -> int:
+        if getattr(self, "_pinned", True) is False:
+            self.epoch += 1  # a loop that never calls set_epoch still gets a new order and new augmentation
+        self._pinned = False
+        skip, self._skip = getattr(self, "_skip", 0), 0
+        return skip
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch`` (its order and its augmentation)."""
+        self.epoch = epoch
+        self._pinned = True
+
+    def skip_next(self, samples: int) -> None:
+        """Start the next pass at its ``samples``-th sample (the samples before it are not loaded)."""
+        self._skip = samples
+
+
+class EpochSampler(_Epochs, Sampler[int]):
+    """The training order: a permutation of ``range(size)`` that is a function of (``seed``, epoch).
+
+    Each pass over it is the next epoch (0, 1, ...) unless :meth:`set_epoch` names one;
+    :meth:`skip_next` makes the next pass start later (a resumed epoch).
+
+    Example:
+        >>> sampler = EpochSampler(5, seed=1)
+        >>> sampler.set_epoch(3); first = list(sampler)
+        >>> sampler.set_epoch(3); sampler.skip_next(2); list(sampler) == first[2:]
+        True
+    """
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[int]:
+        skip = self._start_pass()
+        if not self.shuffle:
+            return iter(range(skip, self.size))
+        gen = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+        return iter(torch.randperm(self.size, generator=gen)[skip:].tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class _EpochDistributedSampler(_Epochs, DistributedSampler):
+    """``DistributedSampler`` (this rank's share, a function of seed and epoch) with :class:`EpochSampler`'s
+    passes and ``skip_next`` (counted in this rank's samples)."""
+
+    def __iter__(self) -> Iterator[int]:
+        skip = self._start_pass()
+        return itertools.islice(super().__iter__(), skip, None)
+
+
+class _EpochKeys:
+    """The batches of sample indices a loader fetches, each index as ``(epoch, index)``."""
+
+    def __init__(self, batches: Any, sampler: Any) -> None:
+        self.batches, self.sampler = batches, sampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches:
+            epoch = self.sampler.epoch  # read once the pass began (it may have moved on to the next epoch)
+            yield [(epoch, int(i)) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _EpochLoader(DataLoader):
+    """A DataLoader that hands its data set ``(epoch, index)`` keys, so that augmentation can depend on both."""
+
+    @property
+    def _index_sampler(self) -> Any:
+        return _EpochKeys(super()._index_sampler, self.sampler)
+
+
 # -- public builders ------------------------------------------------------------------------------------
 def _check_int(what: str, value: Any, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -670,7 +814,8 @@ def build_datasets(
         download: let torchvision download a missing dataset into PATH (needs internet; not for
             ``imagefolder``, which is always your own folder).
         seed: fixes the digits split and the synthetic data. Augmentation draws from torch's global
-            generator (seed it, or let DataLoader workers seed it).
+            generator (seed it, or let DataLoader workers seed it); the loaders of :func:`build_loaders`
+            make it a function of (seed, epoch, sample index).
         augment: apply the dataset's standard training augmentation (see the module docstring).
 
     Raises:
@@ -719,11 +864,14 @@ def build_loaders(
       digits and synthetic. For those, worker processes cost more than the data work they would do.
       ``persistent_workers`` is on whenever there are workers.
     * ``pin_memory`` when CUDA is available. ``drop_last`` is off: every sample is used.
-    * Train order: shuffled by a generator seeded with ``seed`` (the loader's ``.generator``; the trainer
-      reseeds it per epoch). With ``distributed=True`` (a torch.distributed process group must be
-      initialised), a ``DistributedSampler`` splits train (shuffled, ``seed``) and val (in order)
-      across ranks. It is the loader's ``.sampler``; call ``sampler.set_epoch(epoch)`` every epoch.
-      The val sampler repeats up to ``world_size - 1`` samples so all ranks get equal shares.
+    * Train order and augmentation: functions of (``seed``, epoch). The train loader's ``.sampler`` is an
+      :class:`EpochSampler` (or, with ``distributed=True``, a ``DistributedSampler`` of the same kind,
+      splitting train across ranks; a torch.distributed process group must be initialised); each pass
+      over the loader is the next epoch, or the one ``sampler.set_epoch(epoch)`` names (the trainer
+      does). Each sample's augmentation is drawn from a generator seeded by (``seed``, epoch, sample
+      index), so it is the same with any number of workers. ``sampler.skip_next(n)`` starts the next
+      pass at its ``n``-th sample (a resumed epoch skips its done batches without loading them). The
+      val sampler (distributed) repeats up to ``world_size - 1`` samples so all ranks get equal shares.
 
     Args:
         spec: ``NAME[:PATH]`` or a :class:`DataSpec`.
@@ -762,6 +910,7 @@ def build_loaders(
 
         sampler_cls = DistributedSampler
     train, val, info = build_datasets(spec, image_size=image_size, download=download, seed=seed, augment=augment)
+    train_data: Dataset = _SeededAugmentation(train, seed) if augment else train
     if workers is None:
         workers = 0 if RECORDS[spec.name].in_memory else min(4, os.cpu_count() or 1)
     common: dict[str, Any] = {
@@ -769,23 +918,19 @@ def build_loaders(
         "pin_memory": torch.cuda.is_available(),
         "persistent_workers": workers > 0,
     }
-    # also seeds the workers' base seed (and so the augmentation) when there are workers
+    # the workers' base seed (the augmentation does not depend on it: see _SeededAugmentation)
     generator = torch.Generator().manual_seed(seed)
+    size = len(train)  # type: ignore[arg-type]
+    train_sampler = (
+        _EpochDistributedSampler(train, shuffle=True, seed=seed) if sampler_cls else EpochSampler(size, seed)
+    )
+    train_loader = _EpochLoader(
+        train_data, batch_size=batch_size, sampler=train_sampler, generator=generator, drop_last=False, **common
+    )
     if sampler_cls is not None:
-        train_loader = DataLoader(
-            train,
-            batch_size=batch_size,
-            sampler=sampler_cls(train, shuffle=True, seed=seed),
-            generator=generator,
-            drop_last=False,
-            **common,
-        )
         val_loader = DataLoader(
             val, batch_size=val_batch_size or batch_size, sampler=sampler_cls(val, shuffle=False), **common
         )
     else:
-        train_loader = DataLoader(
-            train, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False, **common
-        )
         val_loader = DataLoader(val, batch_size=val_batch_size or batch_size, shuffle=False, **common)
     return train_loader, val_loader, info

@@ -218,7 +218,7 @@ def test_save_on_a_full_disk_is_a_lowrank_error(monkeypatch, tmp_path):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(lio, "save_model", full)
+    monkeypatch.setattr(lio, "save_state", full)
     with pytest.raises(LowRankError, match=r"cannot write .*out \(No space left on device\)"):
         lr.save(lr.convert("resnet20", rank=0.5, input_size=(3, 16, 16)), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

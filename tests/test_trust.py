@@ -149,7 +149,7 @@ def test_onnx_metadata_plan_that_is_not_json(artifact, tmp_path, cli):
 def test_recipe_naming_a_factory_needs_trust_code(nproc, tmp_path, cli, monkeypatch):
     train_cli = importlib.import_module("lowrank_tool.cli.train")
 
-    monkeypatch.setattr(train_cli, "_launch", lambda n, argv: pytest.fail("launched torchrun"))
+    monkeypatch.setattr(train_cli, "_launch", lambda n, argv, directory=None: pytest.fail("launched torchrun"))
     marker = tmp_path / "PWNED"
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: os:system\noutput: {tmp_path / 'out'}\n")
@@ -163,7 +163,7 @@ def test_train_under_torchrun_forwards_trust_code(artifact, tmp_path, cli, monke
     train_cli = importlib.import_module("lowrank_tool.cli.train")
 
     launched = []
-    monkeypatch.setattr(train_cli, "_launch", lambda n, argv: launched.append((n, argv)) or 0)
+    monkeypatch.setattr(train_cli, "_launch", lambda n, argv, directory=None: launched.append((n, argv)) or 0)
     for flags in ([], ["--trust-code"]):
         code, _, err = cli("train", artifact / "good", "--data", "synthetic", "--epochs", "1", "--nproc", "2", *flags)
         assert code == 0, err

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ..artifact import check_path
+from ..artifact import DirectoryLock, check_path
 from ..choices import (
     DEFAULT_ROUND_TO,
     FORMAT_CHOICES,
@@ -92,6 +92,8 @@ def convert(
     refuse_unknown(model)
     if output is not None and check_path(output).exists() and not force:
         raise LowRankError(f"{output} already exists; choose another output directory or pass --force")
+    if output is not None and force and output.is_dir():
+        DirectoryLock.check(output)  # not a directory another run is training (said now, not after converting)
     if target_speedup is not None and policy.value != "latency":
         raise LowRankError("--target-speedup needs --policy latency")
     if energy is not None:

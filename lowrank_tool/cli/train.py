@@ -167,7 +167,7 @@ def train(
     """
     # the options, the recipe and the paths are checked before torch is imported (a mistake is refused at once)
     # and before the recipe's model is converted (nothing is written for a run that cannot start)
-    from ..artifact import STATE_FILE
+    from ..artifact import STATE_FILE, DirectoryLock
     from ..train.config import TrainConfig
     from ..train.recipes import load_recipe
 
@@ -232,9 +232,19 @@ def train(
                 f"{directory} already holds a training run; continue it with --resume or start over with --force"
             )
         config = TrainConfig.from_dict({**base, **given}, source="lowrank train")
+        if convert_recipe and rec is not None and config.method == "dense" and not rec.dense:
+            raise LowRankError(
+                f"{rec.source} converts {rec.model} to low rank, and --method dense trains the dense baseline; "
+                "add `dense: true` to the recipe for the baseline, or train with --method elrt"
+            )
+    if convert_recipe and force and directory.is_dir():
+        DirectoryLock.check(directory)  # not a directory another run is training (said now, not after converting)
     from ..train.checkpoint import load_train_state
-    from ..train.run import train_artifact
+    from ..train.run import refuse_dense_on_low_rank, train_artifact
     from ..train.trainer import TrainingDiverged, TrainingInterrupted
+
+    if not resume and not convert_recipe:
+        refuse_dense_on_low_rank(directory, config.method, cli=True)
 
     with contextlib.ExitStack() as cleanup:
         if convert_recipe:
@@ -245,6 +255,7 @@ def train(
         if resume:
             base.update(load_train_state(directory / STATE_FILE)["config"])
             config = TrainConfig.from_dict({**base, **given}, source="lowrank train")
+            refuse_dense_on_low_rank(directory, config.method, cli=True)
 
         if nproc > 1 and not under_torchrun:
             argv = ["train", str(directory), *_flags(given)]
@@ -255,7 +266,7 @@ def train(
                 + (["--json"] if json else [])
             )
             argv += ["--trust-code"] if trust_code else []
-            sys.exit(_launch(nproc, argv))
+            sys.exit(_launch(nproc, argv, directory))
 
         rank0 = int(os.environ.get("RANK", "0")) == 0
 
@@ -320,10 +331,11 @@ def _flags(given: dict[str, Any]) -> list[str]:
     return out
 
 
-def _launch(nproc: int, argv: list[str]) -> int:
+def _launch(nproc: int, argv: list[str], directory: Path) -> int:
     from ..train.distributed import launch
+    from ._common import debug_enabled
 
-    return launch(nproc, argv)
+    return launch(nproc, argv, directory=directory, debug=debug_enabled())
 
 
 def _convert_recipe(rec: Any, directory: Path, *, force: bool, under_torchrun: bool, trust_code: bool) -> None:
@@ -357,11 +369,15 @@ def _convert_recipe(rec: Any, directory: Path, *, force: bool, under_torchrun: b
 @contextlib.contextmanager
 def _removed_unless_started(directory: Path) -> Iterator[None]:
     """Remove the artifact this command converted if the run fails before its first training state is saved."""
-    from ..artifact import STATE_FILE
+    from ..artifact import STATE_FILE, DirectoryLock
 
     try:
         yield
     except BaseException:
-        if not (directory / STATE_FILE).exists():
-            shutil.rmtree(directory, ignore_errors=True)
+        try:
+            with DirectoryLock(directory, what="removed"):  # not if another run has started training it meanwhile
+                if not (directory / STATE_FILE).exists():
+                    shutil.rmtree(directory, ignore_errors=True)
+        except LowRankError:
+            pass  # it is the other run's now
         raise

@@ -13,6 +13,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..errors import LowRankError
+from ..layers import LowRankConv
+
 __all__ = ["Method", "Dense"]
 
 
@@ -50,6 +53,15 @@ class Method:
 
 
 class Dense(Method):
-    """The baseline: plain training, no regulariser, no structure change."""
+    """The baseline: plain training, no regulariser, no structure change (of a dense model only)."""
 
     name = "dense"
+
+    def setup(self, model: nn.Module) -> None:
+        names = [name for name, m in model.named_modules() if isinstance(m, LowRankConv)]
+        if names:
+            raise LowRankError(
+                f"method='dense' trains the dense baseline, but this model has {len(names)} low-rank layers (e.g. "
+                f"{names[0] or 'the model itself'}); build the baseline with convert(model, dense=True), or train these "
+                "layers with method='elrt' (orth='none' for no regulariser)"
+            )

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from ..artifact import STATE_FILE
 from ..errors import LowRankError
 
 __all__ = ["DistInfo", "setup", "teardown", "all_reduce_sum", "launch"]
@@ -79,9 +84,51 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     return t.tolist()
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """Re-run this command under torchrun with ``nproc`` processes on this machine; returns its exit code."""
-    cmd = [
+def launch(nproc: int, argv: list[str], directory: str | os.PathLike[str] | None = None, *, debug: bool = False) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes on this machine; returns its exit code.
+
+    The ranks' one-line messages reach stderr, not torchrun's logs and tracebacks; how the run ended is said in
+    one line (see :func:`_relay`). Ctrl-C, SIGTERM and SIGHUP are passed on to torchrun once (it runs in its own
+    session, so a terminal's Ctrl-C does not reach it twice), which passes them on to the ranks: they save the
+    state at the current step and stop; the exit code is then 130. ``directory`` is the run's artifact
+    directory (for the ``--resume`` hint). ``debug`` (``lowrank --debug``, ``LOWRANK_DEBUG=1``) passes every
+    line on as it is, tracebacks included.
+    """
+    cmd = _torchrun(nproc, argv)
+    debug = debug or os.environ.get("LOWRANK_DEBUG", "").strip() not in ("", "0")
+    env = {**os.environ, "LOWRANK_DEBUG": "1"} if debug else None
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True, env=env)
+    assert proc.stderr is not None
+    stops: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        stops.append(signum)
+        try:  # SIGHUP (a closed terminal) as SIGTERM: the ranks save on SIGINT and SIGTERM only
+            os.kill(proc.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
+        except ProcessLookupError:
+            pass
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGHUP)):
+            previous[sig] = signal.signal(sig, forward)
+    try:
+        return _relay(
+            proc.stderr,
+            proc.wait,
+            sys.stderr,
+            directory=directory,
+            stopped=lambda: stops[0] if stops else None,
+            debug=debug,
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _torchrun(nproc: int, argv: list[str]) -> list[str]:
+    """The torchrun command line that runs ``lowrank ARGV`` in ``nproc`` processes on this machine."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -91,33 +138,105 @@ def launch(nproc: int, argv: list[str]) -> int:
         "lowrank_tool",
         *argv,
     ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace")
-    assert proc.stderr is not None
-    return _relay(proc.stderr, proc.wait, sys.stderr)
 
 
-#: torchrun's own output: its banner, its logger (``E1124 16:08:41.61 ...``), and the failure report it prints
-#: after the ranks' own one-line errors (a ChildFailedError traceback).
+#: torchrun's own output: its banner and its logger (``E1124 16:08:41.61 ...``).
 _TORCHRUN_NOISE = re.compile(r"^(\*{5,}|Setting OMP_NUM_THREADS|[EWI]\d{4} \d\d:\d\d:\d\d)")
+#: The start of a failure: a traceback, or PyTorch's record of a rank's uncaught error (``[rank0]: ...``).
+_FAILING = re.compile(r"^(Traceback \(|\[rank\d+\]:)")
+#: The ranks' one-line messages (the CLI's ``error:``/``note:`` lines and a stopped run's ``interrupted:``).
+_MESSAGE = ("error: ", "interrupted: ", "note: ")
 
 
-def _relay(lines: Any, wait: Any, out: Any) -> int:
-    """Copy the ranks' stderr to ``out``, each distinct ``error:`` line once and without torchrun's own report;
-    returns the ranks' exit code (2 for a usage error) rather than torchrun's generic 1."""
+def _failed_rank(held: list[str]) -> tuple[int | None, int] | None:
+    """(rank, exit code) of the first failure torchrun reports ("Root Cause"; a signal is a negative code)."""
+    text = "".join(held)
+    root = text[text.find("Root Cause") :] if "Root Cause" in text else ""
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", root)
+    if code:
+        rank = re.search(r"\brank\s*:\s*(\d+)", root)
+        return (int(rank.group(1)) if rank else None), int(code.group(1))
+    logged = re.search(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)", text)
+    if logged:
+        return int(logged.group(2)), int(logged.group(1))
+    return None
+
+
+def _resume_hint(directory: str | os.PathLike[str] | None) -> str:
+    if directory is None:
+        return "continue from the last checkpoint with `lowrank train DIR --resume`"
+    if not (Path(directory) / STATE_FILE).is_file():
+        return f"no checkpoint was saved yet, so {directory} is as it was: start the run again"
+    return f"continue from the last checkpoint with `lowrank train {directory} --resume`"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _relay(
+    lines: Any,
+    wait: Any,
+    out: Any,
+    *,
+    directory: str | os.PathLike[str] | None = None,
+    stopped: Callable[[], int | None] = lambda: None,
+    debug: bool = False,
+) -> int:
+    """Copy the ranks' stderr to ``out`` and end with one line saying how the run ended; return its exit code.
+
+    Passed on: progress and the ranks' one-line messages (each distinct ``error:`` line once). Held back:
+    torchrun's logs and report, and every traceback (a process that fails takes the others down, and each
+    says so at length). At the end: 130 when the run was stopped (Ctrl-C/SIGTERM; rank 0 has said where its
+    state was saved, else one line says it); 2 after a rank's usage error; 1, with one line naming the rank
+    and the signal and the ``--resume`` hint, when a rank was killed; anything else unexplained shows what
+    was held back (a bug needs its traceback). ``debug`` (``LOWRANK_DEBUG=1``) passes everything on as it is.
+    """
     seen: set[str] = set()
-    user_error = quiet = False
+    held: list[str] = []
+    user_error = interrupted = failing = False
     for line in lines:
-        if quiet or not line.strip() or _TORCHRUN_NOISE.match(line):
+        if debug:
+            out.write(line)
+            out.flush()
             continue
-        if line.startswith("Traceback (most recent call last):") and user_error:
-            quiet = True  # torchrun's ChildFailedError report about the ranks that already said why
-            continue
-        if line.startswith("error: "):
-            user_error = True
+        if line.startswith(_MESSAGE):
+            user_error = user_error or line.startswith("error: ")
+            interrupted = interrupted or line.startswith("interrupted: ")
             if line in seen:
                 continue
             seen.add(line)
+        elif failing or not line.strip() or _TORCHRUN_NOISE.match(line) or _FAILING.match(line):
+            failing = failing or bool(_FAILING.match(line))
+            held.append(line)
+            continue
         out.write(line)
         out.flush()
     code = int(wait())
-    return 2 if code and user_error else code
+    if debug:
+        return code
+    stop = stopped()
+    if stop is not None:
+        if not interrupted:
+            out.write(f"interrupted: stopped by {_signal_name(stop)}; {_resume_hint(directory)}\n")
+        return 130
+    if code == 0:
+        return 0
+    if user_error:
+        return 2
+    failure = _failed_rank(held)
+    if failure is not None and failure[1] < 0:
+        rank, number = failure
+        who = f"rank {rank}" if rank is not None else "one of them"
+        out.write(
+            f"error: training process {who} was killed ({_signal_name(-number)}), so the run stopped; "
+            f"{_resume_hint(directory)}\n"
+        )
+        return 1
+    if interrupted:
+        return 130
+    out.writelines(held)  # a failure we cannot name in one line: its tracebacks are the information
+    return code

@@ -17,7 +17,8 @@ import torch.distributed as tdist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..artifact import SUMMARY_FILE, DirectoryLock, atomic_write_text
+from ..artifact import PLAN_FILE, SUMMARY_FILE, DirectoryLock, atomic_write_text
+from ..conversion_plan import ConversionPlan
 from ..convert.api import summary
 from ..data import build_loaders
 from ..errors import LowRankError, LowRankWarning, first_line
@@ -26,7 +27,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, setup, teardown
 from .trainer import Trainer, TrainResult
 
-__all__ = ["fit", "train_artifact"]
+__all__ = ["fit", "train_artifact", "refuse_dense_on_low_rank"]
 
 
 def fit(
@@ -45,12 +46,14 @@ def fit(
     """Train ``model`` on your own loaders with the toolkit's trainer (ELRT regulariser by default).
 
     Args:
-        model: a converted model (``lowrank_tool.convert``) for ``method="elrt"``, any model for ``"dense"``.
+        model: a converted model (``lowrank_tool.convert``) for ``method="elrt"``, a dense one for ``"dense"``
+            (a model with low-rank layers is refused: build the baseline with ``convert(model, dense=True)``).
         train_loader: batches of ``(images, labels)``.
         val_loader: validation batches (top-1/top-5 each epoch), optional.
         epochs: number of epochs.
         method: ``"elrt"`` or ``"dense"`` (see ``lowrank_tool.methods.list_methods()``).
-        out_dir: where to write metrics and checkpoints (``None``: keep everything in memory).
+        out_dir: where to write metrics and checkpoints (``None``: keep everything in memory); locked for the
+            run, so a directory another process is training is refused with one line.
         resume: continue from ``out_dir/train_state.pt``.
         progress: show a progress bar.
         on_epoch: called with each epoch's metrics.
@@ -115,6 +118,7 @@ def train_artifact(
     ``trust_code`` lets the artifact's plan name a ``package.module:factory`` (see :func:`lowrank_tool.load`).
     """
     directory = Path(directory)
+    refuse_dense_on_low_rank(directory, config.method)  # before the lock: a refused run leaves DIR as it was
     owns_dist = dist is None
     dist = dist or setup(config.device)
     completed = False
@@ -127,6 +131,31 @@ def train_artifact(
     finally:
         if owns_dist:
             teardown(dist, completed)
+
+
+def refuse_dense_on_low_rank(directory: Path, method: str, *, cli: bool = False) -> None:
+    """Method ``dense`` trains the dense baseline: refuse (one line) an artifact whose plan made layers low-rank.
+
+    Otherwise the low-rank layers would be trained without their regulariser and reported as the dense model.
+    ``cli`` words the fix as commands and flags, else as arguments.
+    """
+    if method != "dense":
+        return
+    plan = ConversionPlan.load(directory / PLAN_FILE)
+    converted = plan.converted_layers
+    if not converted:
+        return
+    model = plan.base_model.get("name") or "MODEL"
+    what = f"{directory} holds a low-rank model ({len(converted)} converted layers, e.g. {converted[0].name})"
+    if cli:
+        raise LowRankError(
+            f"{what}; --method dense trains the dense baseline: convert it with `lowrank convert {model} --dense -o "
+            "NEW_DIR` and train that (or train these layers with --method elrt, --orth none for no regulariser)"
+        )
+    raise LowRankError(
+        f"{what}; method='dense' trains the dense baseline: save convert({model!r}, dense=True) to a new directory and "
+        "train that (or train these layers with method='elrt', orth='none' for no regulariser)"
+    )
 
 
 def _train_locked(

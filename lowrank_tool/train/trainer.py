@@ -42,6 +42,7 @@ from ..artifact import (
     STATE_FILE,
     WEIGHTS_FILE,
     DirectoryLock,
+    WriteError,
     atomic_write_text,
     write_error,
 )
@@ -197,6 +198,7 @@ class Trainer:
         self.best_top1 = -1.0
         self.best_epoch = -1
         self.history: list[dict[str, Any]] = []
+        self._metrics_started = False
 
     # -- setup ------------------------------------------------------------------------------------------
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -304,14 +306,62 @@ class Trainer:
                 stacklevel=3,
             )
 
-    def _save(self, best: bool) -> None:
+    def _save(self, best: bool, record: dict[str, Any] | None = None) -> None:
+        """Write the checkpoint, then (after an epoch) its ``record`` in ``metrics.jsonl``.
+
+        The train state comes first: it is what ``--resume`` continues from, and it holds the weights too.
+        A write the disk refuses stops the run with one line that says which of these files now hold this
+        epoch (or step) and which do not.
+        """
         if self.out_dir is None or not self.dist.is_main:
             return
-        save_train_state(self.out_dir / STATE_FILE, self.state_dict())
-        to_save = self.method.deployable(self.raw_model)  # the artifact's structure (LRPET/DeepTwist train dense)
-        atomic_save_weights(to_save, self.out_dir / WEIGHTS_FILE)
-        if best:
-            atomic_save_weights(to_save, self.out_dir / BEST_FILE)
+        written: list[str] = []
+        names = [STATE_FILE, WEIGHTS_FILE] + ([BEST_FILE] if best else []) + ([METRICS_FILE] if record else [])
+        try:
+            save_train_state(self.out_dir / STATE_FILE, self.state_dict())
+            written.append(STATE_FILE)
+            to_save = self.method.deployable(self.raw_model)  # the artifact's structure (LRPET/DeepTwist train dense)
+            atomic_save_weights(to_save, self.out_dir / WEIGHTS_FILE)
+            written.append(WEIGHTS_FILE)
+            if best:
+                atomic_save_weights(to_save, self.out_dir / BEST_FILE)
+                written.append(BEST_FILE)
+            if record is not None:
+                self._append_metrics(record)
+        except WriteError as exc:
+            raise write_error(exc.path, exc, self._saved_so_far(written, names, record is not None)) from None
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        """Add one line to ``metrics.jsonl`` (a fresh run's first line replaces the file of an earlier run);
+        a failed write leaves the file as it was, without a cut line."""
+        assert self.out_dir is not None
+        path = self.out_dir / METRICS_FILE
+        if not self._metrics_started:  # a run started anew (--force): the earlier run's records go
+            atomic_write_text(path, json.dumps(record) + "\n")
+            self._metrics_started = True
+            return
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                size = fh.tell()
+                try:
+                    fh.write(json.dumps(record) + "\n")
+                    fh.flush()
+                except OSError:
+                    fh.truncate(size)
+                    raise
+        except OSError as exc:
+            raise write_error(path, exc) from None
+
+    def _saved_so_far(self, written: list[str], names: list[str], epoch_end: bool) -> str:
+        """What a checkpoint cut short by the disk left: which files hold it, which still hold the one before."""
+        when = f"epoch {self.epoch}" if epoch_end else f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
+        if not written:
+            return f"nothing of {when} was saved; {self.out_dir} keeps its previous checkpoint"
+        missing = [n for n in names if n not in written]
+        return (
+            f"of {when}, {' and '.join(written)} {'was' if len(written) == 1 else 'were'} saved (a resume continues "
+            f"from it), {' and '.join(missing)} {'was' if len(missing) == 1 else 'were'} not"
+        )
 
     # -- loop -------------------------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> None:
@@ -326,7 +376,9 @@ class Trainer:
     def fit(self, resume: bool = False, stop_at: int | None = None) -> TrainResult:
         """Train until ``config.epochs`` (or until ``stop_at`` epochs are done, to continue later with resume).
 
-        Returns the per-epoch history and the best accuracy.
+        Returns the per-epoch history and the best accuracy. ``out_dir`` is locked for the whole run
+        (:class:`~lowrank_tool.artifact.DirectoryLock`): a directory another process is training or replacing
+        is refused with one line.
         """
         lock = (
             DirectoryLock(self.out_dir) if self.out_dir is not None and self.dist.is_main else contextlib.nullcontext()
@@ -337,6 +389,7 @@ class Trainer:
     def _fit(self, resume: bool, stop_at: int | None) -> TrainResult:
         if resume:
             self.resume()
+        self._metrics_started = resume or bool(self.history)  # a new run replaces an earlier run's metrics.jsonl
         start = time.perf_counter()
         end = self.cfg.epochs if stop_at is None else min(stop_at, self.cfg.epochs)
         apply_memory_format(self.raw_model, self.memory_format)  # again: a previous fit() handed it back
@@ -356,13 +409,7 @@ class Trainer:
                     self.epoch += 1
                     self.step_in_epoch = 0
                     self.history.append(record)
-                    if self.dist.is_main and self.out_dir is not None:
-                        try:
-                            with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
-                                fh.write(json.dumps(record) + "\n")
-                        except OSError as exc:  # a full disk: one line (resume drops a cut record)
-                            raise write_error(self.out_dir / METRICS_FILE, exc) from None
-                    self._save(improved)
+                    self._save(improved, record)
                     if self.on_epoch is not None and self.dist.is_main:
                         self.on_epoch(record)
             if self.epoch >= self.cfg.epochs:
@@ -374,9 +421,19 @@ class Trainer:
         return TrainResult(list(self.history), self.best_top1, self.best_epoch, time.perf_counter() - start)
 
     def _batches(self) -> Iterable[Any]:
+        """This epoch's batches; resumed mid-epoch, those after the ones done (replaying the epoch's order).
+
+        A sampler with ``skip_next`` (the loaders of :func:`lowrank_tool.data.build_loaders`) skips the done
+        batches without loading them; any other loader's are loaded and dropped.
+        """
         self._epoch_order(self.epoch)
-        it: Iterable[Any] = iter(self.train_loader)
-        if self.step_in_epoch:  # resumed mid-epoch: replay this epoch's order and skip what was done
+        loader = self.train_loader
+        sampler, batch_size = getattr(loader, "sampler", None), getattr(loader, "batch_size", None)
+        if self.step_in_epoch and batch_size and callable(getattr(sampler, "skip_next", None)):
+            sampler.skip_next(self.step_in_epoch * batch_size)  # type: ignore[union-attr]
+            return iter(loader)
+        it: Iterable[Any] = iter(loader)
+        if self.step_in_epoch:
             it = itertools.islice(it, self.step_in_epoch, None)
         return it
 
