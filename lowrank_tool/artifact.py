@@ -386,6 +386,7 @@ _CLASH = {
     "trained": "two runs in one directory would mix their checkpoints and metrics",
     "replaced": "it cannot be replaced while in use",
     "removed": "it is left as it is",
+    "written": "nothing is written into it while in use",
 }
 
 

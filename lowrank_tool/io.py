@@ -52,6 +52,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool
 
     model = unwrap_model(model)  # nn.DataParallel / DDP / torch.compile: the weights of the model inside
     plan = summary(model)
+    _check_savable(model)
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         plan.save(tmp / PLAN_FILE)
         save_state(model, tmp / WEIGHTS_FILE, metadata={"format": "pt", "lowrank_tool": __version__})
@@ -292,6 +293,28 @@ def _check_device(map_location: Any) -> torch.device:
             f"map_location={str(map_location)!r}, but MPS is not available on this machine; load with map_location='cpu'"
         )
     return device
+
+
+def _check_savable(model: nn.Module) -> None:
+    """What :func:`load` refuses is not written: NaN/inf values, a negative batch-norm variance."""
+    state = model.state_dict()
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise LowRankError(
+            f"the model holds NaN/inf values ({len(bad)} tensors, e.g. {bad[0]}), and load refuses such an artifact; "
+            "save a good checkpoint (a diverged run keeps its last good one)"
+        )
+    for name, module in model.named_modules():
+        var = getattr(module, "running_var", None)
+        if (
+            isinstance(module, nn.modules.batchnorm._NormBase)
+            and isinstance(var, torch.Tensor)
+            and bool((var < 0).any())
+        ):
+            raise LowRankError(
+                f"the model holds a negative batch-norm variance in {name}.running_var, and load refuses such an "
+                "artifact; fix the statistics (e.g. recompute them on training data) before saving"
+            )
 
 
 def _check_batch_norm(weights: Path, model: nn.Module) -> None:

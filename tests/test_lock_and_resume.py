@@ -94,6 +94,31 @@ def test_replacing_a_directory_another_run_trains_is_refused_and_changes_nothing
     assert [p.name for p in d.parent.iterdir()] == ["run"]  # no temporary or .old directory left beside it
 
 
+@pytest.mark.parametrize("name", ["metrics.jsonl", "train_state.pt", LOCK_FILE, "new.onnx"])
+def test_export_never_writes_into_a_directory_another_run_trains(held, cli, name):
+    d, pid = held
+    (d / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    before = _files(d)
+    code, _, err = cli("export", d, "--onnx", d / name, "--force", "--no-verify")
+    line = _one_error(err)
+    assert code == 2, err
+    if name == "new.onnx":
+        assert f"is being trained by another run (pid {pid} on " in line and "nothing is written into it" in line
+    else:
+        assert "is a file of the artifact in" in line and "write the ONNX file under another name" in line
+    assert _files(d) == before
+
+
+def test_export_never_replaces_another_artifacts_files(r20, tmp_path, cli):
+    other = tmp_path / "other"
+    shutil.copytree(r20, other)
+    before = _files(other)
+    for name in ("plan.json", "model.safetensors", "summary.json"):
+        code, _, err = cli("export", r20, "--onnx", other / name, "--force", "--no-verify")
+        assert code == 2 and "is a file of the artifact in" in _one_error(err)
+    assert _files(other) == before
+
+
 def test_a_directory_this_process_trains_is_not_replaced(r20, tmp_path):
     d = tmp_path / "run"
     shutil.copytree(r20, d)

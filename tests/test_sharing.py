@@ -256,6 +256,13 @@ def test_patterns_may_name_a_shared_conv_under_any_name():
     assert converted.a is converted.b and isinstance(converted.a, nn.Conv2d)
 
 
+def test_different_ranks_for_the_names_of_one_shared_conv_are_refused():
+    with pytest.raises(lr.LowRankError, match=r"layer_rank gives the shared conv 'convs.0' \(also convs.1, convs.2\)"):
+        lr.convert(_build(RepeatedInList), rank=0.5, input_size="3x16x16", layer_rank={"convs.0": 8, "convs.2": 4})
+    same = lr.convert(_build(RepeatedInList), input_size="3x16x16", layer_rank={"convs.0": 8, "convs.2": 8})
+    assert lr.summary(same).layer("convs.0").ranks == [8, 8]
+
+
 def test_a_plan_for_a_shared_model_refuses_a_model_that_does_not_share():
     class Unshared(AttributeAlias):
         def __init__(self) -> None:
@@ -422,3 +429,77 @@ def test_dense_training_methods_and_merging_keep_a_shared_conv_shared():
     assert len({id(m) for m in model.convs}) == 1 and isinstance(model.convs[0], LowRankConv)
     merge_factors(model, "all")
     assert len({id(m) for m in model.convs}) == 1 and type(model.convs[0]) is nn.Conv2d
+
+
+class HeldInPlainContainers(_Base):
+    """Convs also held by a plain list, a tuple and a dict attribute (not registered as submodules)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.stages = [self.a, self.b]
+        self.pair = (self.a, self.b)
+        self.by_name = {"first": self.a, "rest": [self.b]}
+
+    def body(self, x):
+        for conv in self.stages:
+            x = torch.relu(conv(x))
+        return self.by_name["rest"][0](self.pair[0](x))
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["copy", "inplace"])
+def test_convs_held_in_plain_containers_are_replaced_there_too(inplace, tmp_path):
+    dense = _build(HeldInPlainContainers)
+    reference = copy.deepcopy(dense)
+    x = torch.randn(2, 3, 16, 16)
+    converted = _convert(dense, inplace=inplace)
+    assert converted.stages[0] is converted.a and converted.pair[1] is converted.b
+    assert converted.by_name["first"] is converted.a and converted.by_name["rest"][0] is converted.b
+    assert isinstance(converted.a, LowRankConv)
+    with torch.no_grad():
+        expected, got = reference(x), converted(x)
+    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-5
+    lr.save(converted, tmp_path / "art")
+    loaded = lr.load(tmp_path / "art", model=HeldInPlainContainers()).eval()
+    assert loaded.stages[0] is loaded.a and loaded.by_name["rest"][0] is loaded.b
+    with torch.no_grad():
+        assert torch.equal(loaded(x), got)
+
+
+class HeldInAClosure(_Base):
+    """A conv the forward reaches only through a closure: conversion cannot reach it to swap it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        conv = self.conv
+        self.apply_conv = lambda x: conv(x)
+
+    def body(self, x):
+        return self.apply_conv(x)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["copy", "inplace"])
+def test_a_conv_called_through_a_closure_is_refused_and_the_model_left_as_it_was(inplace):
+    model = _build(HeldInAClosure)
+    conv = model.conv
+    with pytest.raises(
+        lr.LowRankError, match=r"still calls the dense 'conv' through a reference that is not a submodule"
+    ):
+        lr.convert(model, rank=0.5, input_size="3x16x16", inplace=inplace)
+    assert model.conv is conv and type(conv) is nn.Conv2d
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    model = _convert(_build(SharedBlock), rank=0.5, init="random")
+    with torch.no_grad():
+        model.blocks[0][1].running_var[0] = -1.0
+    with pytest.raises(lr.LowRankError, match=r"negative batch-norm variance in blocks.0.1.running_var"):
+        lr.save(model, tmp_path / "a")
+    with torch.no_grad():
+        model.blocks[0][1].running_var[0] = 1.0
+        model.head.weight[0, 0] = float("nan")
+    with pytest.raises(lr.LowRankError, match=r"NaN/inf values \(1 tensors, e.g. head.weight\)"):
+        lr.save(model, tmp_path / "a")
+    assert not (tmp_path / "a").exists()

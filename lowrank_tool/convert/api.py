@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..models import (
     get_entry,
     parse_input_size,
 )
-from .apply import apply_plan, set_submodule
+from .apply import build_layers, replace_in_containers, set_submodule
 from .latency import apply_latency_policy
 from .options import ConvertOptions
 from .planner import build_plan
@@ -347,14 +348,23 @@ def convert(
     if _is_hugging_face(module):
         warnings.warn(_HF_NOTE, LowRankWarning, stacklevel=2)
     source = module
+    # the dense convs being replaced: the converted model must never call one (see _stale_calls)
+    replaced = {e.name: source.get_submodule(e.name) for e in p.converted_layers}
+    built = build_layers(source, p, init=init, progress=progress)  # changes nothing yet
     if isinstance(model, nn.Module) and not inplace:
-        # Copy everything but the convs about to be replaced: their weights would be cloned for nothing
-        # (2.5 GB on regnet_y_128gf). The low-rank layers are built from the user's convs, untouched.
-        memo: dict[int, Any] = {id(source.get_submodule(e.name)): nn.Identity() for e in p.converted_layers}
+        # Copy the model with each replaced conv standing for its low-rank layer, wherever the model holds
+        # it: under every name, and in plain lists, dicts or attributes (their weights are not cloned for
+        # nothing either: 2.5 GB on regnet_y_128gf). The user's model is untouched.
+        memo: dict[int, Any] = {id(replaced[names[0]]): layer for names, layer in built}
         module = copy.deepcopy(source, memo)
     undo = _undo_record(module, p) if module is model else None  # inplace: a failure puts the model back
+    undo_containers: list[Callable[[], None]] = []
     try:
-        apply_plan(module, p, init=init, source=source, progress=progress)
+        for names, layer in built:
+            for name in names:
+                set_submodule(module, name, layer)
+        if module is source:  # (a copy had its plain lists and dicts fixed by the memo)
+            undo_containers = replace_in_containers(module, {id(replaced[n[0]]): layer for n, layer in built})
         device = next((t.device for t in module.parameters()), torch.device("cpu"))
         wanted = resolve_memory_format(opts.memory_format, module, device)
         if opts.memory_format == "auto" and wanted == torch.contiguous_format:
@@ -363,15 +373,53 @@ def convert(
             layout = layout_name(wanted)
             apply_memory_format(module, wanted)
         if p.converted_layers:
-            layout = _check_runs_in(
-                module, planned, layout, opts.memory_format, hint=model if isinstance(model, str) else "MODEL"
-            )
+            with _stale_calls(replaced):
+                layout = _check_runs_in(
+                    module, planned, layout, opts.memory_format, hint=model if isinstance(model, str) else "MODEL"
+                )
     except BaseException:
+        for step in reversed(undo_containers):
+            step()
         if undo is not None:
             undo()
         raise
     p.policy["memory_format"] = layout
     return attach_plan(module, p)
+
+
+@contextlib.contextmanager
+def _stale_calls(replaced: dict[str, nn.Module]) -> Iterator[None]:
+    """Refuse a converted model that still calls a replaced dense conv: one it reaches through a reference
+    that is neither a submodule nor in a plain list, tuple or dict attribute (a closure, a bound method, an
+    object of its own), which would keep computing with the dense weights the plan says are gone."""
+    called: list[str] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: Any) -> None:
+            called.append(name)
+            raise _StaleCall(name)
+
+        return record
+
+    handles = [conv.register_forward_pre_hook(hook(name)) for name, conv in replaced.items()]
+    try:
+        yield
+    except LowRankError:
+        if not called:
+            raise
+    finally:
+        for handle in handles:
+            handle.remove()
+    if called:
+        raise LowRankError(
+            f"the converted model still calls the dense {called[0]!r} through a reference that is not a submodule "
+            "(a closure, a bound method or an object of its own), so it would not compute with the low-rank layer; "
+            "hold the conv as a submodule (an attribute, nn.ModuleList or nn.ModuleDict), or keep it dense with exclude=[...]"
+        )
+
+
+class _StaleCall(RuntimeError):
+    """Raised inside the converted model's check run when it calls a replaced dense conv."""
 
 
 def _undo_record(model: nn.Module, plan: ConversionPlan) -> Callable[[], None]:

@@ -8,7 +8,9 @@ on a freshly built model, and lets detection models (which fx cannot trace whole
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +26,15 @@ from .rank import ranks_for
 from .sharing import module_names
 from .support import conv_support
 
-__all__ = ["apply_plan", "set_submodule", "replace_module", "get_submodule", "check_finite_weight"]
+__all__ = [
+    "apply_plan",
+    "build_layers",
+    "set_submodule",
+    "replace_module",
+    "replace_in_containers",
+    "get_submodule",
+    "check_finite_weight",
+]
 
 
 def get_submodule(model: nn.Module, name: str) -> nn.Module:
@@ -43,10 +53,57 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` in place of the module at ``name``, under every name that module has (sharing is kept)."""
+    """Put ``new`` in place of the module at ``name``, under every name that module has (sharing is kept),
+    and in the plain lists, tuples and dicts of the model's modules that hold it."""
     old = model.get_submodule(name)
     for alias in module_names(model)[id(old)]:
         set_submodule(model, alias, new)
+    replace_in_containers(model, {id(old): new})
+
+
+#: A module's own bookkeeping in its ``__dict__``: never a user's container of modules.
+_MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "_state_dict_hooks"})
+
+
+def replace_in_containers(model: nn.Module, swaps: Mapping[int, nn.Module]) -> list[Callable[[], None]]:
+    """Point every plain list, tuple or dict attribute of ``model``'s modules (nested up to 4 deep) that holds a
+    module ``id`` in ``swaps`` at its replacement: ``self.stages = [self.c1, self.c2]`` keeps calling what
+    ``self.c1`` is. Returns the callbacks that undo each change, in the order made."""
+    undo: list[Callable[[], None]] = []
+
+    def fix(value: Any, depth: int) -> Any:
+        """``value`` with the swaps made (lists and dicts in place; a new tuple when one of its items changed)."""
+        if depth > 4:
+            return value
+        if isinstance(value, nn.Module):
+            return swaps.get(id(value), value)
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                new = fix(item, depth + 1)
+                if new is not item:
+                    value[i] = new
+                    undo.append(functools.partial(value.__setitem__, i, item))
+        elif isinstance(value, dict):
+            for key, item in list(value.items()):
+                new = fix(item, depth + 1)
+                if new is not item:
+                    value[key] = new
+                    undo.append(functools.partial(value.__setitem__, key, item))
+        elif type(value) is tuple:
+            items = tuple(fix(item, depth + 1) for item in value)
+            if any(a is not b for a, b in zip(items, value, strict=True)):
+                return items
+        return value
+
+    for module in model.modules():
+        for key, value in list(vars(module).items()):
+            if key in _MODULE_STATE or key.endswith("_hooks") or not isinstance(value, (list, dict, tuple)):
+                continue
+            new = fix(value, 1)
+            if new is not value:  # a tuple rebuilt
+                module.__dict__[key] = new
+                undo.append(functools.partial(module.__dict__.__setitem__, key, value))
+    return undo
 
 
 def _check_matches(module: nn.Module, entry: LayerPlan) -> ConvGeometry:
@@ -90,7 +147,6 @@ def _check_ranks(entry: LayerPlan, geometry: ConvGeometry) -> None:
         )
 
 
-@torch.no_grad()
 def apply_plan(
     model: nn.Module,
     plan: ConversionPlan,
@@ -110,6 +166,25 @@ def apply_plan(
     :class:`LowRankError` and leaves ``model`` as it was.
     """
     source = model if source is None else source
+    built = build_layers(source, plan, init, progress)
+    swaps = {id(source.get_submodule(every[0])): layer for every, layer in built}  # before the swap changes source
+    for every, layer in built:
+        for name in every:
+            set_submodule(model, name, layer)
+    replace_in_containers(model, swaps)
+    return model
+
+
+@torch.no_grad()
+def build_layers(
+    source: nn.Module,
+    plan: ConversionPlan,
+    init: Init = "random",
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[tuple[list[str], LowRankConv]]:
+    """Build the low-rank layer of each converted entry of ``plan`` from ``source``'s conv, changing nothing:
+    (every name the conv has in ``source``, its layer), in plan order. Raises :class:`LowRankError` naming
+    the layer when one cannot be built."""
     names = module_names(source)
     todo = plan.converted_layers
     built: list[tuple[list[str], LowRankConv]] = []
@@ -153,10 +228,7 @@ def apply_plan(
         built.append((every, layer))
         if progress is not None:
             progress(done, len(todo), entry.name)
-    for every, layer in built:
-        for name in every:
-            set_submodule(model, name, layer)
-    return model
+    return built
 
 
 def check_finite_weight(module: _ConvNd, name: str) -> None:

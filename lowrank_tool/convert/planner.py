@@ -206,6 +206,12 @@ def build_plan(
         hit_ex = any(excluded)
         ranked = [overrides.lookup(n) for n in c.names]
         hit_lr, spec = next((found for found in ranked if found[0]), (False, None))
+        given = {str(found[1]) for found in ranked if found[0]}
+        if len(given) > 1:
+            raise LowRankError(
+                f"layer_rank gives the shared conv {c.name!r} (also {', '.join(c.aliases)}) different ranks: "
+                f"{', '.join(sorted(given))}; it is one layer, give it one rank"
+            )
         if c.reason is not None:
             continue
         if hit_ex:

@@ -10,7 +10,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..artifact import check_path
+from ..artifact import (
+    BEST_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    PLAN_FILE,
+    STATE_FILE,
+    SUMMARY_FILE,
+    WEIGHTS_FILE,
+    DirectoryLock,
+    check_path,
+)
 from ..errors import LowRankError
 
 __all__ = ["parse_batch", "check_output_path", "check_onnx_file", "WEIGHT_BITS", "check_weight_bits"]
@@ -62,7 +72,16 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         raise LowRankError(f"cannot write {path}: directory {parent} is not writable; choose another path")
     if path.exists() and not os.access(path, os.W_OK):
         raise LowRankError(f"cannot write {path}: the file exists and is read-only; choose another path")
+    if path.name == LOCK_FILE or (path.name in _ARTIFACT_FILES and (parent / PLAN_FILE).is_file()):
+        raise LowRankError(
+            f"{path} is a file of the artifact in {parent}; write the ONNX file under another name, e.g. {parent / 'model.onnx'}"
+        )
+    DirectoryLock.check(parent, what="written")  # a directory another run is training
     return path
+
+
+#: The files an artifact directory keeps (an export never writes over them).
+_ARTIFACT_FILES = (PLAN_FILE, WEIGHTS_FILE, BEST_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE)
 
 
 def check_onnx_file(path: str | os.PathLike[str]) -> Path:
