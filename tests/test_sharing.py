@@ -12,6 +12,7 @@ for torchvision's models (test_torchvision_sweep.py) and for timm's and Hugging 
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 
 import pytest
@@ -480,9 +481,43 @@ class HeldInAClosure(_Base):
         return self.apply_conv(x)
 
 
+class _Caller:
+    """A plain object holding a conv (not a module, not a container)."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        self.conv = conv
+
+    def __call__(self, x):
+        return self.conv(x)
+
+
+class HeldByAnObject(HeldInAClosure):
+    def __init__(self) -> None:
+        super().__init__()
+        self.apply_conv = _Caller(self.conv)
+
+
+class HeldByAPartial(HeldInAClosure):
+    def __init__(self) -> None:
+        super().__init__()
+        self.apply_conv = functools.partial(self.conv)
+
+
+class ClosureOnlyInTraining(HeldInAClosure):
+    """Eval mode calls the submodule, train mode the closure: the check runs both."""
+
+    def body(self, x):
+        return self.apply_conv(x) if self.training else self.conv(x)
+
+
 @pytest.mark.parametrize("inplace", [False, True], ids=["copy", "inplace"])
-def test_a_conv_called_through_a_closure_is_refused_and_the_model_left_as_it_was(inplace):
-    model = _build(HeldInAClosure)
+@pytest.mark.parametrize(
+    "cls", [HeldInAClosure, HeldByAnObject, HeldByAPartial, ClosureOnlyInTraining], ids=lambda c: c.__name__
+)
+def test_a_conv_called_through_a_closure_is_refused_and_the_model_left_as_it_was(cls, inplace):
+    """What neither the swap (submodules, plain containers) nor load can reach is refused, copy or in place,
+    so that convert never accepts a model that load would rebuild differently."""
+    model = _build(cls)
     conv = model.conv
     with pytest.raises(
         lr.LowRankError, match=r"still calls the dense 'conv' through a reference that is not a submodule"

@@ -31,7 +31,7 @@ from .options import ConvertOptions
 from .planner import build_plan
 from .sharing import module_names
 from .support import qualified_name
-from .trace import ForwardFailure, capture, check_forward
+from .trace import ForwardFailure, capture, check_forward, train_forward
 from .weights import load_weights
 
 __all__ = ["plan", "convert", "summary", "parse_input_size", "PLAN_ATTR"]
@@ -187,7 +187,7 @@ def _plan(model: nn.Module | str, opts: ConvertOptions, example_input: Any = Non
                 f"policy 'latency' measures models with one image input; this is a {task} model, use the rank policy"
             )
         apply_latency_policy(module, plan, opts)
-    return _Planned(module, plan, example, cap.meta or device.type == "meta")
+    return _Planned(module, plan, example, cap.meta or device.type == "meta", train_example)
 
 
 def _check_fits(size: tuple[int, ...]) -> None:
@@ -211,6 +211,7 @@ class _Planned:
     plan: ConversionPlan
     example: Any  # the input it was traced with
     meta: bool  # whether a forward on meta stand-ins is enough to run it
+    train_example: Any = None  # a batch of 2 for a train-mode pass (None: the user gave example_input)
 
 
 def _image_shape(example: Any) -> tuple[int, ...] | None:
@@ -352,10 +353,10 @@ def convert(
     replaced = {e.name: source.get_submodule(e.name) for e in p.converted_layers}
     built = build_layers(source, p, init=init, progress=progress)  # changes nothing yet
     if isinstance(model, nn.Module) and not inplace:
-        # Copy the model with each replaced conv standing for its low-rank layer, wherever the model holds
-        # it: under every name, and in plain lists, dicts or attributes (their weights are not cloned for
-        # nothing either: 2.5 GB on regnet_y_128gf). The user's model is untouched.
-        memo: dict[int, Any] = {id(replaced[names[0]]): layer for names, layer in built}
+        # Copy everything but the convs about to be replaced (their weights would be cloned for nothing:
+        # 2.5 GB on regnet_y_128gf); the copy's references to them are swapped below exactly as load swaps
+        # them on a fresh model, so what convert accepts, load rebuilds. The user's model is untouched.
+        memo: dict[int, Any] = {id(conv): conv for conv in replaced.values()}
         module = copy.deepcopy(source, memo)
     undo = _undo_record(module, p) if module is model else None  # inplace: a failure puts the model back
     undo_containers: list[Callable[[], None]] = []
@@ -363,8 +364,7 @@ def convert(
         for names, layer in built:
             for name in names:
                 set_submodule(module, name, layer)
-        if module is source:  # (a copy had its plain lists and dicts fixed by the memo)
-            undo_containers = replace_in_containers(module, {id(replaced[n[0]]): layer for n, layer in built})
+        undo_containers = replace_in_containers(module, {id(replaced[n[0]]): layer for n, layer in built})
         device = next((t.device for t in module.parameters()), torch.device("cpu"))
         wanted = resolve_memory_format(opts.memory_format, module, device)
         if opts.memory_format == "auto" and wanted == torch.contiguous_format:
@@ -377,6 +377,7 @@ def convert(
                 layout = _check_runs_in(
                     module, planned, layout, opts.memory_format, hint=model if isinstance(model, str) else "MODEL"
                 )
+                _train_pass(module, planned)
     except BaseException:
         for step in reversed(undo_containers):
             step()
@@ -416,6 +417,16 @@ def _stale_calls(replaced: dict[str, nn.Module]) -> Iterator[None]:
             "(a closure, a bound method or an object of its own), so it would not compute with the low-rank layer; "
             "hold the conv as a submodule (an attribute, nn.ModuleList or nn.ModuleDict), or keep it dense with exclude=[...]"
         )
+
+
+def _train_pass(model: nn.Module, planned: _Planned) -> None:
+    """One forward in train mode, for the stale-call check of the paths only training takes (nothing changes;
+    a failure here is not the conversion's to report: the eval-mode check ran the model)."""
+    example = planned.train_example if planned.train_example is not None else planned.example
+    try:
+        train_forward(model, example)
+    except Exception:
+        pass
 
 
 class _StaleCall(RuntimeError):

@@ -324,6 +324,24 @@ def check_forward(model: nn.Module, example: Any, *, meta: bool) -> ForwardFailu
     return ForwardFailure(stack[-1] if stack else "", error)
 
 
+def train_forward(model: nn.Module, example: Any) -> None:
+    """Run ``model`` once in train mode without gradients; its buffers (batch-norm statistics), training
+    flag and the random state are left as they were. Raises what the forward raises."""
+    was_training = model.training
+    saved = [(m, key, buf.clone()) for m in model.modules() for key, buf in m._buffers.items() if buf is not None]
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model(*_args(example))
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for m, key, buf in saved:
+                current = m._buffers[key]
+                if current is not None:
+                    current.copy_(buf)
+
+
 def _forward(model: nn.Module, example: Any, meta: bool) -> None:
     was_training = model.training
     model.eval()
