@@ -94,15 +94,16 @@ def test_replacing_a_directory_another_run_trains_is_refused_and_changes_nothing
     assert [p.name for p in d.parent.iterdir()] == ["run"]  # no temporary or .old directory left beside it
 
 
-@pytest.mark.parametrize("name", ["metrics.jsonl", "train_state.pt", LOCK_FILE, "new.onnx"])
+@pytest.mark.parametrize("name", ["metrics.jsonl", "train_state.pt", LOCK_FILE, "new.onnx", "sub/new.onnx"])
 def test_export_never_writes_into_a_directory_another_run_trains(held, cli, name):
     d, pid = held
     (d / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    (d / "sub").mkdir()
     before = _files(d)
     code, _, err = cli("export", d, "--onnx", d / name, "--force", "--no-verify")
     line = _one_error(err)
     assert code == 2, err
-    if name == "new.onnx":
+    if name.endswith("new.onnx"):
         assert f"is being trained by another run (pid {pid} on " in line and "nothing is written into it" in line
     else:
         assert "is a file of the artifact in" in line and "write the ONNX file under another name" in line

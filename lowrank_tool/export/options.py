@@ -76,7 +76,9 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         raise LowRankError(
             f"{path} is a file of the artifact in {parent}; write the ONNX file under another name, e.g. {parent / 'model.onnx'}"
         )
-    DirectoryLock.check(parent, what="written")  # a directory another run is training
+    for directory in (parent, *parent.resolve().parents):  # a directory another run is training, or one inside it
+        if (directory / LOCK_FILE).exists():
+            DirectoryLock.check(directory, what="written")
     return path
 
 
