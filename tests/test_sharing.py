@@ -538,3 +538,25 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
     with pytest.raises(lr.LowRankError, match=r"NaN/inf values \(1 tensors, e.g. head.weight\)"):
         lr.save(model, tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_a_forward_replaced_on_the_instance_stays_dense():
+    model = _build(AttributeAlias)
+    forward = model.c.forward
+    model.c.forward = lambda x: forward(x) * 2
+    converted = _convert(model, rank=0.5, init="random")
+    assert "replaced on the instance" in lr.summary(converted).layer("c").reason
+    assert type(converted.c) is nn.Conv2d
+
+
+class _ShallowDeepcopy(AttributeAlias):
+    def __deepcopy__(self, memo):
+        return copy.copy(self)
+
+
+def test_a_copy_that_shares_modules_with_the_original_is_refused():
+    model = _build(_ShallowDeepcopy)
+    conv = model.a
+    with pytest.raises(lr.LowRankError, match=r"shares modules with the original .*inplace=True"):
+        lr.convert(model, rank=0.5, input_size="3x16x16")
+    assert model.a is conv and type(conv) is nn.Conv2d

@@ -358,6 +358,12 @@ def convert(
         # them on a fresh model, so what convert accepts, load rebuilds. The user's model is untouched.
         memo: dict[int, Any] = {id(conv): conv for conv in replaced.values()}
         module = copy.deepcopy(source, memo)
+        originals = {id(m) for m in source.modules()} - {id(conv) for conv in replaced.values()}
+        if any(id(m) in originals for m in module.modules()):
+            raise LowRankError(
+                f"copy.deepcopy of the {type(source).__name__} shares modules with the original (its __deepcopy__?), "
+                "so converting a copy would change your model; convert with inplace=True (on a copy you make)"
+            )
     undo = _undo_record(module, p) if module is model else None  # inplace: a failure puts the model back
     undo_containers: list[Callable[[], None]] = []
     try:

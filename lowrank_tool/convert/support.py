@@ -125,6 +125,9 @@ def conv_support(module: _ConvNd) -> ConvGeometry | str:
     hooks = [h for h in ("_forward_pre_hooks", "_forward_hooks") if getattr(module, h, None)]
     if hooks:
         return "has forward hooks (e.g. weight_norm/spectral_norm): converting would drop them"
+    patched = [name for name in ("forward", "_conv_forward") if name in vars(module)]
+    if patched:
+        return f"its {patched[0]} is replaced on the instance: converting would drop the replacement"
     cls = type(module)
     # The most derived class that registers a handler, provided nothing below it changes the forward.
     for klass in cls.__mro__:
