@@ -352,14 +352,14 @@ ROWS = [
         "export-onto-its-own-plan",
         "export {w}/art_self --onnx {w}/art_self/plan.json --force",
         2,
-        "is a file of the artifact being exported",
+        "is a file of the artifact in",
         [],
     ),
     (
         "export-onto-its-own-weights",
         "export {w}/art_self --onnx {w}/art_self/../art_self/model.safetensors --force",
         2,
-        "is a file of the artifact being exported",
+        "is a file of the artifact in",
         [],
     ),
     (
