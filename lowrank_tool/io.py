@@ -295,41 +295,48 @@ def _check_device(map_location: Any) -> torch.device:
     return device
 
 
+def _non_finite(model: nn.Module) -> list[str]:
+    """Names of the model's floating-point tensors that hold NaN or inf."""
+    return [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _negative_variance(model: nn.Module) -> tuple[str, float] | None:
+    """(name, min) of the first batch norm whose running variance is negative (it would output NaN), or None."""
+    for name, module in model.named_modules():
+        var = getattr(module, "running_var", None)
+        if (
+            isinstance(module, nn.modules.batchnorm._NormBase)
+            and isinstance(var, torch.Tensor)
+            and bool((var < 0).any())
+        ):
+            return name, float(var.min())
+    return None
+
+
 def _check_savable(model: nn.Module) -> None:
     """What :func:`load` refuses is not written: NaN/inf values, a negative batch-norm variance."""
-    state = model.state_dict()
-    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = _non_finite(model)
     if bad:
         raise LowRankError(
             f"the model holds NaN/inf values ({len(bad)} tensors, e.g. {bad[0]}), and load refuses such an artifact; "
             "save a good checkpoint (a diverged run keeps its last good one)"
         )
-    for name, module in model.named_modules():
-        var = getattr(module, "running_var", None)
-        if (
-            isinstance(module, nn.modules.batchnorm._NormBase)
-            and isinstance(var, torch.Tensor)
-            and bool((var < 0).any())
-        ):
-            raise LowRankError(
-                f"the model holds a negative batch-norm variance in {name}.running_var, and load refuses such an "
-                "artifact; fix the statistics (e.g. recompute them on training data) before saving"
-            )
+    negative = _negative_variance(model)
+    if negative is not None:
+        raise LowRankError(
+            f"the model holds a negative batch-norm variance in {negative[0]}.running_var, and load refuses such an "
+            "artifact; fix the statistics (e.g. recompute them on training data) before saving"
+        )
 
 
 def _check_batch_norm(weights: Path, model: nn.Module) -> None:
     """A batch norm's running variance is never negative: a file that says so is corrupt (outputs NaN)."""
-    for name, module in model.named_modules():
-        var = getattr(module, "running_var", None)
-        if (
-            isinstance(module, nn.modules.batchnorm._NormBase)
-            and isinstance(var, torch.Tensor)
-            and bool((var < 0).any())
-        ):
-            raise LowRankError(
-                f"{weights} holds a negative batch-norm variance in {name}.running_var (min {float(var.min()):.3g}); "
-                "the file is corrupt — re-create it, or train again from the last good checkpoint"
-            )
+    negative = _negative_variance(model)
+    if negative is not None:
+        raise LowRankError(
+            f"{weights} holds a negative batch-norm variance in {negative[0]}.running_var (min {negative[1]:.3g}); "
+            "the file is corrupt — re-create it, or train again from the last good checkpoint"
+        )
 
 
 def load(
@@ -389,9 +396,7 @@ def load(
             f"{weights} does not match the model rebuilt from the plan ({len(missing)} missing, {len(unexpected)} unexpected tensors: {sample}); "
             "save and load with the same model"
         )
-    bad = [
-        name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
+    bad = _non_finite(model)
     if bad:
         raise LowRankError(
             f"{weights} holds NaN/inf values ({len(bad)} tensors, e.g. {bad[0]}); it is corrupt or from a diverged run — "
